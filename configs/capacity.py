@@ -1,0 +1,50 @@
+"""Small capacity sweep that runs on a laptop CPU in a few minutes.
+
+Two one-layer models (d_model 16 and 32) on uniform random sequences (V=128, S=32: 224 bits a
+sequence), each trained on a grid of dataset sizes that runs from well below to well above its
+capacity, so memorization rises with N and then levels off at the model's capacity.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.experiment = "capacity"
+  config.quiet = False
+
+  config.data = ml_collections.ConfigDict()
+  config.data.vocab_size = 128
+  config.data.seq_len = 32
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_heads = 2
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.layers = (1,)
+  config.sweep.d_model = (16, 32)
+  config.sweep.dataset_sizes = (32, 128, 256, 512, 2048)
+  # Non-empty: N = factor * (3.6 * params / bits per sequence) for each shape instead.
+  config.sweep.dataset_size_factors = ()
+  config.sweep.seeds = (0,)
+  config.sweep.precisions = ("fp32",)
+  config.sweep.learning_rates = ()  # one per model, crossed with the rest; empty: train.learning_rate
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 4000
+  config.train.batch_size = 64
+  config.train.learning_rate = 1e-2
+  config.train.warmup_steps = 100
+  config.train.min_lr_ratio = 0.1
+  config.train.weight_decay = 0.0
+  config.train.b1 = 0.9
+  config.train.b2 = 0.98
+  config.train.eps = 1e-8
+  config.train.grad_clip = 1.0
+  config.train.steps_per_call = 200
+  config.train.vocab_chunk = 4096
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 512
+  config.eval.test_size = 512
+  return config

@@ -1,0 +1,36 @@
+"""The capacity grid of Morris et al. 2025, for GPUs.
+
+GPT-2 models of 1, 2, 4 and 8 layers x d_model 32, 64, 128, 256 on uniform sequences (V=2048,
+S=64: 704 bits a sequence), each on a log grid of dataset sizes through its expected capacity
+(factors of 3.6 bits/param / 704 bits a sequence), 5 seeds, bf16 and fp32, batch 2048.
+"""
+
+import importlib.util
+import os
+
+# Load the sibling base config by path, so this file works from any working directory.
+_spec = importlib.util.spec_from_file_location(
+    "capacity_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "capacity.py"))
+capacity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(capacity)
+
+
+def get_config():
+  config = capacity.get_config()
+  config.data.vocab_size = 2048
+  config.data.seq_len = 64
+  config.model.num_heads = 4
+  config.sweep.layers = (1, 2, 4, 8)
+  config.sweep.d_model = (32, 64, 128, 256)
+  config.sweep.dataset_sizes = ()
+  config.sweep.dataset_size_factors = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0)
+  config.sweep.seeds = (0, 1, 2, 3, 4)
+  config.sweep.precisions = ("bf16", "fp32")
+  config.train.steps = 100_000
+  config.train.batch_size = 2048
+  config.train.learning_rate = 1e-3
+  config.train.warmup_steps = 1000
+  config.train.steps_per_call = 500
+  config.eval.batch_size = 4096
+  config.eval.test_size = 4096
+  return config

@@ -1,0 +1,233 @@
+"""Validation of ml_collections configs into typed settings, before anything is compiled.
+
+Every problem is reported as one `ConfigError` whose message starts with the field's full name
+(`config.sweep.d_model: ...`) and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from typing import Any
+
+from memjax import model as model_lib
+from memjax.train import TrainConfig
+
+PRECISIONS = tuple(model_lib.DTYPES)
+EXPERIMENTS = ("capacity",)
+MAX_INT32 = 2**31 - 1
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message names the field and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacitySettings:
+  vocab_size: int
+  seq_len: int
+  num_heads: int
+  layers: tuple
+  d_model: tuple
+  dataset_sizes: tuple  # used when dataset_size_factors is empty
+  dataset_size_factors: tuple  # N = factor * (3.6 * params / bits per sequence), per shape
+  seeds: tuple
+  precisions: tuple
+  learning_rates: tuple
+  train: TrainConfig
+  eval_batch_size: int
+  test_size: int
+  quiet: bool
+
+
+# The fields each config section may hold; anything else is a typo and is rejected.
+ALLOWED = {
+    "": {"experiment", "data", "model", "sweep", "train", "eval", "quiet"},
+    "data": {"vocab_size", "seq_len"},
+    "model": {"num_heads"},
+    "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
+              "learning_rates"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "eval": {"batch_size", "test_size"},
+}
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def _check_fields(config):
+  for section, allowed in ALLOWED.items():
+    node = config if not section else config.get(section)
+    if node is None:
+      _fail(section, "missing section")
+    for name in node.keys():
+      if name not in allowed:
+        where = f"{section}.{name}" if section else name
+        _fail(where, f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(config, field, minimum=1, maximum=MAX_INT32):
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+    _fail(field, f"must be an integer in [{minimum}, {maximum}], got {value!r}")
+  return value
+
+
+def _float(config, field, minimum=0.0, strict=True, maximum=math.inf):
+  value = _get(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not ok or (value <= minimum if strict else value < minimum) or value > maximum:
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    _fail(field, f"must be a finite number {bound} and <= {maximum}, got {value!r}")
+  return float(value)
+
+
+def _int_list(config, field, minimum=1, allow_empty=False, maximum=MAX_INT32):
+  values = _as_tuple(config, field)
+  if not values and not allow_empty:
+    _fail(field, "must list at least one value")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+      _fail(field, f"must be integers in [{minimum}, {maximum}], got {values!r}")
+  return values
+
+
+def _float_list(config, field, allow_empty=True):
+  values = _as_tuple(config, field)
+  if not values and not allow_empty:
+    _fail(field, "must list at least one value")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+      _fail(field, f"must be positive finite numbers, got {values!r}")
+  return tuple(float(v) for v in values)
+
+
+def _as_tuple(config, field):
+  value = _get(config, field)
+  if isinstance(value, (list, tuple)):
+    return tuple(value)
+  return (value,)
+
+
+def _get(config, field):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config) -> CapacitySettings:
+  """Check a capacity config and turn it into settings; raises ConfigError naming the field."""
+  if config.get("experiment") not in EXPERIMENTS:
+    _fail("experiment", f"must be one of {', '.join(EXPERIMENTS)}, got {config.get('experiment')!r}")
+  _check_fields(config)
+  vocab = _int(config, "data.vocab_size", minimum=2)
+  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
+  heads = _int(config, "model.num_heads")
+  layers = _int_list(config, "sweep.layers")
+  d_model = _int_list(config, "sweep.d_model")
+  for d in d_model:
+    if d % heads:
+      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
+  precisions = _as_tuple(config, "sweep.precisions")
+  if not precisions or any(p not in PRECISIONS for p in precisions):
+    _fail("sweep.precisions", f"must be a list of {', '.join(PRECISIONS)}, got {precisions!r}")
+
+  train_fields = {}
+  for f in dataclasses.fields(TrainConfig):
+    field = f"train.{f.name}"
+    if f.type in ("int", int):
+      lo = 0 if f.name == "warmup_steps" else 1
+      train_fields[f.name] = _int(config, field, minimum=lo)
+    elif f.name in ("weight_decay", "min_lr_ratio"):
+      train_fields[f.name] = _float(config, field, strict=False,
+                                    maximum=1.0 if f.name == "min_lr_ratio" else math.inf)
+    elif f.name in ("b1", "b2"):
+      train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
+    else:
+      train_fields[f.name] = _float(config, field)
+  train = TrainConfig(**train_fields)
+
+  # The largest N: indices are int32, and more than V**S sequences cannot all be distinct.
+  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32
+  max_n = min(MAX_INT32 - train.batch_size, distinct)
+  factors = _float_list(config, "sweep.dataset_size_factors")
+  sizes = _int_list(config, "sweep.dataset_sizes", allow_empty=bool(factors))
+
+  settings = CapacitySettings(
+      vocab_size=vocab, seq_len=seq_len, num_heads=heads, layers=layers, d_model=d_model,
+      dataset_sizes=sizes, dataset_size_factors=factors,
+      seeds=_int_list(config, "sweep.seeds", minimum=0),
+      precisions=precisions, learning_rates=_float_list(config, "sweep.learning_rates"),
+      train=train, eval_batch_size=_int(config, "eval.batch_size"),
+      test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)))
+  for shape in model_shapes(settings):
+    for n in dataset_sizes_for(settings, shape):
+      if n > max_n:
+        field = "sweep.dataset_size_factors" if factors else "sweep.dataset_sizes"
+        why = (f"there are only V**S = {vocab}**{seq_len} distinct sequences" if max_n == distinct
+               else "indices are int32")
+        _fail(field, f"dataset size {n} is too large: at most {max_n} ({why}); "
+                     "lower it or raise data.vocab_size / data.seq_len")
+  return settings
+
+
+def model_shapes(s: CapacitySettings):
+  """Every model shape of the sweep, as ModelConfig."""
+  return [model_lib.ModelConfig(s.vocab_size, s.seq_len, l, d, s.num_heads, p)
+          for p in s.precisions for l in s.layers for d in s.d_model]
+
+
+def dataset_sizes_for(s: CapacitySettings, shape: model_lib.ModelConfig):
+  """The dataset sizes of one shape: given, or a grid around its expected capacity."""
+  if not s.dataset_size_factors:
+    return tuple(sorted(set(s.dataset_sizes)))
+  expected_n = 3.6 * model_lib.n_params(shape) / (s.seq_len * math.log2(s.vocab_size))
+  return tuple(sorted({max(1, round(f * expected_n)) for f in s.dataset_size_factors}))
+
+
+def check_workdir(workdir: str):
+  """Fail early, with the path, if results cannot be written there."""
+  if not workdir:
+    raise ConfigError("--workdir: must be given (a directory for results)")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir: cannot write to {workdir!r} ({e.strerror or e})") from None
+
+
+def to_jsonable(value: Any):
+  if dataclasses.is_dataclass(value):
+    return {k: to_jsonable(v) for k, v in dataclasses.asdict(value).items()}
+  if isinstance(value, (tuple, list)):
+    return [to_jsonable(v) for v in value]
+  return value
+
+
+def explain_override_error(argv, error) -> str:
+  """One line for a failed --config.* override: which field, and what exists there."""
+  import importlib.util
+  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  try:
+    spec = importlib.util.spec_from_file_location("memjax_user_config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception:  # the config file itself is broken: report the original error
+    return " ".join(str(error).replace("\\n", " ").split())
+  for name in overrides:
+    node = config
+    parts = name.split(".")[1:]
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node.keys():
+        field = ".".join(parts[: i + 1])
+        allowed = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        return f"config.{field}: unknown field; allowed here: {allowed}"
+      node = node[part]
+  return " ".join(str(error).replace("\\n", " ").split())

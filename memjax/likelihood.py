@@ -1,0 +1,189 @@
+"""The one likelihood kernel: per-token log-probabilities of a stack of models, in fp32.
+
+The vocabulary projection (hidden @ wte.T), the log-softmax and the gather of the target token
+are fused and walked over vocabulary chunks with a running max, so [B, S, V] fp32 logits are never
+materialized (at V=50257 they would dwarf the model). Training uses the same kernel with a custom
+backward pass that recomputes each chunk's softmax instead of storing it.
+
+Sequence convention: there is no BOS token. Position 0 of every sequence has no context and costs
+log2 V under every model (the uniform reference included), so `logp[..., 0] = -log2 V`; position
+t >= 1 is predicted from the hidden state at t - 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from memjax import model as model_lib
+
+LN2 = math.log(2.0)
+DEFAULT_VOCAB_CHUNK = 4096
+
+
+def _vocab_chunks(w_VxD, chunk):
+  """[V, D] -> ([C, K, D], valid [C, K]) with V padded up to C*K."""
+  v, d = w_VxD.shape
+  k = min(chunk, v)
+  c = -(-v // k)
+  w_CKxD = jnp.pad(w_VxD, ((0, c * k - v), (0, 0)))
+  valid_CxK = (jnp.arange(c * k) < v).reshape(c, k)
+  return w_CKxD.reshape(c, k, d), valid_CxK
+
+
+def _chunk_logits(h_NxD, w_KxD, valid_K):
+  logits_NxK = jnp.einsum("nd,kd->nk", h_NxD, w_KxD, preferred_element_type=jnp.float32)
+  return jnp.where(valid_K, logits_NxK, -jnp.inf)
+
+
+def _logsumexp(h_NxD, w_VxD, chunk):
+  w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
+  if w_CxKxD.shape[0] == 1:
+    return jax.nn.logsumexp(_chunk_logits(h_NxD, w_CxKxD[0], valid_CxK[0]), axis=-1)
+
+  def body(carry, xs):
+    max_N, sum_N = carry
+    logits_NxK = _chunk_logits(h_NxD, *xs)
+    new_max_N = jnp.maximum(max_N, logits_NxK.max(-1))
+    sum_N = sum_N * jnp.exp(max_N - new_max_N) + jnp.exp(logits_NxK - new_max_N[:, None]).sum(-1)
+    return (new_max_N, sum_N), None
+
+  n = h_NxD.shape[0]
+  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
+  (max_N, sum_N), _ = jax.lax.scan(body, init, (w_CxKxD, valid_CxK))
+  return max_N + jnp.log(sum_N)
+
+
+def _target_logits(h_NxD, w_VxD, targets_N):
+  return jnp.einsum("nd,nd->n", h_NxD, jnp.take(w_VxD, targets_N, axis=0),
+                    preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def target_logprobs(h_NxD, w_VxD, targets_N, chunk):
+  """Natural-log probability of each target token under softmax(h @ w.T), in fp32."""
+  return _target_logits(h_NxD, w_VxD, targets_N) - _logsumexp(h_NxD, w_VxD, chunk)
+
+
+def _target_logprobs_fwd(h_NxD, w_VxD, targets_N, chunk):
+  lse_N = _logsumexp(h_NxD, w_VxD, chunk)
+  return _target_logits(h_NxD, w_VxD, targets_N) - lse_N, (h_NxD, w_VxD, targets_N, lse_N)
+
+
+def _target_logprobs_bwd(chunk, residuals, g_N):
+  # d logp_n = w[t_n] - sum_v p_nv w_v (for h) and onehot - p (for w): recompute p per chunk.
+  h_NxD, w_VxD, targets_N, lse_N = residuals
+  v, d = w_VxD.shape
+  g_N = g_N.astype(jnp.float32)
+  h32_NxD = h_NxD.astype(jnp.float32)
+  grad_h_NxD = g_N[:, None] * jnp.take(w_VxD, targets_N, axis=0).astype(jnp.float32)
+  grad_w_VxD = jnp.zeros((v, d), jnp.float32).at[targets_N].add(g_N[:, None] * h32_NxD)
+  w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
+
+  def body(grad_h_NxD, xs):
+    w_KxD, valid_K = xs
+    probs_NxK = jnp.exp(_chunk_logits(h_NxD, w_KxD, valid_K) - lse_N[:, None])
+    gp_NxK = (g_N[:, None] * probs_NxK).astype(h_NxD.dtype)
+    grad_h_NxD = grad_h_NxD - jnp.einsum("nk,kd->nd", gp_NxK, w_KxD,
+                                         preferred_element_type=jnp.float32)
+    grad_w_KxD = -jnp.einsum("nk,nd->kd", gp_NxK, h_NxD, preferred_element_type=jnp.float32)
+    return grad_h_NxD, grad_w_KxD
+
+  grad_h_NxD, grad_w_CxKxD = jax.lax.scan(body, grad_h_NxD, (w_CxKxD, valid_CxK))
+  grad_w_VxD = grad_w_VxD + grad_w_CxKxD.reshape(-1, d)[:v]
+  return grad_h_NxD.astype(h_NxD.dtype), grad_w_VxD.astype(w_VxD.dtype), None
+
+
+target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
+
+
+def token_logprobs(cfg: model_lib.ModelConfig, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
+  """log2 p of every token of every sequence under one model: [B, S] fp32 (position 0: -log2 V)."""
+  b, s = tokens_BxS.shape
+  h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
+  h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), -1)
+  targets_N = tokens_BxS[:, 1:].reshape(-1)
+  logp_N = target_logprobs(h_NxD, model_lib.output_embedding(params), targets_N, vocab_chunk)
+  first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)
+  return jnp.concatenate([first_Bx1, logp_N.reshape(b, s - 1) / LN2], axis=1)
+
+
+def mean_loss(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
+  """Training loss: mean cross-entropy in nats over the predicted positions 1..S-1."""
+  logp_BxS = token_logprobs(cfg, params, tokens_BxS, vocab_chunk)
+  return -jnp.mean(logp_BxS[:, 1:]) * LN2
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def stack_token_logprobs(cfg, params_M, tokens_MxBxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
+  """log2 p [M, B, S] for a stack of models, each scoring its own [B, S] tokens."""
+  return jax.vmap(lambda p, t: token_logprobs(cfg, p, t, vocab_chunk))(params_M, tokens_MxBxS)
+
+
+def _next_token_moments(h_NxD, w_VxD, chunk):
+  """Per row: logsumexp, E_p[log p], Var_p[log p] and argmax of softmax(h @ w.T), chunked.
+
+  Running sums are kept relative to the running max m (u = logit - m) and re-centred when m moves,
+  so nothing overflows: S0 = sum e^u, S1 = sum e^u u, S2 = sum e^u u^2.
+  """
+  w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
+  k = w_CxKxD.shape[1]
+  n = h_NxD.shape[0]
+
+  def body(carry, xs):
+    m, s0, s1, s2, best_val, best_idx = carry
+    w_KxD, valid_K, offset = xs
+    logits_NxK = _chunk_logits(h_NxD, w_KxD, valid_K)
+    new_m = jnp.maximum(m, logits_NxK.max(-1))
+    delta = new_m - m
+    scale = jnp.exp(-delta)
+    s2 = scale * (s2 - 2 * delta * s1 + delta**2 * s0)
+    s1 = scale * (s1 - delta * s0)
+    s0 = scale * s0
+    u_NxK = logits_NxK - new_m[:, None]
+    e_NxK = jnp.exp(u_NxK)
+    u_NxK = jnp.where(valid_K, u_NxK, 0.0)
+    s0, s1, s2 = s0 + e_NxK.sum(-1), s1 + (e_NxK * u_NxK).sum(-1), s2 + (e_NxK * u_NxK**2).sum(-1)
+    chunk_best = logits_NxK.argmax(-1)
+    chunk_val = jnp.take_along_axis(logits_NxK, chunk_best[:, None], -1)[:, 0]
+    better = chunk_val > best_val
+    best_idx = jnp.where(better, chunk_best + offset, best_idx)
+    best_val = jnp.where(better, chunk_val, best_val)
+    return (new_m, s0, s1, s2, best_val, best_idx), None
+
+  zeros = jnp.zeros((n,), jnp.float32)
+  # The first chunk is never all padding, so starting m at -inf is safe once delta is finite:
+  # seed m with the first chunk's max to keep delta finite from the start.
+  first_max = _chunk_logits(h_NxD, w_CxKxD[0], valid_CxK[0]).max(-1)
+  init = (first_max, zeros, zeros, zeros, jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32))
+  offsets = jnp.arange(w_CxKxD.shape[0], dtype=jnp.int32) * k
+  (m, s0, s1, s2, _, best_idx), _ = jax.lax.scan(body, init, (w_CxKxD, valid_CxK, offsets))
+  mean_u = s1 / s0
+  lse = m + jnp.log(s0)
+  return lse, mean_u - jnp.log(s0), s2 / s0 - mean_u**2, best_idx
+
+
+def next_token_stats(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
+  """What one model says at every position t about token t+1, in bits.
+
+  Returns a dict of [B, S] arrays: `logp` (log2 p of the actual tokens, aligned as in
+  `token_logprobs`), `entropy` and `var_logp` (entropy and variance of log2 p of the next-token
+  distribution after position t) and `argmax` (the greedy next token after position t).
+  """
+  b, s = tokens_BxS.shape
+  h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
+  h_NxD = h_BxSxD.reshape(b * s, -1)
+  w_VxD = model_lib.output_embedding(params)
+  lse, mean_logp, var_logp, argmax = _next_token_moments(h_NxD, w_VxD, vocab_chunk)
+  next_N = jnp.concatenate([tokens_BxS[:, 1:], tokens_BxS[:, :1]], axis=1).reshape(-1)
+  logp_next_BxS = (_target_logits(h_NxD, w_VxD, next_N) - lse).reshape(b, s) / LN2
+  first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)
+  return {
+      "logp": jnp.concatenate([first_Bx1, logp_next_BxS[:, :-1]], axis=1),
+      "entropy": (-mean_logp / LN2).reshape(b, s),
+      "var_logp": (var_logp / LN2**2).reshape(b, s),
+      "argmax": argmax.reshape(b, s),
+  }

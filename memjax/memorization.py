@@ -1,0 +1,160 @@
+"""Compression-based memorization, capacity and bits per parameter (Morris et al. 2025).
+
+Unintended memorization of a sample x by a model, in bits, against a reference model:
+
+    mem(x) = max(0, log2 p(x | model) - log2 p(x | reference))
+
+and of a dataset, the sum over its samples (a lower bound on what the model stores about it). On
+synthetic data the reference is the true distribution: uniform, log2 p(x) = -S log2 V. The first
+token of a sequence has no context and costs log2 V under both, so at most (S - 1) log2 V bits of
+a sequence can be memorized. Capacity of a model shape = the largest seed-mean memorization over
+the dataset sizes tried; alpha = bits per parameter.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memjax import likelihood
+from memjax.data import synthetic
+
+
+def sample_memorization(seq_logp_model, seq_logp_reference):
+  """Per-sample memorization in bits, clipped at 0 (works on numpy or jax arrays)."""
+  return jnp.maximum(0.0, seq_logp_model - seq_logp_reference)
+
+
+def uniform_sequence_logp(seq_len, vocab_size):
+  """log2 p(x) of any sequence under the uniform reference."""
+  return -seq_len * math.log2(vocab_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _synthetic_chunk_sums(cfg, params_M, data_key_M, size_M, start, batch, split, vocab_chunk):
+  """Sums over samples [start, start+batch) of each model's set (masked beyond its size).
+
+  Returns (mem_clipped_M, mem_unclipped_M, nll_bits_M) where nll counts positions 1..S-1.
+  """
+  key_fn = synthetic.train_key if split == "train" else synthetic.test_key
+  indices_B = start + jnp.arange(batch, dtype=jnp.int32)
+
+  def one_model(params, data_key, size):
+    tokens_BxS = synthetic.sequences(key_fn(data_key), indices_B, cfg.seq_len, cfg.vocab_size)
+    logp_BxS = likelihood.token_logprobs(cfg, params, tokens_BxS, vocab_chunk)
+    seq_logp_B = logp_BxS.sum(-1)
+    ref = uniform_sequence_logp(cfg.seq_len, cfg.vocab_size)
+    in_set_B = indices_B < size
+    mem_B = jnp.where(in_set_B, sample_memorization(seq_logp_B, ref), 0.0)
+    raw_B = jnp.where(in_set_B, seq_logp_B - ref, 0.0)
+    nll_B = jnp.where(in_set_B, -logp_BxS[:, 1:].sum(-1), 0.0)
+    return mem_B.sum(), raw_B.sum(), nll_B.sum()
+
+  return jax.vmap(one_model)(params_M, data_key_M, size_M)
+
+
+def evaluate_synthetic(cfg, state, eval_batch, test_size, vocab_chunk, progress=None):
+  """Memorization of each model's whole training set and loss on held-out samples.
+
+  Returns a dict of numpy arrays [M]: mem_bits, mem_bits_unclipped, train_loss, test_loss (losses
+  in nats per predicted token, the same unit as the training loss).
+  """
+  size_M = np.asarray(state.dataset_size_M)
+  sums = [jnp.zeros(len(size_M))] * 3
+  for start in range(0, int(size_M.max()), eval_batch):
+    chunk = _synthetic_chunk_sums(cfg, state.params, state.data_key_M, state.dataset_size_M,
+                                  start, eval_batch, "train", vocab_chunk)
+    sums = [a + b for a, b in zip(sums, chunk)]
+    if progress is not None:
+      progress(min(eval_batch, int(size_M.max()) - start))
+  mem, mem_raw, nll_bits = (np.asarray(s, np.float64) for s in sums)
+  predicted = cfg.seq_len - 1
+  test_nll = np.zeros(len(size_M))
+  test_size_M = jnp.full_like(state.dataset_size_M, test_size)
+  for start in range(0, test_size, eval_batch):
+    test_nll += np.asarray(_synthetic_chunk_sums(cfg, state.params, state.data_key_M, test_size_M,
+                                                 start, eval_batch, "test", vocab_chunk)[2])
+  return {
+      "mem_bits": mem,
+      "mem_bits_unclipped": mem_raw,
+      "train_loss": nll_bits * math.log(2) / (size_M * predicted),
+      "test_loss": test_nll * math.log(2) / (test_size * predicted),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity and alpha from result rows.
+
+SHAPE_FIELDS = ("layers", "d_model", "heads", "vocab_size", "seq_len", "precision")
+
+
+def shape_key(row):
+  return tuple(row[f] for f in SHAPE_FIELDS)
+
+
+def capacity_table(rows: Iterable[dict]):
+  """Per model shape and precision: capacity = max over N of the seed-mean memorization.
+
+  Rows whose status is not "ok" (diverged models) are left out. Returns a list of dicts sorted by
+  parameter count, each with n_params, capacity_bits, capacity_std (spread over seeds of each
+  seed's own max), bits_per_param, best_dataset_size and the seed-mean curve.
+  """
+  by_shape = collections.defaultdict(list)
+  for row in rows:
+    if row.get("status", "ok") == "ok":
+      by_shape[shape_key(row)].append(row)
+  table = []
+  for key, shape_rows in by_shape.items():
+    by_n = collections.defaultdict(list)
+    by_seed = collections.defaultdict(list)
+    for r in shape_rows:
+      by_n[r["dataset_size"]].append(r["mem_bits"])
+      by_seed[r["seed"]].append(r["mem_bits"])
+    curve = {n: float(np.mean(v)) for n, v in sorted(by_n.items())}
+    best_n = max(curve, key=curve.get)
+    per_seed = [max(v) for v in by_seed.values()]
+    n_params = shape_rows[0]["n_params"]
+    table.append({
+        **dict(zip(SHAPE_FIELDS, key)),
+        "n_params": n_params,
+        "capacity_bits": curve[best_n],
+        "capacity_std": float(np.std(per_seed)),
+        "bits_per_param": curve[best_n] / n_params,
+        "bits_per_param_std": float(np.std(per_seed)) / n_params,
+        "best_dataset_size": best_n,
+        "num_seeds": len(by_seed),
+        "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
+    })
+  return sorted(table, key=lambda t: (t["precision"], t["n_params"]))
+
+
+def fit_alpha(n_params, capacity_bits):
+  """Bits per parameter: least-squares slope through the origin, and the mean per-model ratio."""
+  p = np.asarray(n_params, np.float64)
+  c = np.asarray(capacity_bits, np.float64)
+  if p.size == 0:
+    return {"alpha_fit": float("nan"), "alpha_mean": float("nan"), "alpha_std": float("nan")}
+  ratios = c / p
+  return {
+      "alpha_fit": float((p * c).sum() / (p * p).sum()),
+      "alpha_mean": float(ratios.mean()),
+      "alpha_std": float(ratios.std()),
+  }
+
+
+def summarize(rows):
+  """summary.json content: alpha over all shapes, alpha per precision, and the capacity table."""
+  table = capacity_table(rows)
+  summary = fit_alpha([t["n_params"] for t in table], [t["capacity_bits"] for t in table])
+  summary["by_precision"] = {
+      prec: fit_alpha([t["n_params"] for t in table if t["precision"] == prec],
+                      [t["capacity_bits"] for t in table if t["precision"] == prec])
+      for prec in sorted({t["precision"] for t in table})}
+  summary["models"] = table
+  return summary

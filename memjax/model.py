@@ -1,0 +1,108 @@
+"""GPT-2 in Flax: learned positions, pre-LayerNorm, GELU MLP of 4d, biases, tied embeddings.
+
+The module returns the final hidden states (after the last LayerNorm), not logits: the vocabulary
+projection lives in `likelihood.py`, where it is chunked over the vocabulary so that [B, S, V] fp32
+logits are never materialized. The output embedding is the input embedding (`wte`), so
+
+    n_params = V*d + S*d + L*(12*d*d + 13*d) + 2*d      (with n_positions = S).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The shape of one GPT-2 model; every model of a stack shares it."""
+  vocab_size: int
+  seq_len: int  # n_positions
+  layers: int
+  d_model: int
+  num_heads: int
+  precision: str = "fp32"  # "fp32" or "bf16" (pure bf16 parameters and activations)
+
+  @property
+  def dtype(self):
+    return DTYPES[self.precision]
+
+
+def n_params(cfg: ModelConfig) -> int:
+  """Parameter count of the model, by formula (tests check it against the real tree)."""
+  v, s, l, d = cfg.vocab_size, cfg.seq_len, cfg.layers, cfg.d_model
+  return v * d + s * d + l * (12 * d * d + 13 * d) + 2 * d
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD):
+    cfg = self.cfg
+    d, h = cfg.d_model, cfg.num_heads
+    dense = lambda n, name, std=0.02: nn.Dense(
+        n, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name,
+        kernel_init=nn.initializers.normal(std))
+    # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2L).
+    resid_std = 0.02 / math.sqrt(2 * cfg.layers)
+    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name)
+
+    b, s, _ = x_BxSxD.shape
+    y = ln("ln_1")(x_BxSxD)
+    qkv = dense(3 * d, "c_attn")(y).reshape(b, s, 3, h, d // h)
+    q_BxSxHxK, k_BxSxHxK, v_BxSxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # Attention scores and softmax in fp32, as in every stable bf16 recipe.
+    scores_BxHxSxS = jnp.einsum("bqhk,bthk->bhqt", q_BxSxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32) / math.sqrt(d // h)
+    causal_SxS = jnp.tril(jnp.ones((s, s), bool))
+    scores_BxHxSxS = jnp.where(causal_SxS, scores_BxHxSxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxSxS = jax.nn.softmax(scores_BxHxSxS, axis=-1).astype(cfg.dtype)
+    att_BxSxHxK = jnp.einsum("bhqt,bthk->bqhk", probs_BxHxSxS, v_BxSxHxK)
+    x_BxSxD = x_BxSxD + dense(d, "c_proj", resid_std)(att_BxSxHxK.reshape(b, s, d))
+
+    y = ln("ln_2")(x_BxSxD)
+    y = nn.gelu(dense(4 * d, "c_fc")(y), approximate=True)
+    return x_BxSxD + dense(d, "mlp_c_proj", resid_std)(y)
+
+
+class GPT2(nn.Module):
+  """Maps tokens [B, S] to final hidden states [B, S, d]; `wte` doubles as the output layer."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxS):
+    cfg = self.cfg
+    wte = self.param("wte", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model), cfg.dtype)
+    wpe = self.param("wpe", nn.initializers.normal(0.01), (cfg.seq_len, cfg.d_model), cfg.dtype)
+    s = tokens_BxS.shape[1]
+    x_BxSxD = jnp.take(wte, tokens_BxS, axis=0) + wpe[None, :s]
+    for i in range(cfg.layers):
+      x_BxSxD = Block(cfg, name=f"h_{i}")(x_BxSxD)
+    return nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype, name="ln_f")(x_BxSxD)
+
+
+def output_embedding(params):
+  """The [V, d] matrix of the tied output layer."""
+  return params["wte"]
+
+
+def init_params(cfg: ModelConfig, key):
+  """Parameters of one model from one key; lift with jax.vmap for a stack."""
+  tokens_1xS = jnp.zeros((1, cfg.seq_len), jnp.int32)
+  return GPT2(cfg).init(key, tokens_1xS)["params"]
+
+
+def hidden_states(cfg: ModelConfig, params, tokens_BxS):
+  """Final hidden states [B, S, d] of one model (in the model's dtype)."""
+  return GPT2(cfg).apply({"params": params}, tokens_BxS)

@@ -1,0 +1,81 @@
+"""Tables and matplotlib figures, rebuilt from results rows and the summary."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def capacity_table_text(summary) -> str:
+  lines = [f"{'layers':>6} {'d_model':>7} {'prec':>5} {'params':>10} {'capacity_bits':>14} "
+           f"{'+-seeds':>9} {'bits/param':>10} {'best_N':>8}"]
+  for t in summary["models"]:
+    lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>5} {t['n_params']:>10,} "
+                 f"{t['capacity_bits']:>14,.0f} {t['capacity_std']:>9,.0f} "
+                 f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}")
+  for prec, fit in summary["by_precision"].items():
+    lines.append(f"alpha ({prec}): {fit['alpha_fit']:.3f} bits/param fitted through the origin; "
+                 f"mean ratio {fit['alpha_mean']:.3f} +- {fit['alpha_std']:.3f} over shapes")
+  return "\n".join(lines)
+
+
+def _shape_label(row):
+  return f"L{row['layers']} d{row['d_model']} {row['precision']}"
+
+
+def plot_memorization(rows, path):
+  """Memorization against dataset size, one line per model shape, with the data-bits diagonal."""
+  by_shape = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    if r.get("status", "ok") == "ok":
+      by_shape[_shape_label(r)][r["dataset_size"]].append(r["mem_bits"])
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  all_n = sorted({r["dataset_size"] for r in rows})
+  for label, curve in sorted(by_shape.items()):
+    ns = sorted(curve)
+    ax.plot(ns, [sum(curve[n]) / len(curve[n]) for n in ns], marker="o", label=label)
+  if all_n and rows:
+    bits_per_seq = rows[0]["data_bits"] / rows[0]["dataset_size"]
+    ax.plot(all_n, [n * bits_per_seq for n in all_n], "k--", lw=1, label="dataset bits")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("dataset size N (sequences)")
+  ax.set_ylabel("memorization (bits, mean over seeds)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_capacity(summary, path):
+  """Capacity against parameter count, per precision, with the fitted line through the origin."""
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for prec, fit in summary["by_precision"].items():
+    models = [t for t in summary["models"] if t["precision"] == prec]
+    params = [t["n_params"] for t in models]
+    ax.errorbar(params, [t["capacity_bits"] for t in models],
+                yerr=[t["capacity_std"] for t in models], fmt="o", label=f"{prec}")
+    if params and math.isfinite(fit["alpha_fit"]):
+      xs = [0, max(params) * 1.05]
+      ax.plot(xs, [x * fit["alpha_fit"] for x in xs], "--",
+              label=f"{prec}: {fit['alpha_fit']:.2f} bits/param")
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("capacity (bits)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_capacity_figures(rows, summary, workdir):
+  paths = [os.path.join(workdir, "memorization_vs_dataset_size.png"),
+           os.path.join(workdir, "capacity_vs_params.png")]
+  plot_memorization(rows, paths[0])
+  plot_capacity(summary, paths[1])
+  return paths

@@ -1,0 +1,74 @@
+"""End-to-end runs of `python -m memjax.main`, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config=configs/capacity.py", "--config.quiet=True",
+    "--config.data.vocab_size=16", "--config.data.seq_len=8",
+    "--config.sweep.d_model=(8,16)", "--config.sweep.dataset_sizes=(4,32)",
+    "--config.sweep.seeds=(0,1)", "--config.train.steps=60", "--config.train.steps_per_call=30",
+    "--config.train.warmup_steps=5", "--config.eval.batch_size=16", "--config.eval.test_size=16",
+]
+ROW_FIELDS = {"layers", "d_model", "heads", "vocab_size", "seq_len", "n_params", "dataset_size",
+              "seed", "precision", "steps", "train_loss", "test_loss", "data_bits", "mem_bits",
+              "mem_bits_unclipped"}
+
+
+def run_main(args, workdir):
+  return subprocess.run([sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_writes_results_summary_and_figures_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_main(TINY, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
+  assert len(rows) == 2 * 2 * 2  # shapes x dataset sizes x seeds
+  for r in rows:
+    assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+    assert r["status"] == "ok" and r["steps"] == 60
+    assert r["data_bits"] == r["dataset_size"] * 8 * 4
+    assert 0 <= r["mem_bits"] <= r["dataset_size"] * 7 * 4 + 1e-6
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert {"alpha_fit", "alpha_mean", "by_precision", "models"} <= set(summary)
+  assert [m["d_model"] for m in summary["models"]] == [8, 16]
+  for m in summary["models"]:
+    assert m["bits_per_param"] == m["capacity_bits"] / m["n_params"] > 0
+  assert "8 models trained, 0 already done" in proc.stdout
+  assert "alpha (fp32)" in proc.stdout and "bits/param" in proc.stdout
+  for png in ("memorization_vs_dataset_size.png", "capacity_vs_params.png"):
+    assert (workdir / png).stat().st_size > 1000
+
+  # A torn last line (a kill mid-write) is dropped; finished models are not trained again.
+  with open(workdir / "results.jsonl", "a") as f:
+    f.write('{"key": "half-writ')
+  proc = run_main(TINY, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  again = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
+  assert again == rows
+  assert "0 models trained, 8 already done" in proc.stdout
+
+
+def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
+  cases = [
+      (["--config.train.stepz=3"], "config.train.stepz: unknown field"),
+      (["--config.sweep.d_model=(0,)"], "config.sweep.d_model: must be integers in [1,"),
+      (["--config.data.vocab_size=2", "--config.data.seq_len=3", "--config.sweep.dataset_sizes=(9,)"],
+       "config.sweep.dataset_sizes: dataset size 9 is too large"),
+  ]
+  for extra, needle in cases:
+    proc = run_main(TINY + extra, tmp_path / "w")
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines == [f"memjax: error: {lines[-1][len('memjax: error: '):]}"], proc.stderr
+    assert needle in lines[0]
+  blocker = tmp_path / "not_a_dir"
+  blocker.write_text("")
+  proc = run_main(TINY, blocker / "sub")
+  assert proc.returncode == 2 and "--workdir: cannot write to" in proc.stderr

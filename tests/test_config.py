@@ -1,0 +1,82 @@
+import importlib.util
+import os
+
+import pytest
+
+from memjax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_default_and_paper_configs_validate():
+  s = config_lib.validate(load_config("capacity"))
+  assert s.vocab_size == 128 and s.layers == (1,)
+  paper = config_lib.validate(load_config("capacity_paper"))
+  assert paper.layers == (1, 2, 4, 8) and paper.d_model == (32, 64, 128, 256)
+  assert paper.precisions == ("bf16", "fp32") and len(paper.seeds) == 5
+  shapes = config_lib.model_shapes(paper)
+  assert len(shapes) == 32
+  # A log grid through each model's capacity: 3.6 bits/param / 704 bits a sequence.
+  small = config_lib.dataset_sizes_for(paper, shapes[0])
+  assert min(small) < 3.6 * 80_352 / 704 < max(small)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("data.vocab_size", 1, "config.data.vocab_size: must be an integer in [2,"),
+    ("data.seq_len", 0, "config.data.seq_len: must be an integer in [2,"),
+    ("sweep.layers", (0,), "config.sweep.layers: must be integers in [1,"),
+    ("sweep.d_model", (-32,), "config.sweep.d_model: must be integers in [1,"),
+    ("sweep.d_model", (31,), "config.sweep.d_model: each d_model must be divisible by model.num_heads"),
+    ("sweep.dataset_sizes", (0, 5), "config.sweep.dataset_sizes: must be integers in [1,"),
+    ("sweep.dataset_sizes", (), "config.sweep.dataset_sizes: must list at least one value"),
+    ("sweep.seeds", (-1,), "config.sweep.seeds: must be integers in [0,"),
+    ("sweep.precisions", ("fp16",), "config.sweep.precisions: must be a list of fp32, bf16"),
+    ("train.steps", 0, "config.train.steps: must be an integer in [1,"),
+    ("train.batch_size", -4, "config.train.batch_size: must be an integer in [1,"),
+    ("train.learning_rate", 0.0, "config.train.learning_rate: must be a finite number > 0"),
+    ("train.b2", 1.5, "config.train.b2: must be a finite number >= 0"),
+    ("eval.test_size", 0, "config.eval.test_size: must be an integer in [1,"),
+    ("experiment", "nope", "config.experiment: must be one of"),
+])
+def test_bad_values_name_the_field(field, value, needle):
+  config = load_config("capacity")
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(config)
+  assert str(e.value).startswith(needle), str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_dataset_size_beyond_distinct_sequences_is_refused():
+  config = load_config("capacity")
+  config.data.vocab_size = 2
+  config.data.seq_len = 4
+  config.sweep.dataset_sizes = (8, 17)
+  with pytest.raises(config_lib.ConfigError, match=r"config.sweep.dataset_sizes: dataset size 17 "
+                     r"is too large: at most 16 \(there are only V\*\*S = 2\*\*4"):
+    config_lib.validate(config)
+
+
+def test_unknown_field_in_a_config_file_is_refused():
+  config = load_config("capacity")
+  with config.unlocked():
+    config.train.stepz = 10
+  with pytest.raises(config_lib.ConfigError, match="config.train.stepz: unknown field; allowed: "):
+    config_lib.validate(config)
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(config_lib.ConfigError, match="--workdir: cannot write to"):
+    config_lib.check_workdir(str(blocker / "sub"))
+  config_lib.check_workdir(str(tmp_path / "fine"))
+  assert (tmp_path / "fine").is_dir()

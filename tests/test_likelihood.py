@@ -1,0 +1,87 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax import likelihood
+from memjax import model as model_lib
+
+CFG = model_lib.ModelConfig(vocab_size=97, seq_len=10, layers=1, d_model=16, num_heads=2)
+
+
+def dense_logprobs(cfg, params, tokens):
+  """Reference: full [B, S, V] logits and log-softmax, no chunking."""
+  h = model_lib.hidden_states(cfg, params, tokens).astype(jnp.float32)
+  logp = jax.nn.log_softmax(h @ params["wte"].astype(jnp.float32).T, -1) / math.log(2)
+  return logp
+
+
+@pytest.fixture(scope="module")
+def params_and_tokens():
+  params = model_lib.init_params(CFG, jax.random.key(0))
+  # Larger weights so the distribution is far from uniform and errors would show.
+  params = jax.tree.map(lambda x: x * 8, params)
+  tokens = jax.random.randint(jax.random.key(1), (3, CFG.seq_len), 0, CFG.vocab_size)
+  return params, tokens
+
+
+@pytest.mark.parametrize("chunk", [97, 32, 10, 1000])
+def test_chunked_logprobs_equal_dense(params_and_tokens, chunk):
+  params, tokens = params_and_tokens
+  dense = dense_logprobs(CFG, params, tokens)
+  expected = jnp.take_along_axis(dense[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+  got = likelihood.token_logprobs(CFG, params, tokens, chunk)
+  np.testing.assert_allclose(got[:, 1:], expected, atol=2e-5)
+  np.testing.assert_allclose(got[:, 0], -math.log2(CFG.vocab_size))
+  assert got.dtype == jnp.float32 and got.shape == tokens.shape
+
+
+@pytest.mark.parametrize("chunk", [97, 20])
+def test_custom_backward_equals_autodiff_of_dense(params_and_tokens, chunk):
+  params, tokens = params_and_tokens
+  def dense_sum(p):
+    d = dense_logprobs(CFG, p, tokens)
+    return jnp.take_along_axis(d[:, :-1], tokens[:, 1:, None], -1).sum()
+  g_dense = jax.grad(dense_sum)(params)
+  g_kernel = jax.grad(lambda p: likelihood.token_logprobs(CFG, p, tokens, chunk).sum())(params)
+  for a, b in zip(jax.tree.leaves(g_dense), jax.tree.leaves(g_kernel)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+
+
+def test_next_token_stats_match_dense(params_and_tokens):
+  params, tokens = params_and_tokens
+  dense = dense_logprobs(CFG, params, tokens)
+  p = jnp.exp2(dense)
+  entropy = -(p * dense).sum(-1)
+  var = (p * dense**2).sum(-1) - (p * dense).sum(-1) ** 2
+  stats = likelihood.next_token_stats(CFG, params, tokens, vocab_chunk=25)
+  np.testing.assert_allclose(stats["entropy"], entropy, atol=1e-4)
+  np.testing.assert_allclose(stats["var_logp"], var, atol=1e-3, rtol=1e-4)
+  np.testing.assert_array_equal(stats["argmax"], dense.argmax(-1))
+  np.testing.assert_allclose(stats["logp"], likelihood.token_logprobs(CFG, params, tokens),
+                             atol=2e-5)
+
+
+def test_stack_kernel_scores_each_model_on_its_own_tokens(params_and_tokens):
+  params, tokens = params_and_tokens
+  params2 = model_lib.init_params(CFG, jax.random.key(5))
+  stack = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, params2)
+  tokens2 = (tokens + 1) % CFG.vocab_size
+  got = likelihood.stack_token_logprobs(CFG, stack, jnp.stack([tokens, tokens2]), 32)
+  assert got.shape == (2,) + tokens.shape
+  np.testing.assert_allclose(got[0], likelihood.token_logprobs(CFG, params, tokens), atol=1e-5)
+  np.testing.assert_allclose(got[1], likelihood.token_logprobs(CFG, params2, tokens2), atol=1e-5)
+
+
+def test_bf16_model_gives_fp32_logprobs_close_to_fp32_model():
+  cfg32 = model_lib.ModelConfig(97, 10, 1, 16, 2, "fp32")
+  cfg16 = model_lib.ModelConfig(97, 10, 1, 16, 2, "bf16")
+  params = model_lib.init_params(cfg32, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, 97)
+  lp32 = likelihood.token_logprobs(cfg32, params, tokens)
+  lp16 = likelihood.token_logprobs(cfg16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params),
+                                   tokens)
+  assert lp16.dtype == jnp.float32
+  np.testing.assert_allclose(lp16, lp32, atol=0.05)

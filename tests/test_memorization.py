@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+import pytest
+
+from memjax import memorization
+
+
+def test_uniform_model_memorizes_zero_bits():
+  s, v, b = 16, 256, 5
+  logp_BxS = np.full((b, s), -math.log2(v))
+  ref = memorization.uniform_sequence_logp(s, v)
+  mem = memorization.sample_memorization(logp_BxS.sum(-1), ref)
+  np.testing.assert_allclose(mem, 0.0, atol=1e-9)
+
+
+def test_certain_model_memorizes_all_but_the_first_token():
+  s, v, b = 16, 256, 5
+  logp_BxS = np.zeros((b, s))
+  logp_BxS[:, 0] = -math.log2(v)  # the first token has no context
+  ref = memorization.uniform_sequence_logp(s, v)
+  mem = memorization.sample_memorization(logp_BxS.sum(-1), ref)
+  np.testing.assert_allclose(mem, s * math.log2(v) - math.log2(v))
+
+
+def test_memorization_is_clipped_per_sample_but_not_in_the_raw_sum():
+  ref = memorization.uniform_sequence_logp(4, 16)  # -16 bits
+  seq_logp = np.array([-10.0, -20.0])
+  assert memorization.sample_memorization(seq_logp, ref).tolist() == [6.0, 0.0]
+  assert float((seq_logp - ref).sum()) == 2.0
+
+
+def _row(d, n, seed, mem, params, precision="fp32", status="ok"):
+  return {"layers": 1, "d_model": d, "heads": 2, "vocab_size": 8, "seq_len": 4,
+          "precision": precision, "n_params": params, "dataset_size": n, "seed": seed,
+          "mem_bits": mem, "status": status}
+
+
+def test_capacity_is_max_over_n_of_seed_mean_and_alpha_fits_through_origin():
+  rows = [
+      _row(16, 10, 0, 100.0, 50), _row(16, 10, 1, 110.0, 50),
+      _row(16, 40, 0, 150.0, 50), _row(16, 40, 1, 130.0, 50),
+      _row(16, 80, 0, 120.0, 50), _row(16, 80, 1, 160.0, 50),
+      _row(32, 10, 0, 300.0, 100), _row(32, 10, 1, 300.0, 100),
+      _row(32, 80, 0, 1e9, 100, status="diverged"),  # left out
+  ]
+  summary = memorization.summarize(rows)
+  small, big = summary["models"]
+  # Seed means: 105, 140, 140 -> the first maximum, N=40; seed maxima 150 and 160 -> std 5.
+  assert small["capacity_bits"] == 140.0 and small["best_dataset_size"] == 40
+  assert small["capacity_std"] == pytest.approx(5.0)
+  assert big["capacity_bits"] == 300.0
+  # Slope through the origin: (50*140 + 100*300) / (50^2 + 100^2) = 37000 / 12500.
+  assert summary["alpha_fit"] == pytest.approx(2.96)
+  assert summary["alpha_mean"] == pytest.approx((140 / 50 + 300 / 100) / 2)
+  assert set(summary["by_precision"]) == {"fp32"}
