@@ -1,0 +1,389 @@
+"""Text datasets: documents -> tokens -> deduplicated S-token sequences -> seeded disjoint pools.
+
+`build_text_dataset` is the one entry point. It
+
+1. checks every setting cheaply (sequence length, pool sizes, source paths, tokenizer file or BPE
+   vocabulary size), so bad input fails with one clear message before anything is built or trained;
+2. gets the tokenizer: loads a tokenizer.json, trains a byte-level BPE on the corpus (cached under
+   `cache_dir`, keyed by the source fingerprint and the BPE settings), or uses raw bytes;
+3. tokenizes the documents in batches, cuts each into non-overlapping `seq_len`-token sequences
+   (the remainder of each document is dropped, sequences never span documents) and removes exact
+   duplicate sequences, keeping the first occurrence of each in corpus order;
+4. caches the sequences on disk as `tokens.npy` [num_sequences, seq_len] (uint16 when the
+   vocabulary fits, else int32) plus `manifest.json`, in a directory named by the hash of the
+   source fingerprint, tokenizer fingerprint and seq_len. A later call with the same source and
+   tokenizer memory-maps it (np.load(mmap_mode='r')); a changed source or tokenizer gets a new entry;
+5. draws the pools from a permutation seeded by `seed`: first the held-out pool (non-members), then
+   the reference pool, then the training pool. Pools are disjoint; a model with N members takes the
+   first N of `train_idx`, so members for a smaller N are a subset of those for a larger one, and the
+   held-out pool does not change with the training pool size;
+6. saves the tokenizer (and a `text_dataset.json` summary) into the run's workdir.
+
+The trainer keeps `tokens` on the device and gathers batches by index (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from memjax.data import corpus as corpus_lib
+from memjax.data import tokenize as tokenize_lib
+from memjax.data.corpus import SourceConfig
+from memjax.data.tokenize import TextTokenizer, TokenizerConfig
+
+# Bump when tokenizing, cutting or deduplication changes, so old cache entries are not reused.
+PIPELINE_VERSION = 1
+DEFAULT_SEQ_LEN = 64
+MIN_SEQ_LEN = 2
+_ENCODE_BATCH_DOCUMENTS = 256
+_TOKENS_FILENAME = "tokens.npy"
+_MANIFEST_FILENAME = "manifest.json"
+_WORKDIR_SUMMARY_FILENAME = "text_dataset.json"
+
+__all__ = [
+    "PoolSizes", "SourceConfig", "TextDataset", "TokenizerConfig", "build_text_dataset",
+    "deduplicate_sequences", "get_tokenizer", "split_pools", "token_dtype",
+    "tokenize_into_sequences", "validate_text_settings",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSizes:
+  """Numbers of sequences in each pool. train=None takes every sequence the others leave."""
+  train: int | None = None
+  heldout: int = 0
+  reference: int = 0
+
+
+@dataclasses.dataclass
+class TextDataset:
+  """Deduplicated token sequences and the seeded pools drawn from them.
+
+  Attributes:
+    tokens: [num_sequences, seq_len] uint16 or int32 token ids (memory-mapped when cached).
+    seq_len: S, the tokens in a sequence.
+    vocab_size: V of the tokenizer (ids are in [0, V)).
+    tokenizer: the TextTokenizer that made the tokens.
+    train_idx, heldout_idx, reference_idx: int32 row indices into `tokens`, disjoint.
+    num_duplicates_dropped: exact duplicate sequences removed.
+    num_documents, num_chars: documents and characters the tokens came from.
+    manifest: the cache manifest (fingerprints and counts).
+    cache_path: the cache entry directory, or None without a cache_dir.
+    from_cache: whether the tokens were loaded from an existing cache entry.
+  """
+  tokens: np.ndarray
+  seq_len: int
+  vocab_size: int
+  tokenizer: TextTokenizer
+  train_idx: np.ndarray
+  heldout_idx: np.ndarray
+  reference_idx: np.ndarray
+  num_duplicates_dropped: int
+  num_documents: int
+  num_chars: int
+  manifest: dict[str, Any]
+  cache_path: str | None
+  from_cache: bool
+
+  @property
+  def num_sequences(self) -> int:
+    return int(self.tokens.shape[0])
+
+  def decode(self, tokens: np.ndarray | Sequence[int]) -> str | list[str]:
+    """Text of one sequence [S] (a string) or of a batch [B, S] (a list of strings)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+      return self.tokenizer.decode(tokens.tolist())
+    return [self.tokenizer.decode(row.tolist()) for row in tokens.reshape(-1, tokens.shape[-1])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point.
+
+
+def build_text_dataset(
+    source: SourceConfig,
+    tokenizer: TokenizerConfig,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    pool_sizes: PoolSizes = PoolSizes(),
+    seed: int = 0,
+    cache_dir: str | None = None,
+    workdir: str | None = None,
+) -> TextDataset:
+  """Builds (or loads from cache_dir) the tokenized, deduplicated dataset and its seeded pools.
+
+  Raises FileNotFoundError or ValueError, naming the setting to change, for: missing files or
+  globs matching nothing, an empty corpus, a corpus too small for the pools, a tokenizer file that
+  does not load, a BPE vocabulary size out of range, seq_len < 2.
+  """
+  validate_text_settings(source, tokenizer, seq_len, pool_sizes, seed)
+  source_fingerprint = corpus_lib.source_fingerprint(source)  # Fails fast on missing files.
+  text_tokenizer = get_tokenizer(source, tokenizer, cache_dir, source_fingerprint)
+  tokens_NxS, manifest, cache_path, from_cache = _cached_sequences(
+      source, source_fingerprint, text_tokenizer, seq_len, cache_dir)
+  train_idx, heldout_idx, reference_idx = split_pools(tokens_NxS.shape[0], pool_sizes, seed)
+  dataset = TextDataset(
+      tokens=tokens_NxS, seq_len=seq_len, vocab_size=text_tokenizer.vocab_size,
+      tokenizer=text_tokenizer, train_idx=train_idx, heldout_idx=heldout_idx,
+      reference_idx=reference_idx, num_duplicates_dropped=manifest["num_duplicates_dropped"],
+      num_documents=manifest["num_documents"], num_chars=manifest["num_chars"],
+      manifest=manifest, cache_path=cache_path, from_cache=from_cache)
+  if workdir is not None:
+    _save_to_workdir(dataset, pool_sizes, seed, workdir)
+  return dataset
+
+
+def validate_text_settings(source: SourceConfig, tokenizer: TokenizerConfig, seq_len: int,
+                           pool_sizes: PoolSizes, seed: int = 0) -> None:
+  """The checks that need no tokenizing: call early to fail before any compile.
+
+  Besides the values themselves it checks that the source files and the tokenizer file exist;
+  whether a TFDS dataset is prepared, and whether a tokenizer file loads, is checked by
+  build_text_dataset before it reads any document.
+  """
+  if not isinstance(seq_len, (int, np.integer)) or seq_len < MIN_SEQ_LEN:
+    raise ValueError(f"seq_len must be an integer >= {MIN_SEQ_LEN} (a sequence needs a token to "
+                     f"predict from and one to predict), got {seq_len!r}.")
+  _validate_pool_sizes(pool_sizes)
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+  corpus_lib.validate_source_config(source)
+  tokenize_lib.validate_tokenizer_config(tokenizer)
+  if source.kind in corpus_lib.FILE_EXTENSIONS:
+    corpus_lib.resolve_paths(source.paths, corpus_lib.FILE_EXTENSIONS[source.kind])
+
+
+def _validate_pool_sizes(pool_sizes: PoolSizes) -> None:
+  if pool_sizes.train is not None and pool_sizes.train < 1:
+    raise ValueError(f"pool_sizes.train must be None (all remaining) or >= 1, got "
+                     f"{pool_sizes.train}.")
+  for name in ("heldout", "reference"):
+    if getattr(pool_sizes, name) < 0:
+      raise ValueError(f"pool_sizes.{name} must be >= 0, got {getattr(pool_sizes, name)}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer.
+
+
+def get_tokenizer(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | None = None,
+                  source_fingerprint: dict[str, Any] | None = None) -> TextTokenizer:
+  """Loads, trains (or reuses a cached training of) the tokenizer cfg describes."""
+  tokenize_lib.validate_tokenizer_config(cfg)
+  if cfg.kind == "file":
+    return tokenize_lib.load_tokenizer_file(cfg.path)
+  if cfg.kind == "bytes":
+    return tokenize_lib.byte_tokenizer()
+  return _trained_bpe(source, cfg, cache_dir, source_fingerprint)
+
+
+def _trained_bpe(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | None,
+                 source_fingerprint: dict[str, Any] | None) -> TextTokenizer:
+  if source_fingerprint is None:
+    source_fingerprint = corpus_lib.source_fingerprint(source)
+  cached_path = None
+  if cache_dir is not None:
+    key = _hash_json({"pipeline_version": PIPELINE_VERSION, "source": source_fingerprint,
+                      "bpe": dataclasses.asdict(cfg)})
+    cached_path = os.path.join(cache_dir, f"bpe-{key[:16]}", tokenize_lib.HF_TOKENIZER_FILENAME)
+    if os.path.isfile(cached_path):
+      return _load_cached_bpe(cached_path)
+  documents = _nonempty_documents(source)
+  trained = tokenize_lib.train_byte_level_bpe(documents, cfg)
+  if cached_path is not None:
+    trained.save_to_workdir(os.path.dirname(cached_path))
+  return trained
+
+
+def _load_cached_bpe(path: str) -> TextTokenizer:
+  loaded = tokenize_lib.load_tokenizer_file(path)
+  loaded.kind = "bpe"
+  return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents -> sequences.
+
+
+def _nonempty_documents(source: SourceConfig) -> Iterator[str]:
+  """The source's documents; raises a ValueError at once if it holds no text at all."""
+  documents = corpus_lib.iter_documents(source)
+  first = next(documents, None)
+  if first is None:
+    raise ValueError(f"the {corpus_lib.describe_source(source)} holds no text (no non-empty "
+                     "document); point the source at a corpus with text.")
+  return itertools.chain([first], documents)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  """uint16 halves host and device memory whenever the ids fit."""
+  return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def tokenize_into_sequences(documents: Iterable[str], tokenizer: TextTokenizer, seq_len: int,
+                            batch_documents: int = _ENCODE_BATCH_DOCUMENTS,
+                            ) -> tuple[np.ndarray, dict[str, int]]:
+  """Batch-encodes documents and cuts each into non-overlapping seq_len-token rows.
+
+  Returns tokens_NxS (in corpus order, not deduplicated) and counts of documents, characters and
+  tokens read.
+  """
+  dtype = token_dtype(tokenizer.vocab_size)
+  chunks_of_rows: list[np.ndarray] = []
+  counts = {"num_documents": 0, "num_chars": 0, "num_tokens": 0}
+  documents = iter(documents)
+  while batch := list(itertools.islice(documents, batch_documents)):
+    counts["num_documents"] += len(batch)
+    counts["num_chars"] += sum(len(document) for document in batch)
+    for ids in tokenizer.encode_batch(batch):
+      counts["num_tokens"] += len(ids)
+      chunks_of_rows.append(_cut_into_rows(ids, seq_len).astype(dtype))
+  tokens_NxS = (np.concatenate(chunks_of_rows) if chunks_of_rows
+                else np.zeros((0, seq_len), dtype=dtype))
+  return tokens_NxS, counts
+
+
+def _cut_into_rows(ids: np.ndarray, seq_len: int) -> np.ndarray:
+  """[num_whole_rows, seq_len]; the tail shorter than seq_len is dropped."""
+  num_rows = len(ids) // seq_len
+  return ids[:num_rows * seq_len].reshape(num_rows, seq_len)
+
+
+def deduplicate_sequences(tokens_NxS: np.ndarray) -> tuple[np.ndarray, int]:
+  """Drops exact duplicate rows, keeping each row's first occurrence, in the original order."""
+  if tokens_NxS.shape[0] == 0:
+    return tokens_NxS, 0
+  _, first_occurrence = np.unique(tokens_NxS, axis=0, return_index=True)
+  kept_rows = np.sort(first_occurrence)
+  return tokens_NxS[kept_rows], int(tokens_NxS.shape[0] - kept_rows.shape[0])
+
+
+def _build_sequences(source: SourceConfig, tokenizer: TextTokenizer, seq_len: int,
+                     ) -> tuple[np.ndarray, dict[str, int]]:
+  documents = _nonempty_documents(source)
+  tokens_NxS, counts = tokenize_into_sequences(documents, tokenizer, seq_len)
+  if tokens_NxS.shape[0] == 0:
+    raise ValueError(
+        f"no document of the {corpus_lib.describe_source(source)} is {seq_len} tokens long, so "
+        f"it gives no sequence ({counts['num_documents']} documents, {counts['num_tokens']} "
+        "tokens); lower seq_len or use a corpus with longer documents.")
+  unique_NxS, num_dropped = deduplicate_sequences(tokens_NxS)
+  counts.update(num_sequences_before_dedup=int(tokens_NxS.shape[0]),
+                num_sequences=int(unique_NxS.shape[0]), num_duplicates_dropped=num_dropped)
+  return unique_NxS, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache.
+
+
+def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
+                      tokenizer: TextTokenizer, seq_len: int, cache_dir: str | None,
+                      ) -> tuple[np.ndarray, dict[str, Any], str | None, bool]:
+  """(tokens_NxS, manifest, cache entry path, whether it was reused)."""
+  cache_key = {"pipeline_version": PIPELINE_VERSION, "source": source_fingerprint,
+               "tokenizer_sha256": tokenizer.fingerprint, "seq_len": int(seq_len)}
+  entry_path = None
+  if cache_dir is not None:
+    entry_path = os.path.join(cache_dir, f"text-{_hash_json(cache_key)[:16]}")
+    cached = _load_cache_entry(entry_path, cache_key)
+    if cached is not None:
+      return cached[0], cached[1], entry_path, True
+  tokens_NxS, counts = _build_sequences(source, tokenizer, seq_len)
+  manifest = {"key": cache_key, "tokenizer_kind": tokenizer.kind,
+              "vocab_size": tokenizer.vocab_size, "seq_len": int(seq_len),
+              "dtype": tokens_NxS.dtype.name, **counts}
+  manifest = json.loads(json.dumps(manifest))  # The same types as a manifest read from disk.
+  if entry_path is not None:
+    _save_cache_entry(entry_path, tokens_NxS, manifest)
+    tokens_NxS = np.load(os.path.join(entry_path, _TOKENS_FILENAME), mmap_mode="r")
+  return tokens_NxS, manifest, entry_path, False
+
+
+def _load_cache_entry(entry_path: str, cache_key: dict[str, Any],
+                      ) -> tuple[np.ndarray, dict[str, Any]] | None:
+  """The cached tokens and manifest if the entry is complete and made from the same inputs."""
+  manifest_path = os.path.join(entry_path, _MANIFEST_FILENAME)
+  tokens_path = os.path.join(entry_path, _TOKENS_FILENAME)
+  if not (os.path.isfile(manifest_path) and os.path.isfile(tokens_path)):
+    return None
+  with open(manifest_path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  # Round-trip the key through json so tuples compare equal to the lists stored.
+  if manifest.get("key") != json.loads(json.dumps(cache_key)):
+    return None
+  tokens_NxS = np.load(tokens_path, mmap_mode="r")
+  if tokens_NxS.shape != (manifest["num_sequences"], manifest["seq_len"]):
+    return None
+  return tokens_NxS, manifest
+
+
+def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, manifest: dict[str, Any]) -> None:
+  """Tokens first, manifest last, each by rename: an entry with a manifest is complete."""
+  os.makedirs(entry_path, exist_ok=True)
+  tokens_tmp = os.path.join(entry_path, f"{_TOKENS_FILENAME}.tmp{os.getpid()}")
+  with open(tokens_tmp, "wb") as f:
+    np.save(f, np.ascontiguousarray(tokens_NxS))
+  os.replace(tokens_tmp, os.path.join(entry_path, _TOKENS_FILENAME))
+  _write_json_atomically(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pools.
+
+
+def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(train_idx, heldout_idx, reference_idx): disjoint int32 row indices drawn by the seed."""
+  _validate_pool_sizes(pool_sizes)
+  num_fixed = pool_sizes.heldout + pool_sizes.reference
+  num_train = num_sequences - num_fixed if pool_sizes.train is None else pool_sizes.train
+  num_requested = num_fixed + max(num_train, 1)
+  if num_train < 1 or num_requested > num_sequences:
+    raise ValueError(
+        f"the corpus has {num_sequences} distinct sequences, but the pools ask for "
+        f"{num_requested} (train {pool_sizes.train if pool_sizes.train is not None else 'rest'}, "
+        f"heldout {pool_sizes.heldout}, reference {pool_sizes.reference}, train at least 1); "
+        "lower pool_sizes, lower seq_len or use a larger corpus.")
+  permutation = np.random.default_rng(seed).permutation(num_sequences).astype(np.int32)
+  heldout_end = pool_sizes.heldout
+  reference_end = heldout_end + pool_sizes.reference
+  heldout_idx = permutation[:heldout_end]
+  reference_idx = permutation[heldout_end:reference_end]
+  train_idx = permutation[reference_end:reference_end + num_train]
+  return train_idx, heldout_idx, reference_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir and helpers.
+
+
+def _save_to_workdir(dataset: TextDataset, pool_sizes: PoolSizes, seed: int, workdir: str) -> None:
+  """The tokenizer and a summary, enough to rebuild the same dataset and pools."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer_path = dataset.tokenizer.save_to_workdir(workdir)
+  summary = {"manifest": dataset.manifest, "seed": int(seed),
+             "pool_sizes": dataclasses.asdict(pool_sizes),
+             "num_train": int(dataset.train_idx.shape[0]),
+             "num_heldout": int(dataset.heldout_idx.shape[0]),
+             "num_reference": int(dataset.reference_idx.shape[0]),
+             "tokenizer_file": os.path.basename(tokenizer_path), "cache_path": dataset.cache_path}
+  _write_json_atomically(os.path.join(workdir, _WORKDIR_SUMMARY_FILENAME), summary)
+
+
+def _hash_json(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+  tmp_path = f"{path}.tmp{os.getpid()}"
+  with open(tmp_path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp_path, path)

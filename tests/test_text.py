@@ -1,0 +1,362 @@
+"""Tests of the text pipeline: sources, tokenizers, sequences, dedup, pools, cache, bad input.
+
+All data is written into tmp_path; nothing touches the network. Most tests use the byte tokenizer,
+whose ids are predictable, so counts of sequences can be checked exactly.
+"""
+
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from memjax.data import corpus as corpus_lib
+from memjax.data import tokenize as tokenize_lib
+from memjax.data.text import (PoolSizes, SourceConfig, TokenizerConfig, build_text_dataset,
+                              deduplicate_sequences, split_pools, tokenize_into_sequences)
+
+BYTES = TokenizerConfig(kind="bytes")
+WORDS = ("memory", "model", "token", "gradient", "capacity", "sample", "bit", "layer", "train",
+         "the", "of", "a", "and", "is", "to", "in", "that", "with", "data", "loss")
+
+
+def random_text(seed: int, num_words: int) -> str:
+  rng = np.random.default_rng(seed)
+  return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), size=num_words))
+
+
+def write_text(path, text: str) -> str:
+  path.write_text(text, encoding="utf-8")
+  return str(path)
+
+
+def docs_of(cfg: SourceConfig) -> list[str]:
+  return list(corpus_lib.iter_documents(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+def test_txt_source_one_document_per_file_or_per_paragraph(tmp_path):
+  write_text(tmp_path / "b.txt", "second file\n\npara two\n  \npara three")
+  write_text(tmp_path / "a.txt", "first file")
+  write_text(tmp_path / "ignored.md", "not a txt file")
+  by_file = docs_of(SourceConfig(kind="txt", paths=(str(tmp_path),)))
+  assert by_file == ["first file", "second file\n\npara two\n  \npara three"]
+  by_paragraph = docs_of(SourceConfig(kind="txt", paths=(str(tmp_path / "*.txt"),),
+                                      txt_split="blank_lines"))
+  assert by_paragraph == ["first file", "second file", "para two", "para three"]
+
+
+def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path):
+  lines = [json.dumps({"body": "hello", "id": 1}), "", json.dumps({"body": "world", "id": 2})]
+  path = write_text(tmp_path / "d.jsonl", "\n".join(lines) + "\n")
+  assert docs_of(SourceConfig(kind="jsonl", paths=(path,), text_field="body")) == ["hello", "world"]
+  with pytest.raises(ValueError, match=r"no field 'text'.*set text_field"):
+    docs_of(SourceConfig(kind="jsonl", paths=(path,)))
+
+
+def write_parquet(path, texts, column="text"):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  # FineWeb-like: extra columns around the text one.
+  table = pa.table({"id": [f"doc{i}" for i in range(len(texts))], column: texts,
+                    "token_count": [len(t) for t in texts]})
+  pq.write_table(table, str(path))
+
+
+def test_parquet_source_reads_a_multi_file_glob_in_sorted_order(tmp_path):
+  (tmp_path / "shards").mkdir()
+  write_parquet(tmp_path / "shards" / "001.parquet", ["c", "d", "e"])
+  write_parquet(tmp_path / "shards" / "000.parquet", ["a", "b"])
+  cfg = SourceConfig(kind="parquet", paths=(str(tmp_path / "shards" / "*.parquet"),))
+  assert docs_of(cfg) == ["a", "b", "c", "d", "e"]
+  write_parquet(tmp_path / "other.parquet", ["x"], column="content")
+  assert docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),),
+                              text_field="content")) == ["x"]
+  with pytest.raises(ValueError, match=r"no column 'text'.*set text_field"):
+    docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),)))
+
+
+def prepare_tiny_tfds(data_dir: str, texts_by_split: dict) -> str:
+  """Prepares a real TFDS dataset offline (array_record, so no TensorFlow is needed to read it)."""
+  import tensorflow_datasets as tfds
+
+  # skip_registration: the source must find the dataset from its files, as a real run would.
+  class MemjaxTinyText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(texts) for split, texts in texts_by_split.items()}
+
+    def _generate_examples(self, texts):
+      for i, text in enumerate(texts):
+        yield i, {"text": text}
+
+  MemjaxTinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return "memjax_tiny_text"
+
+
+def test_tfds_source_loads_a_prepared_dataset_by_name_and_data_dir(tmp_path):
+  train_texts = [f"train document {i} ünïcode" for i in range(7)]
+  name = prepare_tiny_tfds(str(tmp_path), {"train": train_texts, "test": ["held out"]})
+  docs = docs_of(SourceConfig(kind="tfds", name=name, split="train", data_dir=str(tmp_path)))
+  assert sorted(docs) == sorted(train_texts)  # TFDS shuffles examples once, when preparing.
+  assert docs == docs_of(SourceConfig(kind="tfds", name=name, split="train",
+                                      data_dir=str(tmp_path)))
+  assert docs_of(SourceConfig(kind="tfds", name=name, split="test",
+                              data_dir=str(tmp_path))) == ["held out"]
+  fingerprint = corpus_lib.source_fingerprint(
+      SourceConfig(kind="tfds", name=name, data_dir=str(tmp_path)))
+  assert any("array_record" in f["path"] for f in fingerprint["files"])
+  with pytest.raises(FileNotFoundError, match=r"'not_prepared_here'.*data_dir"):
+    docs_of(SourceConfig(kind="tfds", name="not_prepared_here", data_dir=str(tmp_path)))
+
+
+def test_stdlib_docs_gives_over_a_million_characters_of_docstrings_in_a_fixed_order():
+  cfg = SourceConfig(kind="stdlib_docs")
+  num_chars = 0
+  first_docs = []
+  for doc in corpus_lib.iter_documents(cfg):  # The stdlib comes first and holds 1.8M chars.
+    if len(first_docs) < 20:
+      first_docs.append(doc)
+    num_chars += len(doc)
+    if num_chars > 1_000_000:
+      break
+  assert num_chars > 1_000_000
+  assert first_docs == list(itertools.islice(corpus_lib.iter_documents(cfg), 20))
+  assert sum(" the " in doc for doc in first_docs) >= 10  # English prose, not code.
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers.
+
+ROUND_TRIP_TEXT = "Memorization of «tokens»:\n\tbits per parameter ≈ 3.6 — 😀 done.  "
+
+
+def tiny_corpus(num_docs=40, words=60):
+  return [random_text(seed, words) for seed in range(num_docs)]
+
+
+def test_bpe_training_round_trips_and_has_the_requested_vocab(tmp_path):
+  paths = [write_text(tmp_path / f"{i}.txt", doc) for i, doc in enumerate(tiny_corpus())]
+  source = SourceConfig(kind="txt", paths=tuple(paths))
+  ds = build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=300), seq_len=8,
+                          pool_sizes=PoolSizes(train=10))
+  assert ds.vocab_size == 300 and ds.tokenizer.kind == "bpe"
+  ids = ds.tokenizer.encode_batch([ROUND_TRIP_TEXT])[0]
+  assert ds.tokenizer.decode(ids) == ROUND_TRIP_TEXT
+  words = "memory gradient capacity"
+  assert len(ds.tokenizer.encode_batch([words])[0]) < len(words) * 2 // 3  # Merges happened.
+  assert int(ds.tokens.max()) < 300
+
+
+def test_tokenizer_json_file_loads_and_round_trips(tmp_path):
+  trained = tokenize_lib.train_byte_level_bpe(iter(tiny_corpus()),
+                                              TokenizerConfig(kind="bpe", vocab_size=280))
+  path = trained.save_to_workdir(str(tmp_path / "tok"))
+  loaded = tokenize_lib.load_tokenizer_file(path)
+  assert loaded.vocab_size == 280 and loaded.fingerprint == trained.fingerprint
+  assert loaded.decode(loaded.encode_batch([ROUND_TRIP_TEXT])[0]) == ROUND_TRIP_TEXT
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "c.txt", tiny_corpus()[0]),))
+  ds = build_text_dataset(source, TokenizerConfig(kind="file", path=path), seq_len=4,
+                          pool_sizes=PoolSizes(train=2))
+  assert ds.vocab_size == 280 and ds.tokens.dtype == np.uint16
+
+
+def test_byte_tokenizer_round_trips_utf8():
+  tokenizer = tokenize_lib.byte_tokenizer()
+  ids = tokenizer.encode_batch([ROUND_TRIP_TEXT])[0]
+  assert tokenizer.vocab_size == 256 and len(ids) == len(ROUND_TRIP_TEXT.encode("utf-8"))
+  assert tokenizer.decode(ids) == ROUND_TRIP_TEXT
+
+
+def test_tokenizer_is_saved_into_the_workdir_and_reloads(tmp_path):
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 200)),))
+  for tokenizer_cfg, filename in ((BYTES, "tokenizer_bytes.json"),
+                                  (TokenizerConfig(kind="bpe", vocab_size=270), "tokenizer.json")):
+    workdir = tmp_path / f"work_{tokenizer_cfg.kind}"
+    ds = build_text_dataset(source, tokenizer_cfg, seq_len=8, pool_sizes=PoolSizes(train=4),
+                            workdir=str(workdir))
+    assert (workdir / filename).is_file()
+    reloaded = tokenize_lib.load_tokenizer_from_workdir(str(workdir))
+    assert reloaded.fingerprint == ds.tokenizer.fingerprint
+    summary = json.loads((workdir / "text_dataset.json").read_text())
+    assert summary["num_train"] == 4 and summary["manifest"]["seq_len"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences and deduplication.
+
+
+def test_documents_are_cut_into_whole_sequences_and_the_remainder_dropped():
+  tokens_NxS, counts = tokenize_into_sequences(["abcdefghij", "xyz", "0123"],
+                                               tokenize_lib.byte_tokenizer(), seq_len=4)
+  assert tokens_NxS.dtype == np.uint16
+  assert [bytes(row.tolist()) for row in tokens_NxS] == [b"abcd", b"efgh", b"0123"]
+  assert counts == {"num_documents": 3, "num_chars": 17, "num_tokens": 17}
+
+
+def test_dedup_drops_exact_duplicates_keeping_first_occurrence_order():
+  rows_NxS = np.array([[5, 1], [2, 3], [5, 1], [0, 9], [2, 3], [2, 3], [1, 5]], dtype=np.uint16)
+  unique_NxS, num_dropped = deduplicate_sequences(rows_NxS)
+  assert num_dropped == 3
+  np.testing.assert_array_equal(unique_NxS, [[5, 1], [2, 3], [0, 9], [1, 5]])
+
+
+def test_dataset_reports_duplicate_sequences_dropped(tmp_path):
+  # 3 copies of the same 2 sequences plus 2 distinct ones: 4 duplicates.
+  repeated = "aaaabbbb"
+  paths = [write_text(tmp_path / f"{i}.txt", text)
+           for i, text in enumerate([repeated, repeated + "cc", "ccccdddd", repeated])]
+  ds = build_text_dataset(SourceConfig(kind="txt", paths=tuple(paths)), BYTES, seq_len=4,
+                          pool_sizes=PoolSizes(train=4))
+  assert ds.num_duplicates_dropped == 4
+  assert ds.decode(ds.tokens) == ["aaaa", "bbbb", "cccc", "dddd"]
+  assert ds.manifest["num_sequences_before_dedup"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Pools.
+
+
+def test_pools_are_disjoint_sized_and_determined_by_the_seed():
+  sizes = PoolSizes(train=50, heldout=30, reference=20)
+  train, heldout, reference = split_pools(120, sizes, seed=3)
+  assert (len(train), len(heldout), len(reference)) == (50, 30, 20)
+  assert len(set(train) | set(heldout) | set(reference)) == 100
+  assert train.dtype == np.int32
+  again = split_pools(120, sizes, seed=3)
+  for pool, pool_again in zip((train, heldout, reference), again):
+    np.testing.assert_array_equal(pool, pool_again)
+  other_train, other_heldout, _ = split_pools(120, sizes, seed=4)
+  assert set(other_train) != set(train) and set(other_heldout) != set(heldout)
+
+
+def test_smaller_training_pools_are_prefixes_and_none_takes_the_rest():
+  big_train, heldout, _ = split_pools(100, PoolSizes(train=60, heldout=10), seed=0)
+  small_train, small_heldout, _ = split_pools(100, PoolSizes(train=20, heldout=10), seed=0)
+  np.testing.assert_array_equal(small_train, big_train[:20])
+  np.testing.assert_array_equal(small_heldout, heldout)
+  rest_train, _, reference = split_pools(100, PoolSizes(heldout=10, reference=5), seed=0)
+  assert len(rest_train) == 85 and not set(rest_train) & set(reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache.
+
+
+def test_cache_is_reused_and_rebuilt_when_source_or_tokenizer_change(tmp_path):
+  path = write_text(tmp_path / "a.txt", random_text(0, 300))
+  source = SourceConfig(kind="txt", paths=(path,))
+  cache_dir = str(tmp_path / "cache")
+  kwargs = dict(seq_len=16, pool_sizes=PoolSizes(train=10, heldout=5), seed=1, cache_dir=cache_dir)
+  first = build_text_dataset(source, BYTES, **kwargs)
+  tokens_path = os.path.join(first.cache_path, "tokens.npy")
+  mtime_ns = os.stat(tokens_path).st_mtime_ns
+  assert not first.from_cache
+  assert isinstance(first.tokens, np.memmap)
+
+  second = build_text_dataset(source, BYTES, **kwargs)
+  assert second.from_cache and second.cache_path == first.cache_path
+  assert os.stat(tokens_path).st_mtime_ns == mtime_ns
+  np.testing.assert_array_equal(second.tokens, first.tokens)
+  np.testing.assert_array_equal(second.train_idx, first.train_idx)
+
+  time.sleep(0.01)
+  write_text(tmp_path / "a.txt", random_text(1, 400))
+  changed_source = build_text_dataset(source, BYTES, **kwargs)
+  assert not changed_source.from_cache and changed_source.cache_path != first.cache_path
+  assert changed_source.num_sequences != first.num_sequences
+
+  changed_tokenizer = build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=270),
+                                         **kwargs)
+  assert not changed_tokenizer.from_cache
+  assert build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=270),
+                            **kwargs).from_cache  # The trained BPE is cached too.
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_missing_file_and_unmatched_glob_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"nope\.txt' does not exist.*fix the source paths"):
+    build_text_dataset(SourceConfig(kind="txt", paths=(str(tmp_path / "nope.txt"),)), BYTES)
+  with pytest.raises(FileNotFoundError, match=r"glob pattern .*\*\.parquet' matches no file"):
+    build_text_dataset(SourceConfig(kind="parquet", paths=(str(tmp_path / "*.parquet"),)), BYTES)
+
+
+def test_empty_corpus_is_refused(tmp_path):
+  path = write_text(tmp_path / "empty.txt", "  \n\n  ")
+  for tokenizer_cfg in (BYTES, TokenizerConfig(kind="bpe", vocab_size=300)):
+    with pytest.raises(ValueError, match=r"holds no text"):
+      build_text_dataset(SourceConfig(kind="txt", paths=(path,)), tokenizer_cfg)
+
+
+def test_corpus_too_small_for_the_pools_says_how_many_exist_and_were_asked(tmp_path):
+  path = write_text(tmp_path / "small.txt", random_text(0, 200))
+  source = SourceConfig(kind="txt", paths=(path,))
+  num_sequences = build_text_dataset(source, BYTES, seq_len=64).num_sequences
+  with pytest.raises(ValueError, match=rf"has {num_sequences} distinct sequences.*ask for 1010"):
+    build_text_dataset(source, BYTES, seq_len=64, pool_sizes=PoolSizes(train=1000, heldout=10))
+  with pytest.raises(ValueError, match=r"no document .* is 100000 tokens long.*lower seq_len"):
+    build_text_dataset(source, BYTES, seq_len=100_000)
+
+
+def test_tokenizer_file_that_does_not_load_is_named(tmp_path):
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", "text"),))
+  bad = write_text(tmp_path / "tokenizer.json", '{"not": "a tokenizer"}')
+  with pytest.raises(ValueError, match=r"tokenizer\.json' does not load.*valid tokenizer\.json"):
+    build_text_dataset(source, TokenizerConfig(kind="file", path=bad))
+  with pytest.raises(FileNotFoundError, match=r"tokenizer file .* does not exist"):
+    build_text_dataset(source, TokenizerConfig(kind="file", path=str(tmp_path / "missing.json")))
+
+
+@pytest.mark.parametrize("vocab_size", [256, 100, 2**16 + 1, 10**7])
+def test_bpe_vocab_size_out_of_range_is_refused_before_reading(tmp_path, vocab_size):
+  source = SourceConfig(kind="txt", paths=(str(tmp_path / "never_read.txt"),))
+  with pytest.raises(ValueError, match=rf"vocab_size {vocab_size} is out of range.*use 257"):
+    build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=vocab_size))
+
+
+def test_bpe_vocab_larger_than_the_corpus_supports_is_refused(tmp_path):
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", "ab ab ab ab"),))
+  with pytest.raises(ValueError, match=r"reached only \d+ tokens.*lower vocab_size"):
+    build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=5000))
+
+
+@pytest.mark.parametrize("seq_len", [1, 0, -3])
+def test_seq_len_below_two_is_refused(tmp_path, seq_len):
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", "text"),))
+  with pytest.raises(ValueError, match=r"seq_len must be an integer >= 2"):
+    build_text_dataset(source, BYTES, seq_len=seq_len)
+
+
+def test_unknown_kinds_list_the_allowed_values():
+  with pytest.raises(ValueError, match=r"source kind 'csv'.*'parquet'"):
+    build_text_dataset(SourceConfig(kind="csv", paths=("x.csv",)), BYTES)
+  with pytest.raises(ValueError, match=r"tokenizer kind 'words'.*'bytes'"):
+    build_text_dataset(SourceConfig(), TokenizerConfig(kind="words"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded corpus end to end (about 15 s: parse, train a 2048-token BPE, tokenize).
+
+
+@pytest.mark.slow
+def test_stdlib_docs_dataset_with_a_2048_token_bpe(tmp_path):
+  ds = build_text_dataset(SourceConfig(), TokenizerConfig(kind="bpe", vocab_size=2048), seq_len=64,
+                          pool_sizes=PoolSizes(train=10_000, heldout=1000, reference=1000),
+                          cache_dir=str(tmp_path / "cache"))
+  assert ds.num_chars > 5_000_000 and ds.num_sequences > 30_000
+  assert ds.tokens.shape == (ds.num_sequences, 64) and ds.vocab_size == 2048
+  print(f"stdlib_docs: {ds.num_documents} documents, {ds.num_chars} chars, "
+        f"{ds.num_sequences} sequences, {ds.num_duplicates_dropped} duplicates dropped")
