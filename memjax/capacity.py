@@ -18,6 +18,8 @@ from memjax import report
 from memjax import sweep
 from memjax import train as train_lib
 
+validate = config_lib.validate
+
 
 def _rows(settings, bucket, specs, state, evaluation, wall_s):
   shape = bucket.shape
@@ -102,3 +104,12 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   sweep.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   report.write_capacity_figures(rows, summary, workdir)
   return summary, trained, len(all_keys) - trained
+
+
+def main(settings, workdir):
+  """Run and print the capacity table (the CLI's job for config.experiment = "capacity")."""
+  start = time.time()
+  summary, trained, skipped = run(settings, workdir)
+  print(report.capacity_table_text(summary))
+  print(f"{trained} models trained, {skipped} already done; results in {workdir}: "
+        f"results.jsonl, summary.json, figures ({time.time() - start:.0f}s)")

@@ -16,7 +16,6 @@ from memjax import model as model_lib
 from memjax.train import TrainConfig
 
 PRECISIONS = tuple(model_lib.DTYPES)
-EXPERIMENTS = ("capacity",)
 MAX_INT32 = 2**31 - 1
 
 
@@ -58,8 +57,9 @@ def _fail(field, message):
   raise ConfigError(f"config.{field}: {message}")
 
 
-def _check_fields(config):
-  for section, allowed in ALLOWED.items():
+def check_fields(config, allowed_fields):
+  """Reject fields not in `allowed_fields` ({section: names}, "" for the top level)."""
+  for section, allowed in allowed_fields.items():
     node = config if not section else config.get(section)
     if node is None:
       _fail(section, "missing section")
@@ -121,9 +121,7 @@ def _get(config, field):
 
 def validate(config) -> CapacitySettings:
   """Check a capacity config and turn it into settings; raises ConfigError naming the field."""
-  if config.get("experiment") not in EXPERIMENTS:
-    _fail("experiment", f"must be one of {', '.join(EXPERIMENTS)}, got {config.get('experiment')!r}")
-  _check_fields(config)
+  check_fields(config, ALLOWED)
   vocab = _int(config, "data.vocab_size", minimum=2)
   seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
   heads = _int(config, "model.num_heads")

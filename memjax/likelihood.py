@@ -123,6 +123,12 @@ def stack_token_logprobs(cfg, params_M, tokens_MxBxS, vocab_chunk=DEFAULT_VOCAB_
   return jax.vmap(lambda p, t: token_logprobs(cfg, p, t, vocab_chunk))(params_M, tokens_MxBxS)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def shared_token_logprobs(cfg, params_M, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
+  """log2 p [M, B, S]: every model of the stack scores the same [B, S] tokens."""
+  return jax.vmap(lambda p: token_logprobs(cfg, p, tokens_BxS, vocab_chunk))(params_M)
+
+
 def _next_token_moments(h_NxD, w_VxD, chunk):
   """Per row: logsumexp, E_p[log p], Var_p[log p] and argmax of softmax(h @ w.T), chunked.
 

@@ -4,8 +4,8 @@ Fields of the config can be overridden on the command line, e.g.
 --config.sweep.d_model='(32,64)' --config.train.steps=2000.
 """
 
+import importlib
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -17,6 +17,12 @@ from memjax import config as config_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and figures.")
 
+# config.experiment -> the module that runs it. Each module has `validate(config) -> settings`
+# (raising config.ConfigError) and `main(settings, workdir)`, which runs and prints its report.
+EXPERIMENTS = {
+    "capacity": "memjax.capacity",
+}
+
 
 def main(argv):
   if len(argv) > 1:
@@ -25,20 +31,18 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/capacity.py")
   try:
-    settings = config_lib.validate(config)
+    name = config.get("experiment")
+    if name not in EXPERIMENTS:
+      raise config_lib.ConfigError(
+          f"config.experiment: must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
+    experiment = importlib.import_module(EXPERIMENTS[name])
+    settings = experiment.validate(config)
     config_lib.check_workdir(_WORKDIR.value)
   except config_lib.ConfigError as e:
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
-
-  from memjax import capacity  # noqa: after validation, so bad configs fail before jax loads
-  from memjax import report
-  logging.set_verbosity(logging.WARNING if settings.quiet else logging.INFO)
-  start = time.time()
-  summary, trained, skipped = capacity.run(settings, _WORKDIR.value)
-  print(report.capacity_table_text(summary))
-  print(f"{trained} models trained, {skipped} already done; results in {_WORKDIR.value}: "
-        f"results.jsonl, summary.json, figures ({time.time() - start:.0f}s)")
+  logging.set_verbosity(logging.WARNING if getattr(settings, "quiet", False) else logging.INFO)
+  experiment.main(settings, _WORKDIR.value)
 
 
 def parse_flags(argv):

@@ -59,6 +59,9 @@ class StackState:
   dataset_size_M: jax.Array
   active_M: jax.Array  # False once frozen
   diverged_M: jax.Array
+  # Text data only: row indices into the device-resident corpus of each model's N members,
+  # padded to the largest N of the stack ([M, N_max]); None for synthetic data.
+  members_MxN: Any = None
 
 
 def lr_schedule(peak_lr, tcfg: TrainConfig):
@@ -101,18 +104,37 @@ def init_stack(cfg, tcfg, seed_M, dataset_size_M, learning_rate_M) -> StackState
       seed_M, dataset_size_M, learning_rate_M)
 
 
-def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec]) -> StackState:
+def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec], members=None) -> StackState:
+  """A fresh stack; `members` (text data): one index array per model, of length its N."""
   arrays = [np.array([getattr(s, f) for s in specs], dtype)
             for f, dtype in (("seed", np.int32), ("dataset_size", np.int32),
                              ("learning_rate", np.float32))]
-  return init_stack(cfg, tcfg, *arrays)
+  state = init_stack(cfg, tcfg, *arrays)
+  if members is not None:
+    for spec, m in zip(specs, members):
+      if len(m) != spec.dataset_size:
+        raise ValueError(f"members of a model must number its dataset_size {spec.dataset_size}, "
+                         f"got {len(m)}")
+    n_max = max(len(m) for m in members)
+    padded = np.zeros((len(specs), n_max), np.int32)
+    for i, m in enumerate(members):
+      padded[i, : len(m)] = m
+    state = state.replace(members_MxN=jnp.asarray(padded))
+  return state
 
 
-def train_step(cfg: model_lib.ModelConfig, tcfg: TrainConfig, state: StackState):
-  """One optimizer step of one model (vmap lifts it to the stack). Returns (state, loss)."""
+def batch_tokens(cfg, tcfg, state: StackState, corpus_NxS=None):
+  """The next training batch of one model: generated (synthetic) or gathered (text)."""
   indices_B = synthetic.cyclic_indices(state.data_pos_M, tcfg.batch_size, state.dataset_size_M)
-  tokens_BxS = synthetic.sequences(synthetic.train_key(state.data_key_M), indices_B,
-                                   cfg.seq_len, cfg.vocab_size)
+  if state.members_MxN is None:
+    return synthetic.sequences(synthetic.train_key(state.data_key_M), indices_B, cfg.seq_len,
+                               cfg.vocab_size)
+  return jnp.take(corpus_NxS, state.members_MxN[indices_B], axis=0).astype(jnp.int32)
+
+
+def train_step(cfg: model_lib.ModelConfig, tcfg: TrainConfig, state: StackState, corpus_NxS=None):
+  """One optimizer step of one model (vmap lifts it to the stack). Returns (state, loss)."""
+  tokens_BxS = batch_tokens(cfg, tcfg, state, corpus_NxS)
   loss_fn = lambda p: likelihood.mean_loss(cfg, p, tokens_BxS, tcfg.vocab_chunk)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, new_opt_state = make_optimizer(tcfg).update(grads, state.opt_state, state.params)
@@ -133,16 +155,20 @@ def train_step(cfg: model_lib.ModelConfig, tcfg: TrainConfig, state: StackState)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), donate_argnums=(2,))
-def train_steps(cfg, tcfg, state: StackState, num_steps: int):
-  """`num_steps` steps of the whole stack in one dispatch. Returns (state, losses [K, M])."""
-  step = jax.vmap(lambda s: train_step(cfg, tcfg, s))
+def train_steps(cfg, tcfg, state: StackState, num_steps: int, corpus_NxS=None):
+  """`num_steps` steps of the whole stack in one dispatch. Returns (state, losses [K, M]).
+
+  `corpus_NxS` (text data) is shared by all models and stays on the device between calls.
+  """
+  step = jax.vmap(lambda s: train_step(cfg, tcfg, s, corpus_NxS))
   return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), donate_argnums=(2,))
-def train_steps_single(cfg, tcfg, state: StackState, num_steps: int):
+def train_steps_single(cfg, tcfg, state: StackState, num_steps: int, corpus_NxS=None):
   """The one-model path (no vmap): the baseline that the stacked program is checked against."""
-  return jax.lax.scan(lambda s, _: train_step(cfg, tcfg, s), state, None, length=num_steps)
+  return jax.lax.scan(lambda s, _: train_step(cfg, tcfg, s, corpus_NxS), state, None,
+                      length=num_steps)
 
 
 def model_slice(tree, i):
@@ -150,13 +176,13 @@ def model_slice(tree, i):
   return jax.tree.map(lambda a: a[i], tree)
 
 
-def train(cfg, tcfg: TrainConfig, state: StackState, progress=None):
-  """Run the remaining steps of `tcfg.steps` in chunks; returns (state, last losses [M])."""
+def train(cfg, tcfg: TrainConfig, state: StackState, progress=None, corpus_NxS=None):
+  """Run `tcfg.steps` steps in chunks; returns (state, last losses [M])."""
   done = 0
   losses_M = None
   while done < tcfg.steps:
     k = min(tcfg.steps_per_call, tcfg.steps - done)
-    state, losses_KxM = train_steps(cfg, tcfg, state, k)
+    state, losses_KxM = train_steps(cfg, tcfg, state, k, corpus_NxS)
     losses_M = losses_KxM[-1]
     done += k
     if progress is not None:

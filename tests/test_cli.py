@@ -59,6 +59,7 @@ def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
   cases = [
       (["--config.train.stepz=3"], "config.train.stepz: unknown field"),
       (["--config.sweep.d_model=(0,)"], "config.sweep.d_model: must be integers in [1,"),
+      (["--config.experiment=nope"], "config.experiment: must be one of capacity"),
       (["--config.data.vocab_size=2", "--config.data.seq_len=3", "--config.sweep.dataset_sizes=(9,)"],
        "config.sweep.dataset_sizes: dataset size 9 is too large"),
   ]

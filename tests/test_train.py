@@ -80,3 +80,20 @@ def test_a_tiny_model_memorizes_nearly_all_bits_of_a_few_sequences():
   assert (ev["mem_bits"] <= memorizable + 1e-3).all()
   # Held-out sequences are not memorized: test loss stays at or above log V.
   assert (ev["test_loss"] > np.log(32) * 0.95).all()
+
+
+def test_text_stack_gathers_each_models_members_from_the_shared_corpus():
+  corpus_NxS = jax.random.randint(jax.random.key(3), (50, CFG.seq_len), 0, CFG.vocab_size)
+  members = [np.arange(0, 10), np.arange(20, 24)]
+  specs = [ModelSpec(10, 0, 1e-2), ModelSpec(4, 1, 1e-2)]
+  stack = train_lib.init_stack_from_specs(CFG, TCFG, specs, members)
+  np.testing.assert_array_equal(stack.members_MxN[1], [20, 21, 22, 23, 0, 0, 0, 0, 0, 0])
+  # Batches: model 1 walks rows 20..23 and wraps, never touching the padding.
+  batch = train_lib.batch_tokens(CFG, TCFG, train_lib.model_slice(stack, 1), corpus_NxS)
+  np.testing.assert_array_equal(batch, corpus_NxS[np.array([20, 21, 22, 23] * 2)])
+  singles = [train_lib.model_slice(stack, i) for i in range(2)]
+  stack, losses_KxM = train_lib.train_steps(CFG, TCFG, stack, 10, corpus_NxS)
+  for i, single in enumerate(singles):
+    _, losses_K = train_lib.train_steps_single(CFG, TCFG, single, 10, corpus_NxS)
+    np.testing.assert_allclose(losses_KxM[:, i], losses_K, rtol=2e-5, atol=2e-6)
+  assert float(losses_KxM[-1, 1]) < float(losses_KxM[0, 1])
