@@ -1,0 +1,1147 @@
+"""Text memorization (Morris et al. 2025, section 5): real corpora, reference models, double
+descent, extraction and which samples are memorized.
+
+`python -m memjax.main --config=configs/text.py --workdir=runs/text` runs it:
+
+1. Data: `data.build_text_dataset` reads the corpus, tokenizes it (trained BPE, a tokenizer.json,
+   or bytes), cuts S-token sequences, drops exact duplicates and caches them; the pools are then
+   drawn by `data.seed`: held-out (non-members: test loss, extraction), reference (set aside) and
+   the training pool of P sequences.
+2. Models: for every shape (layers x d_model x precision) one stack holds a model for each
+   dataset size N of the grid and each seed, plus the shape's *reference*: the same shape trained
+   on the whole training pool (N = P, the first seed). A model with seed s and N members trains on
+   the first N of a permutation of the training pool seeded by (data.seed, s), so within a seed a
+   smaller training set is a subset of a larger one, and the reference holds every one of them.
+3. Scores: every model scores its own members and the held-out test set with the likelihood
+   kernel; the references score the whole training pool (their members).
+4. References: per shape, `same_size` is its full-pool model; the `oracle` is the full-pool model,
+   over all shapes, with the lowest held-out loss (the best compressor of the data). For a model
+   and each reference, per training sample x,
+
+       mem(x) = max(0, log2 p(x | model) - log2 p(x | reference))
+
+   summed over the model's members (mem_bits_same_size, mem_bits_oracle; the unclipped sums
+   too); ref_bits = -sum log2 p(x | reference) is the dataset size in bits under that reference.
+   `reference.primary` picks the one reported as mem_bits / dataset_bits.
+5. Double descent: train and test loss against dataset_bits / capacity, capacity =
+   reference.alpha x parameters (or, with alpha = 0, the shape's measured maximum memorization).
+6. Extraction (`extraction.py`): greedy continuation from prefixes of extraction.prefix_lengths
+   tokens of each model's own members (the first extraction.member_samples of them) and of
+   extraction.nonmember_samples held-out sequences; exact-match rate and token-match fraction.
+7. TF-IDF (`tfidf.py`, IDF over the training pool's sequences) of each member against its
+   memorization: Spearman correlation per model, and the top memorized samples as text.
+
+Outputs in the workdir: results.jsonl (one row per model), summary.json, figures,
+top_memorized.txt, text_dataset.json + the tokenizer, and text_stacks/ (per stack: the scores and,
+with sweep.save_params, the trained parameters). A rerun skips every stack whose scores are there
+(and does not retrain a stack whose parameters are there) and rebuilds the rows, summary and
+figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from memjax import config as config_lib
+from memjax import extraction
+from memjax import likelihood
+from memjax import model as model_lib
+from memjax import sweep
+from memjax import tfidf as tfidf_lib
+from memjax import train as train_lib
+from memjax.config import ConfigError
+from memjax.data import corpus as corpus_lib
+from memjax.data import text as text_lib
+from memjax.data import tokenize as tokenize_lib
+from memjax.train import ModelSpec, TrainConfig
+
+REFERENCES = ("same_size", "oracle")
+DEFAULT_ALPHA = 3.6
+# Bump when what is stored per stack changes, so old files are not reused.
+_STACK_FORMAT = 1
+
+ALLOWED = {
+    "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "reference",
+         "extraction", "analysis"},
+    "data": {"source", "paths", "text_field", "txt_split", "tfds_name", "tfds_split",
+             "tfds_data_dir", "doc_packages", "max_documents", "tokenizer", "tokenizer_path",
+             "vocab_size", "bpe_min_frequency", "bpe_max_train_chars", "seq_len", "train_pool",
+             "heldout_pool", "reference_pool", "seed", "cache_dir"},
+    "model": {"num_heads"},
+    "sweep": {"layers", "d_model", "precisions", "dataset_sizes", "seeds", "models_per_stack",
+              "save_params"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "eval": {"batch_size", "test_size"},
+    "reference": {"primary", "alpha"},
+    "extraction": {"prefix_lengths", "member_samples", "nonmember_samples", "batch_size"},
+    "analysis": {"top_k"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+  source: text_lib.SourceConfig
+  tokenizer: text_lib.TokenizerConfig
+  seq_len: int
+  train_pool: int | None  # None: every sequence the other pools leave
+  heldout_pool: int
+  reference_pool: int
+  data_seed: int
+  cache_dir: str  # "": <workdir>/cache
+  num_heads: int
+  layers: tuple
+  d_model: tuple
+  precisions: tuple
+  dataset_sizes: tuple
+  seeds: tuple
+  models_per_stack: int  # 0: every model of a shape in one stack
+  save_params: bool
+  train: TrainConfig
+  eval_batch_size: int
+  test_size: int
+  reference_primary: str
+  alpha: float  # 0: capacity measured as the shape's largest memorization
+  prefix_lengths: tuple
+  member_samples: int
+  nonmember_samples: int
+  extraction_batch_size: int
+  top_k: int
+  quiet: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation.
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def _str(config, field, allowed=None, allow_empty=True):
+  value = config_lib._get(config, field)
+  if value is None:
+    value = ""
+  if not isinstance(value, str):
+    _fail(field, f"must be a string, got {value!r}")
+  if allowed is not None and value not in allowed:
+    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+  if not allow_empty and not value:
+    _fail(field, "must not be empty")
+  return value
+
+
+def _str_list(config, field):
+  values = config_lib._as_tuple(config, field)
+  if any(not isinstance(v, str) or not v for v in values):
+    _fail(field, f"must be a list of non-empty strings, got {values!r}")
+  return values
+
+
+def _path(value):
+  return os.path.expanduser(value) if value else value
+
+
+def validate(config) -> TextSettings:
+  """Check a text config and turn it into settings; raises ConfigError naming the field.
+
+  Checks every value and the files that can be checked without reading them (source paths,
+  tokenizer file); the checks that need the corpus (its size against the pools and N) run right
+  after the dataset is built, before anything is trained.
+  """
+  config_lib.check_fields(config, ALLOWED)
+  _int, _float = config_lib._int, config_lib._float
+
+  kind = _str(config, "data.source", corpus_lib.SOURCE_KINDS)
+  paths = tuple(_path(p) for p in _str_list(config, "data.paths"))
+  tfds_name = _str(config, "data.tfds_name")
+  max_documents = _int(config, "data.max_documents", minimum=0)
+  source = text_lib.SourceConfig(
+      kind=kind, paths=paths, text_field=_str(config, "data.text_field"),
+      txt_split=_str(config, "data.txt_split", corpus_lib.TXT_SPLITS),
+      name=tfds_name or None, split=_str(config, "data.tfds_split", allow_empty=False),
+      data_dir=_path(_str(config, "data.tfds_data_dir")) or None,
+      doc_packages=_str_list(config, "data.doc_packages"),
+      max_documents=max_documents or None)
+  if kind in corpus_lib.FILE_EXTENSIONS:
+    if not paths:
+      _fail("data.paths", f"data.source={kind!r} reads files: give files, directories or globs")
+    if not source.text_field and kind != "txt":
+      _fail("data.text_field", f"data.source={kind!r} needs the field that holds the text")
+    try:
+      corpus_lib.resolve_paths(paths, corpus_lib.FILE_EXTENSIONS[kind])
+    except FileNotFoundError as e:
+      _fail("data.paths", str(e))
+  if kind == "tfds":
+    if not tfds_name:
+      _fail("data.tfds_name", "data.source='tfds' needs the dataset name, e.g. 'wiki40b/en'")
+    if not source.text_field:
+      _fail("data.text_field", "data.source='tfds' needs the feature that holds the text")
+
+  tok_kind = _str(config, "data.tokenizer", tokenize_lib.TOKENIZER_KINDS)
+  tok_path = _path(_str(config, "data.tokenizer_path"))
+  vocab = _int(config, "data.vocab_size", minimum=0)
+  if tok_kind == "file":
+    if not tok_path:
+      _fail("data.tokenizer_path", "data.tokenizer='file' needs the path of a tokenizer.json")
+    if not os.path.isfile(tok_path):
+      _fail("data.tokenizer_path", f"the tokenizer file {tok_path!r} does not exist; fix the path")
+  if tok_kind == "bpe" and not (tokenize_lib.MIN_BPE_VOCAB <= vocab <= tokenize_lib.MAX_BPE_VOCAB):
+    _fail("data.vocab_size",
+          f"a byte-level BPE needs {tokenize_lib.MIN_BPE_VOCAB} (256 bytes + 1 merge) to "
+          f"{tokenize_lib.MAX_BPE_VOCAB} tokens, got {vocab}; change it, or set "
+          "data.tokenizer='bytes' (V=256)")
+  max_chars = _int(config, "data.bpe_max_train_chars", minimum=0)
+  tokenizer = text_lib.TokenizerConfig(
+      kind=tok_kind, path=tok_path or None, vocab_size=vocab if tok_kind == "bpe" else None,
+      min_frequency=_int(config, "data.bpe_min_frequency"), max_train_chars=max_chars or None)
+
+  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
+  train_pool = _int(config, "data.train_pool", minimum=0)
+  heldout = _int(config, "data.heldout_pool", minimum=1)
+  heads = _int(config, "model.num_heads")
+  d_model = config_lib._int_list(config, "sweep.d_model")
+  for d in d_model:
+    if d % heads:
+      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
+  precisions = config_lib._as_tuple(config, "sweep.precisions")
+  if not precisions or any(p not in config_lib.PRECISIONS for p in precisions):
+    _fail("sweep.precisions",
+          f"must be a list of {', '.join(config_lib.PRECISIONS)}, got {precisions!r}")
+  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
+  if train_pool and sizes[-1] > train_pool:
+    _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
+                                 f"data.train_pool={train_pool}; lower it or raise the pool")
+  seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
+  if len(set(seeds)) != len(seeds):
+    _fail("sweep.seeds", f"must be distinct, got {seeds!r}")
+  test_size = _int(config, "eval.test_size")
+  if test_size > heldout:
+    _fail("eval.test_size", f"{test_size} test sequences do not fit the held-out pool "
+                            f"data.heldout_pool={heldout}; lower it or raise the pool")
+  primary = _str(config, "reference.primary", REFERENCES)
+  prefixes = config_lib._int_list(config, "extraction.prefix_lengths", allow_empty=True)
+  for p in prefixes:
+    if p >= seq_len:
+      _fail("extraction.prefix_lengths",
+            f"each prefix must be shorter than data.seq_len={seq_len}, got {p}")
+  nonmembers = _int(config, "extraction.nonmember_samples", minimum=0)
+  if nonmembers > heldout:
+    _fail("extraction.nonmember_samples",
+          f"{nonmembers} non-members do not fit the held-out pool data.heldout_pool={heldout}; "
+          "lower it or raise the pool")
+  save_params = config_lib._get(config, "sweep.save_params")
+  if not isinstance(save_params, bool):
+    _fail("sweep.save_params", f"must be True or False, got {save_params!r}")
+
+  return TextSettings(
+      source=source, tokenizer=tokenizer, seq_len=seq_len, train_pool=train_pool or None,
+      heldout_pool=heldout, reference_pool=_int(config, "data.reference_pool", minimum=0),
+      data_seed=_int(config, "data.seed", minimum=0),
+      cache_dir=_path(_str(config, "data.cache_dir")),
+      num_heads=heads, layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model,
+      precisions=precisions, dataset_sizes=sizes, seeds=seeds,
+      models_per_stack=_int(config, "sweep.models_per_stack", minimum=0),
+      save_params=save_params, train=config_lib.train_config(config),
+      eval_batch_size=_int(config, "eval.batch_size"), test_size=test_size,
+      reference_primary=primary, alpha=_float(config, "reference.alpha", strict=False),
+      prefix_lengths=tuple(sorted(set(prefixes))),
+      member_samples=_int(config, "extraction.member_samples", minimum=0),
+      nonmember_samples=nonmembers,
+      extraction_batch_size=_int(config, "extraction.batch_size"),
+      top_k=_int(config, "analysis.top_k", minimum=0),
+      quiet=bool(config.get("quiet", False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+
+# Words of a data-pipeline error message -> the config field to change.
+_ERROR_FIELDS = (
+    ("tokenizer file", "data.tokenizer_path"),
+    ("vocab_size", "data.vocab_size"),
+    ("tokens long", "data.seq_len"),
+    ("seq_len", "data.seq_len"),
+    ("text_field", "data.text_field"),
+    ("TFDS", "data.tfds_name"),
+    ("tfds", "data.tfds_name"),
+)
+
+
+def _data_error(settings: TextSettings, error: Exception) -> ConfigError:
+  message = str(error).strip("'\"")
+  field = next((f for words, f in _ERROR_FIELDS if words in message), None)
+  if field is None:
+    field = "data.paths" if settings.source.kind in corpus_lib.FILE_EXTENSIONS else "data.source"
+  return ConfigError(f"config.{field}: {message}")
+
+
+@dataclasses.dataclass
+class Data:
+  dataset: text_lib.TextDataset
+  train_idx: np.ndarray  # the training pool: row indices into dataset.tokens, [P]
+  heldout_idx: np.ndarray
+  reference_idx: np.ndarray
+  identity: str  # hash of the tokens and pools, part of every model key
+
+
+def load_data(settings: TextSettings, workdir: str) -> Data:
+  """Build (or load from the cache) the dataset and draw the pools; ConfigError on bad input."""
+  cache_dir = settings.cache_dir or os.path.join(workdir, "cache")
+  try:
+    dataset = text_lib.build_text_dataset(
+        settings.source, settings.tokenizer, settings.seq_len, text_lib.PoolSizes(),
+        settings.data_seed, cache_dir=cache_dir)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    raise _data_error(settings, e) from e
+  check_dataset(settings, dataset)
+  pools = text_lib.PoolSizes(train=settings.train_pool, heldout=settings.heldout_pool,
+                             reference=settings.reference_pool)
+  train_idx, heldout_idx, reference_idx = text_lib.split_pools(
+      dataset.num_sequences, pools, settings.data_seed)
+  identity = _hash({"dataset": dataset.manifest["key"], "pools": dataclasses.asdict(pools),
+                    "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"})
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer_file = dataset.tokenizer.save_to_workdir(workdir)
+  sweep.write_json_atomic(os.path.join(workdir, "text_dataset.json"), {
+      "manifest": dataset.manifest, "source": corpus_lib.describe_source(settings.source),
+      "seed": settings.data_seed, "pool_sizes": dataclasses.asdict(pools),
+      "num_train": int(train_idx.size), "num_heldout": int(heldout_idx.size),
+      "num_reference": int(reference_idx.size), "tokenizer_file": os.path.basename(tokenizer_file),
+      "cache_path": dataset.cache_path})
+  return Data(dataset, train_idx, heldout_idx, reference_idx, identity)
+
+
+def check_dataset(settings: TextSettings, dataset: text_lib.TextDataset):
+  """The checks that need the corpus: pools and dataset sizes against its sequences."""
+  n = dataset.num_sequences
+  fixed = settings.heldout_pool + settings.reference_pool
+  where = (f"the corpus ({corpus_lib.describe_source(settings.source)}) has {n:,} distinct "
+           f"sequences of {settings.seq_len} tokens")
+  if settings.train_pool is not None and settings.train_pool + fixed > n:
+    _fail("data.train_pool",
+          f"{where}, but data.train_pool + data.heldout_pool + data.reference_pool = "
+          f"{settings.train_pool:,} + {settings.heldout_pool:,} + {settings.reference_pool:,}; "
+          "lower them, lower data.seq_len or use a larger corpus")
+  available = n - fixed
+  if available < 1:
+    _fail("data.heldout_pool",
+          f"{where}, and data.heldout_pool + data.reference_pool = {fixed:,} leave none to "
+          "train on; lower them or use a larger corpus")
+  if settings.train_pool is None and settings.dataset_sizes[-1] > available:
+    _fail("sweep.dataset_sizes",
+          f"dataset size {settings.dataset_sizes[-1]:,} is larger than the training pool: {where}"
+          f", {available:,} left after the held-out and reference pools; lower the dataset sizes "
+          "or the pools, or use a larger corpus")
+  if dataset.vocab_size < 2:
+    _fail("data.tokenizer", f"the tokenizer has {dataset.vocab_size} tokens; a model needs >= 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: shapes, models, stacks.
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One model of the sweep."""
+  shape: model_lib.ModelConfig
+  spec: ModelSpec
+  is_reference: bool  # the shape's full-pool model
+  in_grid: bool  # its N is one of sweep.dataset_sizes
+
+  @property
+  def name(self):
+    s = self.shape
+    return (f"L{s.layers} d{s.d_model} {s.precision} N={self.spec.dataset_size} "
+            f"seed={self.spec.seed}")
+
+
+def shape_label(shape):
+  return f"L{shape.layers} d{shape.d_model} {shape.precision}"
+
+
+def model_shapes(settings, vocab_size):
+  return [model_lib.ModelConfig(vocab_size, settings.seq_len, l, d, settings.num_heads, p)
+          for p in settings.precisions for l in settings.layers for d in settings.d_model]
+
+
+def shape_members(settings, shape, pool_size):
+  """The grid (N x seeds) and the full-pool reference of one shape; the reference comes first."""
+  lr = settings.train.learning_rate
+  ref = ModelSpec(pool_size, settings.seeds[0], lr)
+  members = [Member(shape, ref, True, pool_size in settings.dataset_sizes)]
+  for seed in settings.seeds:
+    for n in settings.dataset_sizes:
+      spec = ModelSpec(n, seed, lr)
+      if spec != ref:
+        members.append(Member(shape, spec, False, True))
+  return members
+
+
+def member_positions(settings, pool_size, seed, n):
+  """Positions in the training pool of a model's N members: perm(data.seed, seed)[:N]."""
+  rng = np.random.default_rng([settings.data_seed, seed])
+  return rng.permutation(pool_size)[:n].astype(np.int32)
+
+
+def model_key(member, tcfg, data_identity):
+  """A stable id of everything that determines a trained model: shape, N, seed, training, data."""
+  return sweep.model_key(member.shape, member.spec, tcfg, extra=("text", data_identity))
+
+
+def _hash(value) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stacks(settings, members):
+  size = settings.models_per_stack or len(members)
+  return [members[i:i + size] for i in range(0, len(members), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and scoring one stack.
+
+
+def score_members(cfg, params_M, member_rows, corpus_NxS, batch, vocab_chunk, progress=None):
+  """log2 p of each model's own members: a list of [N_m] float64 arrays (sequence sums).
+
+  Windows of `batch` member positions are scored by the models that still have members there
+  (the largest N first), so no model scores padding beyond its N.
+  """
+  sizes = np.array([len(r) for r in member_rows])
+  order = np.argsort(-sizes, kind="stable")
+  out = [np.zeros(n, np.float64) for n in sizes]
+  batch = max(1, min(batch, int(sizes.max())))
+  current_k, params_k = None, None
+  for start in range(0, int(sizes.max()), batch):
+    k = int((sizes > start).sum())
+    if k != current_k:
+      idx = jnp.asarray(order[:k])
+      params_k = jax.tree.map(lambda a: a[idx], params_M)
+      current_k = k
+    positions = np.arange(start, start + batch)
+    rows_KxB = np.stack([member_rows[i][np.minimum(positions, sizes[i] - 1)] for i in order[:k]])
+    tokens_KxBxS = jnp.take(corpus_NxS, jnp.asarray(rows_KxB), axis=0).astype(jnp.int32)
+    logp = likelihood.stack_token_logprobs(cfg, params_k, tokens_KxBxS, vocab_chunk)
+    seq_KxB = np.asarray(logp.sum(-1), np.float64)
+    for j, i in enumerate(order[:k]):
+      stop = min(start + batch, sizes[i])
+      out[i][start:stop] = seq_KxB[j, :stop - start]
+    if progress is not None:
+      progress(int(sum(min(batch, sizes[i] - start) for i in order[:k])))
+  return out
+
+
+def score_shared(cfg, params_M, rows, corpus_NxS, batch, vocab_chunk):
+  """log2 p [M, len(rows)] (sequence sums) of shared rows under every model."""
+  m = jax.tree.leaves(params_M)[0].shape[0]
+  out = np.zeros((m, len(rows)), np.float64)
+  if len(rows) == 0:
+    return out
+  batch = max(1, min(batch, len(rows)))
+  for start in range(0, len(rows), batch):
+    stop = min(start + batch, len(rows))
+    idx = rows[np.minimum(np.arange(start, start + batch), len(rows) - 1)]
+    tokens_BxS = jnp.take(corpus_NxS, jnp.asarray(idx), axis=0).astype(jnp.int32)
+    logp = likelihood.shared_token_logprobs(cfg, params_M, tokens_BxS, vocab_chunk)
+    out[:, start:stop] = np.asarray(logp.sum(-1), np.float64)[:, :stop - start]
+  return out
+
+
+def _save_params(path, params_M):
+  leaves, _ = jax.tree_util.tree_flatten_with_path(params_M)
+  arrays = {jax.tree_util.keystr(p): np.asarray(a, np.float32) for p, a in leaves}
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_params(path, template_M):
+  with np.load(path) as f:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template_M)
+    new = [jnp.asarray(f[jax.tree_util.keystr(p)]).astype(a.dtype) for p, a in leaves]
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _save_npz(path, arrays):
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
+  """Train (or load the stored parameters of) one stack and score it.
+
+  Returns (arrays, whether it was trained now); the arrays are also saved in stack_dir.
+  """
+  shape, tcfg = stack[0].shape, settings.train
+  pool_size = data.train_idx.size
+  positions = [member_positions(settings, pool_size, m.spec.seed, m.spec.dataset_size)
+               for m in stack]
+  member_rows = [data.train_idx[p] for p in positions]
+  specs = [m.spec for m in stack]
+  params_path = stack_dir + ".params.npz"
+  start = time.time()
+  state = train_lib.init_stack_from_specs(shape, tcfg, specs, member_rows)
+  n = len(stack)
+  trained = not os.path.exists(params_path)
+  if not trained:
+    with np.load(stack_dir + ".train_state.npz") as meta:
+      steps_M, diverged_M = meta["steps"], meta["diverged"]
+    params_M = _load_params(params_path, state.params)
+    logging.info("%s: loaded trained parameters from %s", label, params_path)
+  else:
+    tokens_per_step = tcfg.batch_size * shape.seq_len * n
+    with tqdm(total=tcfg.steps, desc=f"train {label}", unit="step", disable=settings.quiet,
+              leave=False, dynamic_ncols=True) as bar:
+      def progress(k, losses_M):
+        bar.update(k)
+        bar.set_postfix_str(f"loss {float(np.nanmean(np.asarray(losses_M))):.3f}, "
+                            f"{tokens_per_step * bar.n / max(time.time() - start, 1e-9):,.0f} "
+                            "tok/s", refresh=False)
+      state, _ = train_lib.train(shape, tcfg, state, progress, corpus_NxS=corpus_NxS)
+    params_M = state.params
+    steps_M = np.asarray(state.step_M)[:n]
+    diverged_M = np.asarray(state.diverged_M)[:n]
+    if settings.save_params:
+      _save_npz(stack_dir + ".train_state.npz", {"steps": steps_M, "diverged": diverged_M})
+      _save_params(params_path, params_M)
+  train_s = time.time() - start
+
+  vocab_chunk = tcfg.vocab_chunk
+  total = sum(len(r) for r in member_rows)
+  with tqdm(total=total, desc=f"score {label}", unit="seq", disable=settings.quiet,
+            leave=False) as bar:
+    member_logp = score_members(shape, params_M, member_rows, corpus_NxS,
+                                settings.eval_batch_size, vocab_chunk, bar.update)
+  test_rows = data.heldout_idx[:settings.test_size]
+  test_logp = score_shared(shape, params_M, test_rows, corpus_NxS, settings.eval_batch_size,
+                           vocab_chunk)
+
+  arrays = {
+      "format": np.int32(_STACK_FORMAT),
+      "steps": np.asarray(steps_M, np.int64), "diverged": np.asarray(diverged_M, bool),
+      "member_logp": np.concatenate(member_logp),
+      "member_sizes": np.array([len(r) for r in member_rows], np.int64),
+      "test_logp": test_logp,
+  }
+  if settings.prefix_lengths:
+    tokens_np = data.dataset.tokens
+    cap = settings.member_samples
+    count_M = np.array([min(cap, len(r)) for r in member_rows], np.int64)
+    ext_kwargs = dict(batch_size=settings.extraction_batch_size, vocab_chunk=vocab_chunk)
+    nonmember_rows = data.heldout_idx[:settings.nonmember_samples]
+    work = len(settings.prefix_lengths) * n * (cap + len(nonmember_rows))
+    with tqdm(total=work, desc=f"extract {label}", unit="seq", disable=settings.quiet,
+              leave=False) as bar:
+      progress = lambda k: bar.update(k * n)
+      if cap:
+        rows_MxC = np.stack([r[np.minimum(np.arange(cap), len(r) - 1)] for r in member_rows])
+        members_ext = extraction.extract(shape, params_M, tokens_np[rows_MxC],
+                                         settings.prefix_lengths, progress=progress,
+                                         **ext_kwargs)
+      if len(nonmember_rows):
+        test_ext = extraction.extract(shape, params_M, tokens_np[nonmember_rows],
+                                      settings.prefix_lengths, progress=progress, **ext_kwargs)
+    arrays["ext_member_count"] = count_M
+    for p in settings.prefix_lengths:
+      for split, ext in (("train", members_ext if cap else None),
+                         ("test", test_ext if len(nonmember_rows) else None)):
+        for score in ("exact", "token_match"):
+          arrays[f"ext_{split}_{score}_p{p}"] = (ext[p][score] if ext is not None
+                                                 else np.zeros((n, 0)))
+  arrays["wall_s"] = np.float64(time.time() - start)
+  arrays["train_s"] = np.float64(train_s)
+  _save_npz(stack_dir + ".scores.npz", arrays)
+  return arrays, trained
+
+
+def _load_scores(path):
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  if int(arrays.get("format", -1)) != _STACK_FORMAT:
+    return None
+  return arrays
+
+
+def _score_settings(settings):
+  """Everything besides the models that the stored scores depend on."""
+  return {"test_size": settings.test_size, "prefix_lengths": settings.prefix_lengths,
+          "member_samples": settings.member_samples,
+          "nonmember_samples": settings.nonmember_samples, "format": _STACK_FORMAT}
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis: references, memorization, rows, summary.
+
+
+@dataclasses.dataclass
+class Scored:
+  member: Member
+  key: str
+  positions: np.ndarray  # pool positions of its members
+  member_logp: np.ndarray  # [N] log2 p of each member (sequence sums, bits)
+  test_logp: np.ndarray  # [test_size]
+  steps: int
+  diverged: bool
+  extraction: dict  # prefix -> split -> score -> per-sample array
+  stack_wall_s: float
+
+
+def _finite(x):
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _loss_nats(seq_logp, cfg):
+  """Mean cross-entropy in nats per predicted token (positions 1..S-1), like the train loss."""
+  if seq_logp.size == 0:
+    return float("nan")
+  predicted = -(seq_logp + math.log2(cfg.vocab_size))  # drop position 0's log2 V
+  return float(predicted.mean() / (cfg.seq_len - 1) * math.log(2))
+
+
+def analyze(settings, data, scored):
+  """Rows (one per model) and the summary, from the scores of every stack."""
+  pool_size = data.train_idx.size
+  by_shape = collections.defaultdict(list)
+  for s in scored:
+    by_shape[s.member.shape].append(s)
+  refs = {shape: next(s for s in group if s.member.is_reference)
+          for shape, group in by_shape.items()}
+  pool_logp = {}
+  for shape, ref in refs.items():
+    lp = np.full(pool_size, np.nan)
+    lp[ref.positions] = ref.member_logp
+    pool_logp[shape] = lp
+  test_loss = {id(s): _loss_nats(s.test_logp, s.member.shape) for s in scored}
+  candidates = [r for r in refs.values() if not r.diverged and math.isfinite(test_loss[id(r)])]
+  oracle = min(candidates, key=lambda r: test_loss[id(r)]) if candidates else None
+  if oracle is None:
+    logging.warning("every full-pool reference model diverged: no oracle reference")
+
+  # In batches of rows, so a pool of millions of sequences needs little host memory.
+  tokens = data.dataset.tokens
+  batches = [np.sort(data.train_idx[i:i + 65536]) for i in range(0, pool_size, 65536)]
+  df = sum(tfidf_lib.document_frequency(tokens[b], data.dataset.vocab_size) for b in batches)
+  idf = tfidf_lib.idf_from_document_frequency(df, pool_size)
+  pool_tfidf = np.zeros(pool_size)
+  pool_idf = np.zeros(pool_size)
+  for i in range(0, pool_size, 65536):
+    rows = np.asarray(tokens[data.train_idx[i:i + 65536]])
+    pool_tfidf[i:i + 65536] = tfidf_lib.sample_tfidf(rows, idf)
+    pool_idf[i:i + 65536] = tfidf_lib.mean_idf(rows, idf)
+
+  rows, per_sample = [], {}
+  for s in scored:
+    cfg, spec = s.member.shape, s.member.spec
+    ref_of = {"same_size": refs[cfg], "oracle": oracle}
+    row = {
+        "experiment": "text", "key": s.key, "name": s.member.name,
+        "layers": cfg.layers, "d_model": cfg.d_model, "heads": cfg.num_heads,
+        "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "precision": cfg.precision,
+        "n_params": model_lib.n_params(cfg), "dataset_size": spec.dataset_size,
+        "seed": spec.seed, "learning_rate": spec.learning_rate, "steps": s.steps,
+        "batch_size": settings.train.batch_size,
+        "role": "reference" if s.member.is_reference else "sweep",
+        "is_reference": s.member.is_reference, "in_grid": s.member.in_grid,
+        "status": "diverged" if s.diverged else "ok",
+        "train_loss": _finite(_loss_nats(s.member_logp, cfg)),
+        "test_loss": _finite(test_loss[id(s)]),
+        "reference": settings.reference_primary,
+    }
+    mem_samples = {}
+    for name, ref in ref_of.items():
+      if ref is None:
+        row.update({f"reference_{name}": None, f"ref_bits_{name}": None,
+                    f"mem_bits_{name}": None, f"mem_bits_unclipped_{name}": None})
+        mem_samples[name] = np.full(s.member_logp.shape, np.nan)
+        continue
+      ref_lp = pool_logp[ref.member.shape][s.positions]
+      diff = s.member_logp - ref_lp
+      mem_samples[name] = np.maximum(0.0, diff)
+      row.update({f"reference_{name}": ref.member.name,
+                  f"ref_bits_{name}": _finite(-ref_lp.sum()),
+                  f"mem_bits_{name}": _finite(mem_samples[name].sum()),
+                  f"mem_bits_unclipped_{name}": _finite(diff.sum())})
+    primary = settings.reference_primary
+    row["reference_name"] = row[f"reference_{primary}"]
+    row["ref_bits"] = row[f"ref_bits_{primary}"]
+    row["dataset_bits"] = row["ref_bits"]  # the training set's size in bits, under the reference
+    row["mem_bits"] = row[f"mem_bits_{primary}"]
+    row["mem_bits_unclipped"] = row[f"mem_bits_unclipped_{primary}"]
+    row["mem_fraction"] = (row["mem_bits"] / row["ref_bits"]
+                           if row["mem_bits"] is not None and row["ref_bits"] else None)
+    # Which samples: TF-IDF of each member against its memorization (under the primary reference).
+    tf = pool_tfidf[s.positions]
+    row["mean_tfidf"] = _finite(tf.mean())
+    row.update(_spearman(tf, mem_samples[primary], "tfidf_spearman"))
+    # Rarity alone (the mean idf of the tokens, without term frequency).
+    row.update(_spearman(pool_idf[s.positions], mem_samples[primary], "idf_spearman"))
+    row["extraction"] = {
+        str(p): {f"{split}_{score}": _finite(np.mean(s.extraction[p][split][score]))
+                 if s.extraction[p][split][score].size else None
+                 for split in ("train", "test") for score in ("exact", "token_match")}
+        for p in s.extraction}
+    row["train"] = config_lib.to_jsonable(settings.train)
+    row["data"] = {"source": settings.source.kind, "tokenizer": settings.tokenizer.kind,
+                   "train_pool": int(pool_size), "heldout_pool": int(data.heldout_idx.size),
+                   "test_size": settings.test_size, "seed": settings.data_seed}
+    row["device"] = jax.local_devices()[0].device_kind
+    row["wall_s_per_stack"] = s.stack_wall_s
+    rows.append(row)
+    per_sample[s.key] = {"mem": mem_samples[primary], "tfidf": tf,
+                         "idf": pool_idf[s.positions]}
+
+  capacity = _capacity(settings, rows)
+  for row in rows:
+    cap = capacity["by_shape"].get(_shape_of_row(row))
+    row["capacity_bits"] = cap
+    row["capacity_source"] = capacity["source"]
+    row["dataset_bits_over_capacity"] = (row["dataset_bits"] / cap
+                                         if cap and row["dataset_bits"] is not None else None)
+  summary = _summary(settings, data, rows, refs, oracle, test_loss, capacity)
+  return rows, summary, per_sample
+
+
+def _spearman(x, y, name):
+  from scipy import stats
+  ok = np.isfinite(x) & np.isfinite(y)
+  if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+    return {name: None, f"{name}_pvalue": None}
+  result = stats.spearmanr(x[ok], y[ok])
+  return {name: _finite(result.statistic), f"{name}_pvalue": _finite(result.pvalue)}
+
+
+def _shape_of_row(row):
+  return (row["layers"], row["d_model"], row["precision"])
+
+
+def _capacity(settings, rows):
+  """Capacity per shape: alpha x params (config), or the shape's largest seed-mean memorization."""
+  by_shape = {}
+  if settings.alpha > 0:
+    for row in rows:
+      by_shape[_shape_of_row(row)] = settings.alpha * row["n_params"]
+    return {"source": f"reference.alpha = {settings.alpha:g} bits/param x parameters",
+            "alpha": settings.alpha, "by_shape": by_shape}
+  curves = _curves(rows, "mem_bits")
+  for shape, curve in curves.items():
+    values = [v for v in curve.values() if v is not None]
+    by_shape[shape] = max(values) if values else None
+  return {"source": "measured: the largest seed-mean mem_bits over the dataset sizes of the shape",
+          "alpha": None, "by_shape": by_shape}
+
+
+def _curves(rows, field, grid_only=True):
+  """{shape: {N: seed-mean of row[field]}} over rows with status ok."""
+  acc = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    if r["status"] != "ok" or (grid_only and not r["in_grid"]):
+      continue
+    value = r
+    for part in field.split("."):
+      value = value.get(part) if isinstance(value, dict) else None
+    if value is not None:
+      acc[_shape_of_row(r)][r["dataset_size"]].append(value)
+  return {shape: {n: float(np.mean(v)) for n, v in sorted(c.items())} for shape, c in acc.items()}
+
+
+def _summary(settings, data, rows, refs, oracle, test_loss, capacity):
+  ds = data.dataset
+  fields = ["mem_bits", "mem_bits_same_size", "mem_bits_oracle", "dataset_bits", "train_loss",
+            "test_loss", "dataset_bits_over_capacity"]
+  for p in settings.prefix_lengths:
+    fields += [f"extraction.{p}.{k}" for k in ("train_exact", "train_token_match", "test_exact",
+                                               "test_token_match")]
+  curves = {f: _curves(rows, f) for f in fields}
+  models = []
+  for shape, ref in refs.items():
+    key = (shape.layers, shape.d_model, shape.precision)
+    cap = capacity["by_shape"].get(key)
+    test_curve = curves["test_loss"].get(key, {})
+    peak = None
+    if test_curve:
+      peak_n = max(test_curve, key=test_curve.get)
+      ratio = curves["dataset_bits_over_capacity"].get(key, {}).get(peak_n)
+      peak = {"dataset_size": peak_n, "test_loss": test_curve[peak_n],
+              "dataset_bits_over_capacity": ratio}
+    mem_curve = curves["mem_bits"].get(key, {})
+    best = max(mem_curve.values()) if mem_curve else None
+    models.append({
+        "label": shape_label(shape), "layers": shape.layers, "d_model": shape.d_model,
+        "precision": shape.precision, "n_params": model_lib.n_params(shape),
+        "capacity_bits": cap, "max_mem_bits": best,
+        "max_mem_bits_per_param": best / model_lib.n_params(shape) if best is not None else None,
+        "reference_same_size": ref.member.name, "reference_test_loss": _finite(test_loss[id(ref)]),
+        "test_loss_peak": peak,
+        "curves": {f: {str(n): v for n, v in curves[f].get(key, {}).items()} for f in fields},
+    })
+  return {
+      "experiment": "text",
+      "dataset": {"source": corpus_lib.describe_source(settings.source),
+                  "tokenizer": settings.tokenizer.kind, "vocab_size": ds.vocab_size,
+                  "seq_len": settings.seq_len, "num_sequences": ds.num_sequences,
+                  "num_documents": ds.num_documents, "num_chars": ds.num_chars,
+                  "duplicates_dropped": ds.num_duplicates_dropped,
+                  "train_pool": int(data.train_idx.size),
+                  "heldout_pool": int(data.heldout_idx.size),
+                  "reference_pool": int(data.reference_idx.size)},
+      "reference": {
+          "primary": settings.reference_primary,
+          "oracle": None if oracle is None else {
+              "name": oracle.member.name, "label": shape_label(oracle.member.shape),
+              "n_params": model_lib.n_params(oracle.member.shape),
+              "test_loss": test_loss[id(oracle)]},
+          "oracle_selection": "the full-pool model with the lowest held-out test loss",
+      },
+      "capacity": {k: v for k, v in capacity.items() if k != "by_shape"},
+      "models": models,
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: table, figures, top memorized samples.
+
+
+def table_text(rows, summary, prefix_lengths):
+  p = prefix_lengths[len(prefix_lengths) // 2] if prefix_lengths else None
+  ext_head = f" {'ext@' + str(p) + ' tr/te':>13}" if p is not None else ""
+  lines = [f"{'model':<18} {'N':>7} {'seed':>4} {'train':>6} {'test':>6} {'data_bits':>11} "
+           f"{'mem_same':>10} {'mem_oracle':>10} {'data/cap':>8}{ext_head} {'tfidf_rho':>9} "
+           f"{'idf_rho':>7}"]
+  fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+  for r in sorted(rows, key=lambda r: (r["precision"], r["n_params"], r["layers"], r["seed"],
+                                       r["dataset_size"])):
+    label = f"L{r['layers']} d{r['d_model']} {r['precision']}" + ("*" if r["is_reference"] else "")
+    ext = ""
+    if p is not None:
+      e = r["extraction"].get(str(p), {})
+      ext = f" {fmt(e.get('train_exact'), '.2f'):>6}/{fmt(e.get('test_exact'), '.2f'):<6}"
+    lines.append(
+        f"{label:<18} {r['dataset_size']:>7,} {r['seed']:>4} {fmt(r['train_loss'], '.3f'):>6} "
+        f"{fmt(r['test_loss'], '.3f'):>6} {fmt(r['dataset_bits'], ',.0f'):>11} "
+        f"{fmt(r['mem_bits_same_size'], ',.0f'):>10} {fmt(r['mem_bits_oracle'], ',.0f'):>10} "
+        f"{fmt(r['dataset_bits_over_capacity'], '.2f'):>8}{ext} "
+        f"{fmt(r['tfidf_spearman'], '+.3f'):>9} {fmt(r['idf_spearman'], '+.3f'):>7}"
+        + ("  diverged" if r["status"] != "ok" else ""))
+  primary = summary["reference"]["primary"]
+  lines.append("* = the shape's full-pool reference model. Losses in nats per predicted token; "
+               f"data_bits = code length of the training set under the {primary} reference; "
+               "ext = exact-match extraction rate of members / held-out; tfidf_rho, idf_rho = "
+               "Spearman correlation of per-sample memorization with mean TF-IDF, mean IDF.")
+  oracle = summary["reference"]["oracle"]
+  if oracle:
+    lines.append(f"oracle reference: {oracle['name']} (test loss {oracle['test_loss']:.3f}), "
+                 f"the best held-out compressor of the full-pool models")
+  lines.append(f"capacity: {summary['capacity']['source']}")
+  for m in summary["models"]:
+    peak = m["test_loss_peak"]
+    peak_text = ""
+    if peak:
+      ratio = peak["dataset_bits_over_capacity"]
+      peak_text = (f"; test loss peaks at N={peak['dataset_size']:,} (data/capacity "
+                   f"{ratio:.2f})" if ratio is not None else f"; test loss peaks at "
+                   f"N={peak['dataset_size']:,}")
+    best = m["max_mem_bits"]
+    if best is None:
+      lines.append(f"{m['label']}: no memorization measured")
+    else:
+      lines.append(f"{m['label']}: {m['n_params']:,} params, max memorization {best:,.0f} bits "
+                   f"({m['max_mem_bits_per_param']:.3f} bits/param){peak_text}")
+  return "\n".join(lines)
+
+
+def _plot_lib():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
+  plt = _plot_lib()
+  paths = []
+  shapes = sorted({_shape_of_row(r) for r in rows}, key=lambda k: (k[2], k[0], k[1]))
+  colors = {k: f"C{i}" for i, k in enumerate(shapes)}
+  label = lambda k: f"L{k[0]} d{k[1]} {k[2]}"
+  primary = summary["reference"]["primary"]
+
+  # Memorization against N.
+  fig, ax = plt.subplots(figsize=(6.5, 4.8))
+  for field, style in (("mem_bits_oracle", "-"), ("mem_bits_same_size", "--")):
+    for k, curve in _curves(rows, field).items():
+      ns = list(curve)
+      ax.plot(ns, [max(curve[n], 1e-1) for n in ns], style, marker="o", color=colors[k],
+              label=f"{label(k)} ({field[9:].replace('_', ' ')} ref)")
+  data_curve = {}
+  for k, curve in _curves(rows, "dataset_bits").items():
+    for n, v in curve.items():
+      data_curve.setdefault(n, []).append(v)
+  if data_curve:
+    ns = sorted(data_curve)
+    ax.plot(ns, [np.mean(data_curve[n]) for n in ns], "k:", lw=1,
+            label=f"dataset bits ({primary} ref)")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("dataset size N (sequences)")
+  ax.set_ylabel("memorization (bits, mean over seeds)")
+  ax.set_title("Text: memorization against dataset size")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.append(os.path.join(workdir, "memorization_vs_dataset_size.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  # Double descent: train and test loss against dataset bits / capacity.
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+  for ax, field in zip(axes, ("train_loss", "test_loss")):
+    xs_by = _curves(rows, "dataset_bits_over_capacity")
+    for k, curve in _curves(rows, field).items():
+      xs = xs_by.get(k, {})
+      ns = [n for n in curve if xs.get(n)]
+      ax.plot([xs[n] for n in ns], [curve[n] for n in ns], marker="o", color=colors[k],
+              label=label(k))
+    ax.axvline(1.0, color="k", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"dataset bits / capacity ({summary['capacity']['source'].split(':')[0]})")
+    ax.set_title(field.replace("_", " ") + " (nats per token)")
+  axes[0].set_ylabel("loss")
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  paths.append(os.path.join(workdir, "double_descent.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  # Extraction against N, members (train) against non-members (test).
+  if prefix_lengths:
+    fig, axes = plt.subplots(2, len(prefix_lengths), figsize=(4 * len(prefix_lengths), 6.4),
+                             squeeze=False, sharex=True)
+    for j, p in enumerate(prefix_lengths):
+      for i, score in enumerate(("exact", "token_match")):
+        ax = axes[i, j]
+        for split, style in (("train", "-"), ("test", "--")):
+          for k, curve in _curves(rows, f"extraction.{p}.{split}_{score}").items():
+            ns = list(curve)
+            ax.plot(ns, [curve[n] for n in ns], style, marker="o", color=colors[k],
+                    label=f"{label(k)} {'members' if split == 'train' else 'held-out'}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"prefix {p}: {'exact-match rate' if score == 'exact' else 'token match'}")
+        if i == 1:
+          ax.set_xlabel("dataset size N")
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, "extraction_vs_dataset_size.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  # TF-IDF against per-sample memorization, for the most memorizing model.
+  best = _most_memorizing(rows)
+  if best is not None and best["key"] in per_sample:
+    ps = per_sample[best["key"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, field, name, xlabel in (
+        (axes[0], "tfidf", "tfidf_spearman",
+         "mean TF-IDF of the sample (IDF over the training pool)"),
+        (axes[1], "idf", "idf_spearman", "mean IDF of the sample's tokens")):
+      ax.scatter(ps[field], ps["mem"], s=4, alpha=0.5)
+      rho = best[name]
+      ax.set_xlabel(xlabel)
+      ax.set_title(f"Spearman {rho:+.3f}" if rho is not None else "Spearman undefined")
+    axes[0].set_ylabel(f"memorization (bits, {primary} reference)")
+    fig.suptitle(best["name"])
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, "tfidf_vs_memorization.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+  return paths
+
+
+def _most_memorizing(rows, shape=None):
+  candidates = [r for r in rows if r["status"] == "ok" and r["mem_bits"] is not None
+                and not r["is_reference"] and (shape is None or _shape_of_row(r) == shape)]
+  return max(candidates, key=lambda r: r["mem_bits"]) if candidates else None
+
+
+def write_top_memorized(rows, per_sample, positions_of, data, top_k, primary, path):
+  """Per shape, the most memorizing model's top-k members by memorization, decoded to text."""
+  lines = [f"Top memorized training samples (memorization = max(0, log2 p(x|model) - "
+           f"log2 p(x|reference)), {primary} reference; TF-IDF with IDF over the training pool)."]
+  shapes = sorted({_shape_of_row(r) for r in rows}, key=lambda k: (k[2], k[0], k[1]))
+  tokens = data.dataset.tokens
+  for shape in shapes:
+    best = _most_memorizing(rows, shape)
+    if best is None:
+      continue
+    ps = per_sample[best["key"]]
+    positions = positions_of[best["key"]]
+    order = np.argsort(-np.nan_to_num(ps["mem"], nan=-1.0), kind="stable")[:top_k]
+    lines += ["", "=" * 100,
+              f"{best['name']}: {best['mem_bits']:,.0f} bits memorized of "
+              f"{best['dataset_bits']:,.0f} data bits; Spearman with TF-IDF "
+              f"{_nan(best['tfidf_spearman']):+.3f}, with mean IDF "
+              f"{_nan(best['idf_spearman']):+.3f}",
+              "=" * 100]
+    for rank, j in enumerate(order, 1):
+      row = int(data.train_idx[positions[j]])
+      text = data.dataset.decode(np.asarray(tokens[row]))
+      lines.append(f"#{rank} mem {ps['mem'][j]:.1f} bits, TF-IDF {ps['tfidf'][j]:.3f}, "
+                   f"mean IDF {ps['idf'][j]:.2f}, corpus row {row}:")
+      lines.append("  " + text.replace("\n", "\n  "))
+      lines.append("-" * 100)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(tmp, path)
+
+
+def _nan(value):
+  return float("nan") if value is None else value
+
+
+def _write_rows(path, rows):
+  blob = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(blob)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment.
+
+
+def run(settings: TextSettings, workdir: str):
+  """Build the data, train and score every stack (skipping stored ones), write every output.
+
+  Returns (rows, summary, (models trained now, models rescored from stored parameters, models
+  found done)). Raises ConfigError for bad data before anything is trained.
+  """
+  start = time.time()
+  data = load_data(settings, workdir)
+  ds = data.dataset
+  pool_size = int(data.train_idx.size)
+  logging.info("text data: %d sequences of %d tokens (V=%d, %d duplicates dropped); pools: "
+               "train %d, held-out %d, reference %d (%.1fs)", ds.num_sequences, ds.seq_len,
+               ds.vocab_size, ds.num_duplicates_dropped, pool_size, data.heldout_idx.size,
+               data.reference_idx.size, time.time() - start)
+  corpus_NxS = jnp.asarray(np.asarray(ds.tokens))
+  stack_root = os.path.join(workdir, "text_stacks")
+  os.makedirs(stack_root, exist_ok=True)
+  score_id = _hash(_score_settings(settings))[:8]
+
+  plan = []
+  for shape in model_shapes(settings, ds.vocab_size):
+    members = shape_members(settings, shape, pool_size)
+    plan.extend(_stacks(settings, members))
+  scored, trained, rescored, found = [], 0, 0, 0
+  for i, stack in enumerate(plan):
+    keys = [model_key(m, settings.train, data.identity) for m in stack]
+    stack_id = "stack-" + _hash(keys)[:16]
+    base = os.path.join(stack_root, stack_id)
+    scores_path = f"{base}-{score_id}.scores.npz"
+    arrays = _load_scores(scores_path) if os.path.exists(scores_path) else None
+    label = f"[{i + 1}/{len(plan)}] {shape_label(stack[0].shape)} x{len(stack)}"
+    if arrays is None:
+      t0 = time.time()
+      arrays, was_trained = run_stack(settings, data, stack, corpus_NxS, base, label)
+      os.replace(f"{base}.scores.npz", scores_path)
+      if was_trained:
+        trained += len(stack)
+      else:
+        rescored += len(stack)
+      logging.info("%s: %s, scored and extracted in %.1fs", label,
+                   "trained" if was_trained else "parameters loaded", time.time() - t0)
+    else:
+      found += len(stack)
+      logging.info("%s: already done (%s)", label, scores_path)
+    offsets = np.concatenate([[0], np.cumsum(arrays["member_sizes"])])
+    for j, (member, key) in enumerate(zip(stack, keys)):
+      ext = {p: {split: {score: arrays[f"ext_{split}_{score}_p{p}"][j][
+          :int(arrays["ext_member_count"][j]) if split == "train" else None]
+          for score in ("exact", "token_match")} for split in ("train", "test")}
+          for p in settings.prefix_lengths}
+      scored.append(Scored(
+          member=member, key=key,
+          positions=member_positions(settings, pool_size, member.spec.seed,
+                                     member.spec.dataset_size),
+          member_logp=arrays["member_logp"][offsets[j]:offsets[j + 1]],
+          test_logp=arrays["test_logp"][j], steps=int(arrays["steps"][j]),
+          diverged=bool(arrays["diverged"][j]), extraction=ext,
+          stack_wall_s=float(arrays["wall_s"])))
+
+  rows, summary, per_sample = analyze(settings, data, scored)
+  _write_rows(os.path.join(workdir, "results.jsonl"), rows)
+  summary["wall_s"] = time.time() - start
+  summary["models_trained"] = trained
+  summary["models_rescored"] = rescored
+  summary["models_already_done"] = found
+  sweep.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  write_figures(rows, summary, per_sample, settings.prefix_lengths, workdir)
+  if settings.top_k:
+    positions_of = {s.key: s.positions for s in scored}
+    write_top_memorized(rows, per_sample, positions_of, data, settings.top_k,
+                        settings.reference_primary, os.path.join(workdir, "top_memorized.txt"))
+  return rows, summary, (trained, rescored, found)
+
+
+def dry_run(settings: TextSettings, workdir: str):
+  """Print the plan (shapes, stacks, models, tokens) without reading the corpus or training."""
+  if settings.tokenizer.kind == "bpe":
+    vocab = settings.tokenizer.vocab_size
+  elif settings.tokenizer.kind == "bytes":
+    vocab = tokenize_lib.NUM_BYTES
+  else:
+    try:
+      vocab = tokenize_lib.load_tokenizer_file(settings.tokenizer.path).vocab_size
+    except (ValueError, FileNotFoundError) as e:
+      raise _data_error(settings, e) from e
+  pool = settings.train_pool
+  tcfg = settings.train
+  tokens = tcfg.steps * tcfg.batch_size * settings.seq_len
+  lines = [f"plan: text memorization on the {corpus_lib.describe_source(settings.source)}, "
+           f"tokenizer {settings.tokenizer.kind} (V={vocab:,}), S={settings.seq_len}; training "
+           f"pool {f'{pool:,}' if pool else 'every sequence left'} sequences, held-out "
+           f"{settings.heldout_pool:,}",
+           f"training: {tcfg.steps:,} steps of {tcfg.batch_size} sequences, so at most "
+           f"{tokens:,} tokens a model"]
+  n_models = 0
+  for shape in model_shapes(settings, vocab):
+    members = shape_members(settings, shape, pool or 0)
+    stacks = _stacks(settings, members)
+    n_models += len(members)
+    lines.append(f"{shape_label(shape)}: {model_lib.n_params(shape):,} params, "
+                 f"{len(members)} models (N {', '.join(f'{n:,}' for n in settings.dataset_sizes)}"
+                 f" x seeds {list(settings.seeds)}, plus the full-pool reference) in "
+                 f"{len(stacks)} stack(s)")
+  lines.append(f"total: {n_models} models, at most {n_models * tokens:,} tokens; extraction from "
+               f"prefixes {list(settings.prefix_lengths)} of {settings.member_samples:,} members "
+               f"a model and {settings.nonmember_samples:,} held-out sequences")
+  print("\n".join(lines))
+
+
+def main(settings: TextSettings, workdir: str):
+  """Run and print the text memorization report (config.experiment = "text")."""
+  start = time.time()
+  try:
+    rows, summary, (trained, rescored, found) = run(settings, workdir)
+  except ConfigError as e:  # bad data, found after validate() but before any training
+    print(f"memjax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(table_text(rows, summary, settings.prefix_lengths))
+  rescored_text = f", {rescored} rescored from stored parameters" if rescored else ""
+  print(f"{trained} models trained{rescored_text}, {found} already done; results in {workdir}: "
+        f"results.jsonl, summary.json, figures, top_memorized.txt ({time.time() - start:.0f}s)")
