@@ -1,0 +1,709 @@
+"""Membership inference against stacks of target models, LiRA shadow stacks, and the F1 law.
+
+`python -m memjax.main --config=configs/membership.py --workdir=runs/membership` runs it:
+
+1. Targets: for every shape (layers x d_model) one stack holds a model per dataset size N and
+   seed (memjax.train). Synthetic data (`data.source="synthetic"`): a model's members are its N
+   training samples (uniform tokens from `synthetic.train_key` of its data key); non-members are
+   held-out samples from `synthetic.test_key`, the same distribution. Text (`"text"`): the corpus
+   is built by `memjax.data.text.build_text_dataset`; a model with seed s and N members trains on
+   the first N of a permutation of the training pool seeded by (data.seed, s); non-members come
+   from the held-out pool; each shape also trains a reference model on the reference pool
+   (disjoint from both) for the reference-calibrated attack. On synthetic data the reference is
+   the true (uniform) distribution, so the reference attack ranks like the loss attack.
+2. Evaluation set of each target: eval.eval_size / 2 members (at most N) and as many
+   non-members, drawn by a seed derived from (data.seed, model seed, N) - a balanced set.
+3. Scores (memjax.membership): loss, reference, zlib, Min-K%, Min-K%++ from one pass of
+   `likelihood.next_token_stats` over each model's evaluation set; metrics with bootstrap CIs.
+4. LiRA (`lira.num_models` > 0): a stack of shadow models of one shape trained on the rows of a
+   membership matrix over `lira.candidates` candidate samples (each candidate in exactly half of
+   the models). Each shadow in turn is the target and the others are its shadows (leave one out);
+   online / offline LiRA, per-sample or global variances, against the loss attack on the same
+   balanced set.
+5. The law F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))) fitted to the targets' (x, F1 of the loss
+   attack at the median threshold), with x = S log2 V N / params and x = capacity / N.
+
+Outputs: results.jsonl (one row per target model, LiRA targets with role "lira_target"),
+summary.json (law fits, curves, LiRA means), design.npz + design.json (membership matrix, evaluation
+indices, seeds, encodings), f1_vs_dataset_size.png, roc.png, law_fit.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from memjax import config as config_lib
+from memjax import membership as mi
+from memjax.config import ConfigError
+from memjax.train import TrainConfig
+
+SOURCES = ("synthetic", "text")
+ATTACKS = ("loss", "reference", "zlib", "min_k", "min_k_pp")
+LIRA_ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_global", "lira_offline_global")
+METRICS = ("auc", "f1_median", "f1_best", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01")
+
+
+def balanced_eval(member_pool, nonmember_pool, k, seed):
+  """(members, non-members): k of each, drawn without replacement (seeded): a balanced set."""
+  rng = np.random.default_rng(seed)
+  return (np.sort(rng.choice(np.asarray(member_pool), k, replace=False)),
+          np.sort(rng.choice(np.asarray(nonmember_pool), k, replace=False)))
+
+
+def evaluate_attack(scores, labels, name, n_bootstrap, seed):
+  """membership.attack_report marked valid, or {"valid": False, "reason"} for bad scores."""
+  try:
+    seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    return {"valid": True, **mi.attack_report(scores, labels, name, n_boot=max(n_bootstrap, 1),
+                                              seed=seed)}
+  except ValueError as e:
+    return {"valid": False, "reason": str(e)}
+
+
+def fit_law(x, f1, x_form):
+  x, f1 = np.asarray(x, np.float64), np.asarray(f1, np.float64)
+  ok = np.isfinite(x) & np.isfinite(f1)
+  try:
+    return {"valid": True, "x_form": x_form, **mi.fit_law(x[ok], f1[ok])}
+  except (ValueError, RuntimeError) as e:
+    return {"valid": False, "x_form": x_form, "n_points": int(ok.sum()), "reason": str(e)}
+
+ALLOWED = {
+    "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "lira", "law"},
+    "data": {"source", "vocab_size", "seq_len", "seed", "corpus", "paths", "text_field",
+             "max_documents", "tokenizer", "tokenizer_path", "train_pool", "heldout_pool",
+             "reference_pool", "cache_dir"},
+    "model": {"num_heads"},
+    "sweep": {"layers", "d_model", "dataset_sizes", "seeds", "precision"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "eval": {"batch_size", "eval_size", "bootstrap", "min_k"},
+    "lira": {"num_models", "candidates", "layers", "d_model", "steps", "seed", "max_targets"},
+    "law": {"bits_per_param"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MembershipSettings:
+  source: str
+  vocab_size: int
+  seq_len: int
+  data_seed: int
+  text: dict  # text-only settings (corpus, paths, tokenizer, pools, cache_dir)
+  num_heads: int
+  layers: tuple
+  d_model: tuple
+  precision: str
+  dataset_sizes: tuple
+  seeds: tuple
+  train: TrainConfig
+  eval_batch_size: int
+  eval_size: int
+  bootstrap: int
+  min_k: float
+  lira_num_models: int
+  lira_candidates: int
+  lira_layers: int
+  lira_d_model: int
+  lira_steps: int
+  lira_seed: int
+  lira_max_targets: int
+  bits_per_param: float
+  quiet: bool
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def _str(config, field, allowed=None):
+  value = config_lib._get(config, field)
+  if not isinstance(value, str) or (allowed is not None and value not in allowed):
+    _fail(field, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}" if allowed
+          else f"must be a string, got {value!r}")
+  return value
+
+
+def _bool(config, field):
+  value = config_lib._get(config, field)
+  if not isinstance(value, bool):
+    _fail(field, f"must be True or False, got {value!r}")
+  return value
+
+
+def validate(config) -> MembershipSettings:
+  """Check a membership config and turn it into settings; raises ConfigError naming the field."""
+  config_lib.check_fields(config, ALLOWED)
+  _int, _float = config_lib._int, config_lib._float
+  source = _str(config, "data.source", SOURCES)
+  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
+  vocab = _int(config, "data.vocab_size", minimum=2)
+  heads = _int(config, "model.num_heads")
+  d_model = config_lib._int_list(config, "sweep.d_model")
+  for d in d_model:
+    if d % heads:
+      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
+  precision = _str(config, "sweep.precision", config_lib.PRECISIONS)
+  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
+  seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
+  if len(set(seeds)) != len(seeds):
+    _fail("sweep.seeds", f"must be distinct, got {seeds!r}")
+  eval_size = _int(config, "eval.eval_size", minimum=2)
+  if eval_size % 2:
+    _fail("eval.eval_size", f"must be even (half members, half non-members), got {eval_size}")
+  min_k = _float(config, "eval.min_k", maximum=1.0)
+  lira_m = _int(config, "lira.num_models", minimum=0)
+  if lira_m and (lira_m < 2 or lira_m % 2):
+    _fail("lira.num_models", f"must be 0 (no LiRA) or an even number >= 2 (each candidate a "
+                             f"member of exactly half of the shadow models), got {lira_m}")
+  lira_c = _int(config, "lira.candidates", minimum=2)
+  lira_d = _int(config, "lira.d_model")
+  if lira_d % heads:
+    _fail("lira.d_model", f"must be divisible by model.num_heads={heads}, got {lira_d}")
+  text = {}
+  if source == "synthetic":
+    if seq_len * math.log2(vocab) < 20:
+      _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
+                            "distinct members and non-members; raise data.seq_len or vocab_size")
+  else:
+    from memjax.data import corpus as corpus_lib
+    from memjax.data import tokenize as tokenize_lib
+    text = dict(
+        corpus=_str(config, "data.corpus", corpus_lib.SOURCE_KINDS),
+        paths=tuple(str(p) for p in config_lib._as_tuple(config, "data.paths") if p),
+        text_field=_str(config, "data.text_field"),
+        max_documents=_int(config, "data.max_documents", minimum=0),
+        tokenizer=_str(config, "data.tokenizer", tokenize_lib.TOKENIZER_KINDS),
+        tokenizer_path=_str(config, "data.tokenizer_path"),
+        train_pool=_int(config, "data.train_pool"),
+        heldout_pool=_int(config, "data.heldout_pool"),
+        reference_pool=_int(config, "data.reference_pool", minimum=0),
+        cache_dir=_str(config, "data.cache_dir"))
+    if text["corpus"] in corpus_lib.FILE_EXTENSIONS and not text["paths"]:
+      _fail("data.paths", f"data.corpus={text['corpus']!r} reads files: give files or globs")
+    if text["tokenizer"] == "file" and not os.path.isfile(text["tokenizer_path"]):
+      _fail("data.tokenizer_path", f"the tokenizer file {text['tokenizer_path']!r} does not exist")
+    if text["tokenizer"] == "bpe" and not (
+        tokenize_lib.MIN_BPE_VOCAB <= vocab <= tokenize_lib.MAX_BPE_VOCAB):
+      _fail("data.vocab_size", f"a byte-level BPE needs {tokenize_lib.MIN_BPE_VOCAB} to "
+                               f"{tokenize_lib.MAX_BPE_VOCAB} tokens, got {vocab}")
+    if sizes[-1] > text["train_pool"]:
+      _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
+                                   f"data.train_pool={text['train_pool']}")
+    if eval_size // 2 > text["heldout_pool"]:
+      _fail("eval.eval_size", f"eval_size / 2 = {eval_size // 2} non-members do not fit the "
+                              f"held-out pool data.heldout_pool={text['heldout_pool']}")
+    if lira_m and lira_c > text["train_pool"]:
+      _fail("lira.candidates", f"{lira_c} candidates do not fit the training pool "
+                               f"data.train_pool={text['train_pool']}")
+  return MembershipSettings(
+      source=source, vocab_size=vocab, seq_len=seq_len,
+      data_seed=_int(config, "data.seed", minimum=0), text=text, num_heads=heads,
+      layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model, precision=precision,
+      dataset_sizes=sizes, seeds=seeds, train=config_lib.train_config(config),
+      eval_batch_size=_int(config, "eval.batch_size"), eval_size=eval_size,
+      bootstrap=_int(config, "eval.bootstrap", minimum=0), min_k=min_k,
+      lira_num_models=lira_m, lira_candidates=lira_c,
+      lira_layers=_int(config, "lira.layers"), lira_d_model=lira_d,
+      lira_steps=_int(config, "lira.steps", minimum=0),
+      lira_seed=_int(config, "lira.seed", minimum=0),
+      lira_max_targets=_int(config, "lira.max_targets", minimum=0),
+      bits_per_param=_float(config, "law.bits_per_param", strict=False),
+      quiet=_bool(config, "quiet"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class TextData:
+  tokens: np.ndarray  # [num_sequences, S]
+  vocab_size: int
+  train_idx: np.ndarray
+  heldout_idx: np.ndarray
+  reference_idx: np.ndarray
+
+
+def load_text(settings: MembershipSettings, workdir: str) -> TextData:
+  from memjax.data import text as text_lib
+  t = settings.text
+  source = text_lib.SourceConfig(kind=t["corpus"], paths=t["paths"], text_field=t["text_field"],
+                                 max_documents=t["max_documents"] or None)
+  tok = text_lib.TokenizerConfig(kind=t["tokenizer"], path=t["tokenizer_path"] or None,
+                                 vocab_size=settings.vocab_size if t["tokenizer"] == "bpe" else None)
+  pools = text_lib.PoolSizes(train=t["train_pool"], heldout=t["heldout_pool"],
+                             reference=t["reference_pool"])
+  try:
+    ds = text_lib.build_text_dataset(source, tok, settings.seq_len, pools, settings.data_seed,
+                                     cache_dir=t["cache_dir"] or os.path.join(workdir, "cache"),
+                                     workdir=workdir)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    field = "data.train_pool" if "pool" in str(e) else "data.corpus"
+    raise ConfigError(f"config.{field}: {str(e).strip()}") from e
+  return TextData(np.asarray(ds.tokens), ds.vocab_size, ds.train_idx, ds.heldout_idx,
+                  ds.reference_idx)
+
+
+def text_members(settings, pool_size, seed, n):
+  """Positions in the training pool of a text model's N members: perm(data.seed, seed)[:N]."""
+  return np.random.default_rng([settings.data_seed, seed]).permutation(pool_size)[:n]
+
+
+def _eval_seed(settings, seed, n):
+  return [settings.data_seed, seed, n, 7]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring on the device.
+
+
+@functools.lru_cache(maxsize=None)
+def _stats_fn(cfg, vocab_chunk):
+  import jax
+  from memjax import likelihood
+
+  @jax.jit
+  def fn(params_M, tokens_MxBxS):
+    return jax.vmap(lambda p, t: likelihood.next_token_stats(cfg, p, t, vocab_chunk))(
+        params_M, tokens_MxBxS)
+  return fn
+
+
+def stack_stats(cfg, params_M, tokens_MxExS, batch, vocab_chunk):
+  """logp, entropy, var_logp [M, E, S] (numpy, bits) of each model on its own tokens."""
+  import jax.numpy as jnp
+  fn = _stats_fn(cfg, vocab_chunk)
+  e = tokens_MxExS.shape[1]
+  parts = {"logp": [], "entropy": [], "var_logp": []}
+  for start in range(0, e, batch):
+    idx = np.minimum(np.arange(start, start + batch), e - 1)  # one compiled batch shape
+    out = fn(params_M, jnp.asarray(tokens_MxExS[:, idx]))
+    stop = min(batch, e - start)
+    for k in parts:
+      parts[k].append(np.asarray(out[k], np.float64)[:, :stop])
+  return {k: np.concatenate(v, 1) for k, v in parts.items()}
+
+
+def attack_scores(settings, stats_ExS, tokens_ExS, vocab_size, ref_logp_ExS=None):
+  """Every single-model attack's scores [E] for one model."""
+  lp = stats_ExS["logp"]
+  if ref_logp_ExS is None:  # the true uniform distribution (synthetic data)
+    ref_logp_ExS = np.full_like(lp, -math.log2(vocab_size))
+  return {
+      "loss": mi.loss_score(lp),
+      "reference": mi.reference_score(lp, ref_logp_ExS),
+      "zlib": mi.zlib_score(lp, tokens_ExS, 2 if vocab_size <= 65536 else 4),
+      "min_k": mi.min_k_score(lp, settings.min_k),
+      "min_k_pp": mi.min_k_plus_plus_score(lp, -stats_ExS["entropy"], stats_ExS["var_logp"],
+                                           settings.min_k),
+  }
+
+
+def _progress(settings, label, total):
+  if settings.quiet:
+    return None
+  from tqdm import tqdm
+  bar = tqdm(total=total, desc=label, unit="step", leave=False)
+  return lambda k, _: bar.update(k)
+
+
+def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
+  import jax.numpy as jnp
+  from memjax import train as train_lib
+  state = train_lib.init_stack_from_specs(cfg, tcfg, specs, members=members)
+  corpus_j = None if corpus is None else jnp.asarray(corpus, jnp.int32)
+  state, losses = train_lib.train(cfg, tcfg, state, _progress(settings, label, tcfg.steps),
+                                  corpus_j)
+  return state, np.asarray(losses, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target models.
+
+
+def run_targets(settings, workdir, text, design):
+  """Train, score and attack every target model; returns result rows."""
+  import jax
+  from memjax import model as model_lib
+  from memjax import train as train_lib
+  from memjax.data import synthetic
+
+  vocab = text.vocab_size if text else settings.vocab_size
+  half = settings.eval_size // 2
+  rows = []
+  for layers in settings.layers:
+    for d in settings.d_model:
+      cfg = model_lib.ModelConfig(vocab, settings.seq_len, layers, d, settings.num_heads,
+                                  settings.precision)
+      label = f"L{layers} d{d} {settings.precision}"
+      lr = settings.train.learning_rate
+      specs = [train_lib.ModelSpec(n, s, lr) for s in settings.seeds for n in settings.dataset_sizes]
+      members = corpus = None
+      if text:
+        members = [text.train_idx[text_members(settings, len(text.train_idx), sp.seed,
+                                               sp.dataset_size)] for sp in specs]
+        if len(text.reference_idx):
+          specs = specs + [train_lib.ModelSpec(len(text.reference_idx), settings.seeds[0], lr)]
+          members.append(text.reference_idx)
+        corpus = text.tokens
+      start = time.time()
+      state, losses = _train(settings, cfg, settings.train, specs, label, members, corpus)
+      wall = time.time() - start
+
+      # The balanced evaluation set of each target, as tokens [M, 2*half, S].
+      n_targets = len(settings.seeds) * len(settings.dataset_sizes)
+      toks, counts = [], []
+      for i, sp in enumerate(specs[:n_targets]):
+        k = min(half, sp.dataset_size)
+        if text:
+          pool_m, pool_n = members[i], text.heldout_idx
+        else:
+          pool_m, pool_n = np.arange(sp.dataset_size), np.arange(settings.eval_size)
+        mem_idx, non_idx = balanced_eval(pool_m, pool_n, k, _eval_seed(settings, sp.seed,
+                                                                              sp.dataset_size))
+        design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/members"] = mem_idx
+        design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/nonmembers"] = non_idx
+        if text:
+          t = text.tokens[np.r_[mem_idx, non_idx]].astype(np.int32)
+        else:
+          key = state.data_key_M[i]
+          t = np.r_[np.asarray(synthetic.sequences(synthetic.train_key(key), mem_idx,
+                                                   settings.seq_len, vocab)),
+                    np.asarray(synthetic.sequences(synthetic.test_key(key), non_idx,
+                                                   settings.seq_len, vocab))]
+        pad = np.repeat(t[:1], 2 * half - len(t), 0)
+        toks.append(np.r_[t, pad])
+        counts.append(k)
+      tokens = np.stack(toks)
+      params_t = jax.tree.map(lambda a: a[:n_targets], state.params)
+      stats = stack_stats(cfg, params_t, tokens, settings.eval_batch_size, settings.train.vocab_chunk)
+      ref_logp = None
+      if text and len(text.reference_idx):
+        params_r = jax.tree.map(lambda a: a[n_targets:n_targets + 1], state.params)
+        flat = tokens.reshape(1, -1, settings.seq_len)
+        ref_logp = stack_stats(cfg, params_r, flat, settings.eval_batch_size,
+                               settings.train.vocab_chunk)["logp"].reshape(tokens.shape)
+
+      for i, sp in enumerate(specs[:n_targets]):
+        k = counts[i]
+        sel = slice(0, 2 * k)
+        st = {key: v[i, sel] for key, v in stats.items()}
+        labels = np.r_[np.ones(k, bool), np.zeros(k, bool)]
+        scores = attack_scores(settings, st, tokens[i, sel], vocab,
+                               None if not text else (ref_logp[i, sel] if ref_logp is not None
+                                                      else np.full_like(st["logp"], np.nan)))
+        attacks = {}
+        for j, (name, s) in enumerate(scores.items()):
+          if text and ref_logp is None and name == "reference":
+            attacks[name] = {"valid": False, "reason": "no reference model (data.reference_pool=0)"}
+            continue
+          attacks[name] = evaluate_attack(s, labels, name, n_bootstrap=settings.bootstrap,
+                                             seed=[settings.data_seed, sp.seed, sp.dataset_size, j])
+        seq_lp = st["logp"][:k].sum(-1)
+        ref_seq = (np.full(k, -settings.seq_len * math.log2(vocab)) if not text else
+                   (ref_logp[i, :k].sum(-1) if ref_logp is not None else None))
+        mem_est = (None if ref_seq is None
+                   else float(sp.dataset_size * np.maximum(0.0, seq_lp - ref_seq).mean()))
+        n_params = model_lib.n_params(cfg)
+        rows.append({
+            "role": "target", "source": settings.source, "shape": label, "layers": layers,
+            "d_model": d, "heads": settings.num_heads, "vocab_size": vocab,
+            "seq_len": settings.seq_len, "precision": settings.precision, "n_params": n_params,
+            "dataset_size": sp.dataset_size, "seed": sp.seed, "learning_rate": sp.learning_rate,
+            "steps": int(np.asarray(state.step_M)[i]),
+            "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
+            "train_loss_last": float(losses[i]), "eval_members": k, "eval_nonmembers": k,
+            "data_bits": sp.dataset_size * settings.seq_len * math.log2(vocab),
+            "mem_bits_est": mem_est,
+            "x_tokens": float(mi.tokens_per_param_x(n_params, sp.dataset_size, settings.seq_len, vocab)),
+            "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(settings.train),
+            "_roc": {"loss": (scores["loss"], labels)}})
+  _add_capacity_x(settings, rows)
+  return rows
+
+
+def _add_capacity_x(settings, rows):
+  """capacity_bits (bits_per_param x params, or the shape's largest seed-mean mem_bits_est)."""
+  by_shape = {}
+  for r in rows:
+    by_shape.setdefault(r["shape"], []).append(r)
+  for shape, rs in by_shape.items():
+    if settings.bits_per_param > 0:
+      cap, how = settings.bits_per_param * rs[0]["n_params"], "bits_per_param"
+    else:
+      per_n = {}
+      for r in rs:
+        if r["mem_bits_est"] is not None:
+          per_n.setdefault(r["dataset_size"], []).append(r["mem_bits_est"])
+      cap = max((float(np.mean(v)) for v in per_n.values()), default=None)
+      how = "measured"
+    for r in rs:
+      r["capacity_bits"], r["capacity_source"] = cap, how
+      r["x_capacity"] = None if not cap else float(mi.capacity_ratio_x(cap, r["dataset_size"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# LiRA.
+
+
+def run_lira(settings, workdir, text, design):
+  """Shadow stack over a membership matrix; leave-one-out targets; rows with LiRA metrics."""
+  import jax
+  from memjax import model as model_lib
+  from memjax import train as train_lib
+  from memjax.data import synthetic
+
+  m, c = settings.lira_num_models, settings.lira_candidates
+  vocab = text.vocab_size if text else settings.vocab_size
+  mat = mi.membership_matrix(m, c, settings.lira_seed)
+  if text:
+    rng = np.random.default_rng([settings.data_seed, settings.lira_seed, 11])
+    cand_rows = np.sort(rng.choice(text.train_idx, c, replace=False))
+    corpus = text.tokens[cand_rows].astype(np.int32)
+  else:  # a shared candidate pool of uniform sequences, drawn from its own key
+    key = jax.random.fold_in(jax.random.key(settings.data_seed), 1_000_003 + settings.lira_seed)
+    cand_rows = np.arange(c)
+    corpus = np.asarray(synthetic.sequences(key, np.arange(c, dtype=np.int32), settings.seq_len,
+                                            vocab))
+  design["lira/membership"] = mat
+  design["lira/candidate_rows"] = cand_rows
+  cfg = model_lib.ModelConfig(vocab, settings.seq_len, settings.lira_layers, settings.lira_d_model,
+                              settings.num_heads, settings.precision)
+  tcfg = dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
+  specs = [train_lib.ModelSpec(int(mat[i].sum()), settings.lira_seed * 1000 + i,
+                               tcfg.learning_rate) for i in range(m)]
+  members = [np.flatnonzero(mat[i]).astype(np.int32) for i in range(m)]
+  start = time.time()
+  state, losses = _train(settings, cfg, tcfg, specs, "LiRA shadows", members, corpus)
+  wall = time.time() - start
+  stats = stack_stats(cfg, state.params, np.broadcast_to(corpus, (m,) + corpus.shape),
+                      settings.eval_batch_size, tcfg.vocab_chunk)
+  loss_MxC = mi.loss_score(stats["logp"])
+  rows = []
+  targets = range(m if not settings.lira_max_targets else min(m, settings.lira_max_targets))
+  for i in targets:
+    others = np.arange(m) != i
+    labels_all = mat[i]
+    k = int(min(labels_all.sum(), (~labels_all).sum()))
+    rng = np.random.default_rng([settings.lira_seed, i, 13])
+    sel = np.sort(np.r_[rng.choice(np.flatnonzero(labels_all), k, replace=False),
+                        rng.choice(np.flatnonzero(~labels_all), k, replace=False)])
+    design[f"lira/target{i}/eval_candidates"] = sel
+    labels = labels_all[sel]
+    scores = {"loss": loss_MxC[i, sel]}
+    for name, online, glob in (("lira_online", True, False), ("lira_offline", False, False),
+                               ("lira_online_global", True, True),
+                               ("lira_offline_global", False, True)):
+      try:
+        attack = mi.lira_online if online else mi.lira_offline
+        scores[name] = attack(loss_MxC[i, sel], loss_MxC[others][:, sel], mat[others][:, sel],
+                              global_variance=glob)
+      except ValueError as e:
+        scores[name] = e
+    attacks = {}
+    for j, (name, s) in enumerate(scores.items()):
+      if isinstance(s, Exception):
+        attacks[name] = {"valid": False, "reason": str(s)}
+      else:
+        attacks[name] = evaluate_attack(s, labels, name, n_bootstrap=settings.bootstrap,
+                                           seed=[settings.lira_seed, i, j])
+    rows.append({
+        "role": "lira_target", "source": settings.source,
+        "shape": f"L{cfg.layers} d{cfg.d_model} {cfg.precision}", "layers": cfg.layers,
+        "d_model": cfg.d_model, "heads": cfg.num_heads, "vocab_size": vocab,
+        "seq_len": cfg.seq_len, "precision": cfg.precision, "n_params": model_lib.n_params(cfg),
+        "dataset_size": specs[i].dataset_size, "seed": specs[i].seed, "target_index": i,
+        "num_shadow_models": m - 1, "candidates": c, "eval_members": k, "eval_nonmembers": k,
+        "steps": int(np.asarray(state.step_M)[i]), "train_loss_last": float(losses[i]),
+        "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
+        "x_tokens": float(mi.tokens_per_param_x(model_lib.n_params(cfg), specs[i].dataset_size,
+                                      cfg.seq_len, vocab)),
+        "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(tcfg),
+        "_roc": ({a: (scores[a], labels) for a in ("loss", "lira_online", "lira_offline")
+                  if not isinstance(scores[a], Exception)} if i == 0 else {})})
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, figures, report.
+
+
+def _mean_metric(rows, attack, metric):
+  vals = [r["attacks"][attack][metric] for r in rows if r["attacks"][attack].get("valid")]
+  return float(np.mean(vals)) if vals else None
+
+
+def summarize(settings, rows, wall_s):
+  targets = [r for r in rows if r["role"] == "target" and r["status"] == "ok"
+             and r["attacks"]["loss"].get("valid")]
+  f1 = [r["attacks"]["loss"]["f1_median"] for r in targets]
+  fits = {
+      "tokens": fit_law([r["x_tokens"] for r in targets], f1, x_form="tokens"),
+      "capacity": fit_law([r["x_capacity"] if r["x_capacity"] is not None else np.nan
+                              for r in targets], f1, x_form="capacity"),
+  }
+  curves = {}
+  for r in targets:
+    curves.setdefault(r["shape"], {}).setdefault(r["dataset_size"], []).append(r)
+  curve_out = {}
+  for shape, by_n in curves.items():
+    curve_out[shape] = [
+        {"dataset_size": n, "n_params": rs[0]["n_params"], "x_tokens": rs[0]["x_tokens"],
+         **{f"{a}_{m}": _mean_metric(rs, a, m) for a in ATTACKS for m in ("f1_median", "auc")}}
+        for n, rs in sorted(by_n.items())]
+  lira = [r for r in rows if r["role"] == "lira_target"]
+  lira_out = None
+  if lira:
+    lira_out = {a: {m: _mean_metric(lira, a, m) for m in METRICS} for a in LIRA_ATTACKS}
+    lira_out["targets"] = len(lira)
+    lira_out["num_shadow_models"] = lira[0]["num_shadow_models"]
+  return {"source": settings.source, "law_published": mi.PUBLISHED, "law_fits": fits,
+          "law_points": len(targets), "curves": curve_out, "lira": lira_out,
+          "capacity": {r["shape"]: {"capacity_bits": r["capacity_bits"],
+                                    "source": r["capacity_source"]} for r in targets},
+          "wall_s": wall_s}
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def write_figures(rows, summary, roc_data, workdir):
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for shape, pts in summary["curves"].items():
+    ax.plot([p["dataset_size"] for p in pts], [p["loss_f1_median"] for p in pts], "o-",
+            label=f"{shape} ({pts[0]['n_params']:,} params)")
+  ax.axhline(0.5, ls="--", c="gray", label="chance")
+  ax.set_xscale("log")
+  ax.set_xlabel("dataset size N (sequences)")
+  ax.set_ylabel("F1 of the loss attack (median threshold)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "f1_vs_dataset_size.png"), dpi=100)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for name, (scores, labels) in roc_data.items():
+    fpr, tpr, _ = mi.roc_curve(scores, labels)
+    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=name, lw=1)
+  ax.plot([1e-4, 1], [1e-4, 1], "--", c="gray")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "roc.png"), dpi=100)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  targets = [r for r in rows if r["role"] == "target" and r["attacks"]["loss"].get("valid")]
+  xs = np.array([r["x_tokens"] for r in targets])
+  ax.plot(xs, [r["attacks"]["loss"]["f1_median"] for r in targets], "o", label="targets")
+  grid = np.geomspace(max(xs.min(), 1e-3) / 2, xs.max() * 2, 200) if len(xs) else np.array([1.0])
+  ax.plot(grid, mi.law_f1(grid, **mi.PUBLISHED), "--", label="published")
+  fit = summary["law_fits"]["tokens"]
+  if fit.get("valid"):
+    ax.plot(grid, mi.law_f1(grid, fit["c1"], fit["c2"], fit["c3"]), "-", label="fit")
+  ax.set_xscale("log")
+  ax.set_xlabel("x = S log2(V) N / params")
+  ax.set_ylabel("F1")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "law_fit.png"), dpi=100)
+  plt.close(fig)
+
+
+def _fmt(v, spec=".3f"):
+  return "-" if v is None else format(v, spec)
+
+
+def report_text(rows, summary):
+  lines = [f"{'model':<16}{'params':>9}{'N':>7}{'x_tok':>9}  "
+           + "".join(f"{a:>10}" for a in ATTACKS) + "   (AUC; F1 = loss F1 at the median)",
+           ]
+  lines[0] = lines[0].replace("   (AUC", "  F1loss  (AUC")
+  for r in rows:
+    if r["role"] != "target":
+      continue
+    aucs = "".join(f"{_fmt(r['attacks'][a].get('auc')):>10}" for a in ATTACKS)
+    lines.append(f"{r['shape']:<16}{r['n_params']:>9,}{r['dataset_size']:>7,}{r['x_tokens']:>9.1f}  "
+                 f"{aucs}  {_fmt(r['attacks']['loss'].get('f1_median')):>6}")
+  if summary["lira"]:
+    li = summary["lira"]
+    lines.append(f"LiRA ({li['targets']} targets, {li['num_shadow_models']} shadows each): "
+                 + "; ".join(f"{a} AUC {_fmt(li[a]['auc'])} TPR@1%FPR {_fmt(li[a]['tpr_at_fpr_0.01'])}"
+                             for a in LIRA_ATTACKS))
+  for form, fit in summary["law_fits"].items():
+    if fit.get("valid"):
+      se = fit["stderr"]
+      lines.append(f"law fit (x_form={form}, {fit['n_points']} points): c1={fit['c1']:.3g}"
+                   f"+-{_fmt(se['c1'], '.2g')} c2={fit['c2']:.3g}+-{_fmt(se['c2'], '.2g')} "
+                   f"c3={fit['c3']:.3g}+-{_fmt(se['c3'], '.2g')} rmse={fit['rmse']:.3f} "
+                   f"(published constants: rmse={fit['rmse_published']:.3f})")
+    else:
+      lines.append(f"law fit (x_form={form}): not valid: {fit['reason']}")
+  return "\n".join(lines)
+
+
+def run(settings: MembershipSettings, workdir: str):
+  """Run the experiment; returns (rows, summary)."""
+  start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  text = load_text(settings, workdir) if settings.source == "text" else None
+  design = {}
+  rows = run_targets(settings, workdir, text, design)
+  if settings.lira_num_models:
+    rows += run_lira(settings, workdir, text, design)
+  np.savez(os.path.join(workdir, "design.npz"), **design)
+  with open(os.path.join(workdir, "design.json"), "w") as f:
+    json.dump({
+        "settings": config_lib.to_jsonable(settings),
+        "seeds": {"data_seed": settings.data_seed, "model_seeds": list(settings.seeds),
+                  "lira_seed": settings.lira_seed,
+                  "eval_split_seed": "numpy default_rng([data.seed, model seed, N, 7])",
+                  "lira_eval_seed": "numpy default_rng([lira.seed, target, 13])",
+                  "lira_shadow_seeds": "lira.seed * 1000 + model index"},
+        "members": ("synthetic: indices 0..N-1 of the model's train_key data; non-members: "
+                    "indices of test_key data" if settings.source == "synthetic" else
+                    "text: training pool positions perm([data.seed, seed])[:N]; non-members from "
+                    "the held-out pool; indices in design.npz are corpus rows"),
+        "zlib_encoding": "token ids as little-endian uint16 (V <= 65536) else uint32, zlib level 9",
+        "design_npz_keys": sorted(design)}, f, indent=1)
+  roc = {}
+  for r in rows:
+    for a, (scores, labels) in r.pop("_roc", {}).items():
+      if r["role"] == "lira_target" or r["seed"] == settings.seeds[0]:
+        roc[f"{'LiRA target ' if r['role'] == 'lira_target' else ''}{r['shape']} "
+            f"N={r['dataset_size']} {a}"] = (scores, labels)
+  with open(os.path.join(workdir, "results.jsonl"), "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  summary = summarize(settings, rows, time.time() - start)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  for form, fit in summary["law_fits"].items():  # for `python -m memjax.membership --constants`
+    if fit.get("valid"):
+      mi.save_constants(os.path.join(workdir, f"law_fit_{form}.json"), fit)
+  write_figures(rows, summary, roc, workdir)
+  return rows, summary
+
+
+def main(settings: MembershipSettings, workdir: str):
+  """Run and print the report (the CLI's job for config.experiment = "membership")."""
+  start = time.time()
+  rows, summary = run(settings, workdir)
+  print(report_text(rows, summary))
+  print(f"{len(rows)} models; results in {workdir}: results.jsonl, summary.json, design.npz, "
+        f"design.json, f1_vs_dataset_size.png, roc.png, law_fit.png ({time.time() - start:.0f}s)")
