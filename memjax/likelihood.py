@@ -1,9 +1,12 @@
 """The one likelihood kernel: per-token log-probabilities of a stack of models, in fp32.
 
-The vocabulary projection (hidden @ wte.T), the log-softmax and the gather of the target token
-are fused and walked over vocabulary chunks with a running max, so [B, S, V] fp32 logits are never
-materialized (at V=50257 they would dwarf the model). Training uses the same kernel with a custom
-backward pass that recomputes each chunk's softmax instead of storing it.
+The vocabulary projection (hidden @ wte.T) and the log-softmax are fused and walked over
+vocabulary chunks with a running max, so [B, S, V] fp32 logits are never materialized (at
+V=50257 they would dwarf the model); when one chunk covers the vocabulary there is no loop at
+all. The target's logit is h . wte[target] (a gather of N rows). Training uses the same kernel
+with a custom backward pass that recomputes each chunk's softmax instead of storing it and forms
+the logit gradient g (onehot - p) in that same pass, so it neither gathers nor scatter-adds
+rows of the embedding.
 
 Sequence convention: there is no BOS token. Position 0 of every sequence has no context and costs
 log2 V under every model (the uniform reference included), so `logp[..., 0] = -log2 V`; position
@@ -22,6 +25,28 @@ from memjax import model as model_lib
 
 LN2 = math.log(2.0)
 DEFAULT_VOCAB_CHUNK = 4096
+# The kernel also narrows a chunk so that one model's fp32 [rows, chunk] logits hold at most
+# `logits_block_elements()` elements, in multiples of MIN_CHUNK columns and never fewer. On a GPU
+# the block is 2**24 elements (64 MiB): a stack of M models keeps M such blocks in flight, so
+# large batches need narrower chunks to fit in memory. On a CPU it is 2**16 (256 KiB), which keeps
+# a chunk in cache: measured 1.2x faster training at V=1024-2048 and 1.2-1.8x faster scoring at
+# V=2048-50257 than one chunk (benchmarks/README.md). Chunking changes only memory and speed, not
+# the results (up to float rounding). Set LOGITS_BLOCK_ELEMENTS to override (read at trace time).
+LOGITS_BLOCK_ELEMENTS = None
+MIN_CHUNK = 256
+
+
+def logits_block_elements() -> int:
+  if LOGITS_BLOCK_ELEMENTS:
+    return LOGITS_BLOCK_ELEMENTS
+  return 2**16 if jax.default_backend() == "cpu" else 2**24
+
+
+def effective_chunk(rows, vocab_size, vocab_chunk):
+  """The vocabulary chunk used for `rows` rows: vocab_chunk, narrowed to fit the logits block."""
+  fit = max(MIN_CHUNK, logits_block_elements() // max(rows, 1) // MIN_CHUNK * MIN_CHUNK)
+  k = min(vocab_chunk, fit)
+  return vocab_size if k >= vocab_size else k
 
 
 def _vocab_chunks(w_VxD, chunk):
@@ -36,13 +61,20 @@ def _vocab_chunks(w_VxD, chunk):
 
 def _chunk_logits(h_NxD, w_KxD, valid_K):
   logits_NxK = jnp.einsum("nd,kd->nk", h_NxD, w_KxD, preferred_element_type=jnp.float32)
-  return jnp.where(valid_K, logits_NxK, -jnp.inf)
+  return logits_NxK if valid_K is None else jnp.where(valid_K, logits_NxK, -jnp.inf)
+
+
+def _is_target(targets_N, offset, k):
+  """[N, K] bool: is vocabulary entry offset + j the target of row n (an iota compare, fused)."""
+  return targets_N[:, None] == offset + jnp.arange(k, dtype=targets_N.dtype)[None, :]
 
 
 def _logsumexp(h_NxD, w_VxD, chunk):
+  """logsumexp of h @ w.T per row in fp32, walking vocabulary chunks (no scan for one chunk)."""
+  v = w_VxD.shape[0]
+  if chunk >= v:
+    return jax.nn.logsumexp(_chunk_logits(h_NxD, w_VxD, None), axis=-1)
   w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
-  if w_CxKxD.shape[0] == 1:
-    return jax.nn.logsumexp(_chunk_logits(h_NxD, w_CxKxD[0], valid_CxK[0]), axis=-1)
 
   def body(carry, xs):
     max_N, sum_N = carry
@@ -58,13 +90,13 @@ def _logsumexp(h_NxD, w_VxD, chunk):
 
 
 def _target_logits(h_NxD, w_VxD, targets_N):
+  """h_n . w[t_n] in fp32: a gather of N rows, far cheaper than a pass over [N, V] logits."""
   return jnp.einsum("nd,nd->n", h_NxD, jnp.take(w_VxD, targets_N, axis=0),
                     preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def target_logprobs(h_NxD, w_VxD, targets_N, chunk):
-  """Natural-log probability of each target token under softmax(h @ w.T), in fp32."""
+def _target_logprobs(h_NxD, w_VxD, targets_N, chunk):
   return _target_logits(h_NxD, w_VxD, targets_N) - _logsumexp(h_NxD, w_VxD, chunk)
 
 
@@ -74,30 +106,51 @@ def _target_logprobs_fwd(h_NxD, w_VxD, targets_N, chunk):
 
 
 def _target_logprobs_bwd(chunk, residuals, g_N):
-  # d logp_n = w[t_n] - sum_v p_nv w_v (for h) and onehot - p (for w): recompute p per chunk.
+  # d logp_n / d logits_nv = onehot(t_n)_v - p_nv: recompute p per chunk (never stored), form
+  # g (onehot - p) in the same elementwise pass (an iota compare), then
+  # grad_h = (g (onehot - p)) @ w and grad_w = (g (onehot - p)).T @ h, one matmul each: no
+  # gather of w[t] and no scatter-add into grad_w.
   h_NxD, w_VxD, targets_N, lse_N = residuals
   v, d = w_VxD.shape
   g_N = g_N.astype(jnp.float32)
-  h32_NxD = h_NxD.astype(jnp.float32)
-  grad_h_NxD = g_N[:, None] * jnp.take(w_VxD, targets_N, axis=0).astype(jnp.float32)
-  grad_w_VxD = jnp.zeros((v, d), jnp.float32).at[targets_N].add(g_N[:, None] * h32_NxD)
-  w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
 
-  def body(grad_h_NxD, xs):
-    w_KxD, valid_K = xs
+  def chunk_grads(w_KxD, valid_K, offset):
+    k = w_KxD.shape[0]
     probs_NxK = jnp.exp(_chunk_logits(h_NxD, w_KxD, valid_K) - lse_N[:, None])
-    gp_NxK = (g_N[:, None] * probs_NxK).astype(h_NxD.dtype)
-    grad_h_NxD = grad_h_NxD - jnp.einsum("nk,kd->nd", gp_NxK, w_KxD,
-                                         preferred_element_type=jnp.float32)
-    grad_w_KxD = -jnp.einsum("nk,nd->kd", gp_NxK, h_NxD, preferred_element_type=jnp.float32)
+    dlogits_NxK = g_N[:, None] * (_is_target(targets_N, offset, k).astype(jnp.float32) - probs_NxK)
+    dlogits_NxK = dlogits_NxK.astype(h_NxD.dtype)
+    grad_h_NxD = jnp.einsum("nk,kd->nd", dlogits_NxK, w_KxD, preferred_element_type=jnp.float32)
+    grad_w_KxD = jnp.einsum("nk,nd->kd", dlogits_NxK, h_NxD, preferred_element_type=jnp.float32)
     return grad_h_NxD, grad_w_KxD
 
-  grad_h_NxD, grad_w_CxKxD = jax.lax.scan(body, grad_h_NxD, (w_CxKxD, valid_CxK))
-  grad_w_VxD = grad_w_VxD + grad_w_CxKxD.reshape(-1, d)[:v]
+  if chunk >= v:
+    grad_h_NxD, grad_w_VxD = chunk_grads(w_VxD, None, 0)
+  else:
+    w_CxKxD, valid_CxK = _vocab_chunks(w_VxD, chunk)
+    c, k, _ = w_CxKxD.shape
+
+    def body(grad_h_NxD, xs):
+      grad_h_chunk, grad_w_KxD = chunk_grads(*xs)
+      return grad_h_NxD + grad_h_chunk, grad_w_KxD
+
+    offsets_C = jnp.arange(c, dtype=targets_N.dtype) * k
+    grad_h_NxD, grad_w_CxKxD = jax.lax.scan(
+        body, jnp.zeros(h_NxD.shape, jnp.float32), (w_CxKxD, valid_CxK, offsets_C))
+    grad_w_VxD = grad_w_CxKxD.reshape(-1, d)[:v]
   return grad_h_NxD.astype(h_NxD.dtype), grad_w_VxD.astype(w_VxD.dtype), None
 
 
-target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
+_target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
+
+
+def target_logprobs(h_NxD, w_VxD, targets_N, chunk=DEFAULT_VOCAB_CHUNK):
+  """Natural-log probability of each target token under softmax(h @ w.T), in fp32.
+
+  Walks the vocabulary in chunks of `effective_chunk(N, V, chunk)` columns (one chunk, with no
+  scan, when that covers V); the backward pass recomputes each chunk's softmax.
+  """
+  chunk = effective_chunk(h_NxD.shape[0], w_VxD.shape[0], chunk)
+  return _target_logprobs(h_NxD, w_VxD, targets_N, chunk)
 
 
 def token_logprobs(cfg: model_lib.ModelConfig, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):

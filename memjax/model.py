@@ -44,6 +44,37 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+# Attention implementation: "einsum" (scores and softmax in fp32, written out here), "xla" or
+# "cudnn" (jax.nn.dot_product_attention; cudnn needs a GPU and bf16), or "auto" (see
+# `attention_impl`). Read when a function is traced: change it before jit compiles, or clear caches.
+ATTENTION = "auto"
+
+
+def attention_impl(dtype) -> str:
+  """The implementation `causal_attention` uses for this dtype on the default backend."""
+  if ATTENTION != "auto":
+    return ATTENTION
+  return "einsum"
+
+
+def causal_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, dtype):
+  """Causal softmax attention, [B, S, H, K] -> [B, S, H, K]; scores and softmax in fp32."""
+  impl = attention_impl(dtype)
+  if impl in ("xla", "cudnn"):
+    return jax.nn.dot_product_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True,
+                                        implementation=impl)
+  if impl != "einsum":
+    raise ValueError(f"model.ATTENTION must be auto, einsum, xla or cudnn, got {impl!r}")
+  s, k = q_BxSxHxK.shape[1], q_BxSxHxK.shape[-1]
+  # Attention scores and softmax in fp32, as in every stable bf16 recipe.
+  scores_BxHxSxS = jnp.einsum("bqhk,bthk->bhqt", q_BxSxHxK, k_BxSxHxK,
+                              preferred_element_type=jnp.float32) / math.sqrt(k)
+  causal_SxS = jnp.tril(jnp.ones((s, s), bool))
+  scores_BxHxSxS = jnp.where(causal_SxS, scores_BxHxSxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxSxS = jax.nn.softmax(scores_BxHxSxS, axis=-1).astype(dtype)
+  return jnp.einsum("bhqt,bthk->bqhk", probs_BxHxSxS, v_BxSxHxK)
+
+
 class Block(nn.Module):
   cfg: ModelConfig
 
@@ -61,14 +92,7 @@ class Block(nn.Module):
     b, s, _ = x_BxSxD.shape
     y = ln("ln_1")(x_BxSxD)
     qkv = dense(3 * d, "c_attn")(y).reshape(b, s, 3, h, d // h)
-    q_BxSxHxK, k_BxSxHxK, v_BxSxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    # Attention scores and softmax in fp32, as in every stable bf16 recipe.
-    scores_BxHxSxS = jnp.einsum("bqhk,bthk->bhqt", q_BxSxHxK, k_BxSxHxK,
-                                preferred_element_type=jnp.float32) / math.sqrt(d // h)
-    causal_SxS = jnp.tril(jnp.ones((s, s), bool))
-    scores_BxHxSxS = jnp.where(causal_SxS, scores_BxHxSxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxSxS = jax.nn.softmax(scores_BxHxSxS, axis=-1).astype(cfg.dtype)
-    att_BxSxHxK = jnp.einsum("bhqt,bthk->bqhk", probs_BxHxSxS, v_BxSxHxK)
+    att_BxSxHxK = causal_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], cfg.dtype)
     x_BxSxD = x_BxSxD + dense(d, "c_proj", resid_std)(att_BxSxHxK.reshape(b, s, d))
 
     y = ln("ln_2")(x_BxSxD)

@@ -85,3 +85,53 @@ def test_bf16_model_gives_fp32_logprobs_close_to_fp32_model():
                                    tokens)
   assert lp16.dtype == jnp.float32
   np.testing.assert_allclose(lp16, lp32, atol=0.05)
+
+
+@pytest.mark.parametrize("block", [64, 300])
+def test_chunks_narrowed_to_the_logits_block_give_the_same_values_and_grads(
+    params_and_tokens, monkeypatch, block):
+  # 27 rows: a block of 64 (or 300) elements allows 2 (or 11) columns, raised to MIN_CHUNK=16
+  # here, so V=97 is walked in 7 padded chunks, against one chunk of 97.
+  params, tokens = params_and_tokens
+  monkeypatch.setattr(likelihood, "LOGITS_BLOCK_ELEMENTS", 2**24)
+  assert likelihood.effective_chunk(27, 97, 4096) == 97
+  monkeypatch.setattr(likelihood, "LOGITS_BLOCK_ELEMENTS", block)
+  monkeypatch.setattr(likelihood, "MIN_CHUNK", 16)
+  assert likelihood.effective_chunk(27, 97, 4096) == 16
+  assert likelihood.effective_chunk(27, 97, 8) == 8  # an explicit smaller chunk still wins
+  dense = dense_logprobs(CFG, params, tokens)
+  expected = jnp.take_along_axis(dense[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+  got = likelihood.token_logprobs(CFG, params, tokens, 4096)
+  np.testing.assert_allclose(got[:, 1:], expected, atol=2e-5)
+  g_dense = jax.grad(lambda p: jnp.take_along_axis(
+      dense_logprobs(CFG, p, tokens)[:, :-1], tokens[:, 1:, None], -1).sum())(params)
+  g_kernel = jax.grad(lambda p: likelihood.token_logprobs(CFG, p, tokens, 4096).sum())(params)
+  for a, b in zip(jax.tree.leaves(g_dense), jax.tree.leaves(g_kernel)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+
+
+def test_effective_chunk_bounds_the_logits_block(monkeypatch):
+  assert likelihood.logits_block_elements() == 2**16  # the CPU default
+  assert likelihood.effective_chunk(248, 256, 4096) == 256  # small: one chunk, no scan
+  assert likelihood.effective_chunk(1984, 2048, 4096) == 256
+  monkeypatch.setattr(likelihood, "LOGITS_BLOCK_ELEMENTS", 2**24)  # the GPU default
+  assert likelihood.effective_chunk(4032, 2048, 4096) == 2048  # 64 sequences of 64: one chunk
+  k = likelihood.effective_chunk(63 * 2048, 2048, 4096)  # 2048 sequences of 64 tokens
+  assert k == 256 and k % likelihood.MIN_CHUNK == 0
+  assert likelihood.effective_chunk(63 * 512, 50257, 4096) == 512
+  assert likelihood.effective_chunk(10**7, 50257, 4096) == likelihood.MIN_CHUNK
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bf16_and_fp32_gradients_of_the_kernel_agree(precision):
+  # The bf16 backward forms (onehot - p) in bf16 for the matmuls: close to the fp32 gradient.
+  cfg = model_lib.ModelConfig(97, 10, 1, 16, 2, precision)
+  params32 = model_lib.init_params(model_lib.ModelConfig(97, 10, 1, 16, 2), jax.random.key(0))
+  params = jax.tree.map(lambda x: x.astype(cfg.dtype), params32)
+  tokens = jax.random.randint(jax.random.key(1), (4, 10), 0, 97)
+  g = jax.grad(lambda p: likelihood.mean_loss(cfg, p, tokens, 32))(params)
+  g32 = jax.grad(lambda p: likelihood.mean_loss(
+      model_lib.ModelConfig(97, 10, 1, 16, 2), p, tokens, 32))(params32)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g32)):
+    scale = float(jnp.abs(b).max()) + 1e-6
+    assert float(jnp.abs(a.astype(jnp.float32) - b).max()) <= 0.05 * scale

@@ -43,3 +43,19 @@ def test_causality_logprob_of_token_t_ignores_later_tokens(precision):
     other = likelihood.token_logprobs(cfg, params, changed)
     np.testing.assert_array_equal(np.asarray(base[:, : t + 1]), np.asarray(other[:, : t + 1]))
     assert not np.allclose(np.asarray(base[:, t + 1:]), np.asarray(other[:, t + 1:]))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_implementations_give_the_same_logprobs(precision, monkeypatch):
+  cfg = model_lib.ModelConfig(50, 12, 2, 32, 4, precision)
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  params = jax.tree.map(lambda x: x * 4, params)  # sharper attention, so differences would show
+  tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, 50)
+  monkeypatch.setattr(model_lib, "ATTENTION", "einsum")
+  base = likelihood.token_logprobs(cfg, params, tokens)
+  monkeypatch.setattr(model_lib, "ATTENTION", "xla")
+  other = likelihood.token_logprobs(cfg, params, tokens)
+  np.testing.assert_allclose(other, base, atol=1e-4 if precision == "fp32" else 0.1)
+  monkeypatch.setattr(model_lib, "ATTENTION", "flash")
+  with pytest.raises(ValueError, match="einsum"):
+    likelihood.token_logprobs(cfg, params, tokens)

@@ -1,0 +1,447 @@
+"""Training and scoring throughput of memjax stacks against the alternatives, in one run.
+
+For each training row (model shape, sequences per model per step) it times:
+  a. a stack of M models in one memjax program (`train.train_steps`), M swept upwards until
+     memory runs out (the out-of-memory error is caught, recorded and ends that sweep);
+  b. the same M models one after another through memjax's single-model path
+     (`train.train_steps_single`): ONE model is timed and its time multiplied by M. The models of
+     a row are identical in cost, so this extrapolation is exact up to timing noise; the report
+     says so (`one_after_another: "extrapolated from 1 model"`);
+  c. a plain PyTorch GPT-2 loop, one model at a time (benchmarks/torch_gpt2.py: same
+     parameterization, batch and AdamW; bf16 autocast on CUDA), likewise timed on one model and
+     multiplied by M; skipped with a message when torch is not installed.
+It reports training tokens/s and model-steps/s of each, the ratios a/b and a/c, MFU and the peak
+device memory per model. Scoring rows time `likelihood.shared_token_logprobs` (every model of a
+stack scores the same sequences) and report sequences/s, model-tokens/s and peak memory.
+
+FLOPs (for MFU), per trained token: 6 * n_params + 6 * L * S * d. The first term is the dense
+matmuls forward and backward, the tied output projection included (wte counted once; the
+embedding lookups are not matmuls but their V*d + S*d parameters are counted anyway, as usual);
+the second is the attention score (QK^T) and value (AV) matmuls forward and backward,
+2 * 2 * S * d a layer forward, times 3 for forward + backward, halved for the causal mask.
+A scored token costs a third of that (forward only). MFU = tokens/s * FLOPs per token / peak,
+the peak being the device's dense bf16 tensor-core rate for bf16 models and TF32 for fp32 ones
+(JAX's default fp32 matmul precision on these GPUs); `--peak_tflops` overrides it, and on a CPU
+MFU is n/a unless given. Peak memory is `device.memory_stats()["peak_bytes_in_use"]` read after
+each stack ran (a process-wide peak: stacks are swept in increasing M, so it is that stack's
+peak), divided by M; n/a on a CPU.
+
+Timing: every measured function is called once to compile and warm up; then, for each stack
+size, `calls` rounds each time one call (`steps_per_call` fused steps, `block_until_ready`) of
+the stack, of the single-model path and of the PyTorch loop, interleaved so that all three see
+the same load on a shared machine. Each reports its best call; the single-model and PyTorch
+figures are their best over every round of the row.
+
+  python -m benchmarks.throughput                       # small CPU default (about a minute)
+  python -m benchmarks.throughput --gpu --out gpu.json  # the issue-8 GPU preset (~5 min, H100)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+
+import jax
+import numpy as np
+
+from memjax import likelihood
+from memjax import model as model_lib
+from memjax import train as train_lib
+
+# Dense peak TFLOP/s by device kind (matched as a substring of jax's device_kind) and precision:
+# bf16 on tensor cores, fp32 as TF32 on tensor cores (plain fp32 FMA: about 67 on both).
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp32": 494.0},  # H100 SXM
+    "H200": {"bf16": 989.0, "fp32": 494.0},  # same compute as H100 SXM, more and faster memory
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A training row: one model shape, one per-model batch, the stack sizes to sweep."""
+  layers: int
+  d_model: int
+  batch_size: int  # sequences per model per step
+  stack_sizes: tuple
+  vocab_size: int = 2048
+  seq_len: int = 64
+  heads: int = 4
+  precision: str = "bf16"
+
+  @property
+  def cfg(self):
+    return model_lib.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
+                                 self.heads, self.precision)
+
+  @property
+  def label(self):
+    return f"L{self.layers} d{self.d_model} V{self.vocab_size} {self.precision}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRow:
+  """A scoring row: M models of one shape score `sequences` sequences, `batch` a call."""
+  vocab_size: int
+  models: int
+  sequences: int
+  batch: int
+  layers: int = 1
+  d_model: int = 32
+  seq_len: int = 64
+  heads: int = 4
+  precision: str = "bf16"
+  max_seconds: float = 20.0  # stop early (and say how many were scored) past this
+
+  @property
+  def cfg(self):
+    return model_lib.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
+                                 self.heads, self.precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  rows: tuple
+  scoring: tuple
+  steps_per_call: int
+  calls: int
+  torch_steps: int
+
+
+# The issue-8 GPU targets, bf16, V=2048, S=64.
+GPU = Preset(
+    rows=(Row(1, 32, 64, (1, 8, 64, 256)), Row(1, 32, 2048, (1, 8, 64)),
+          Row(8, 256, 2048, (1, 2, 4, 8))),
+    scoring=(ScoreRow(2048, 8, 1_048_576, 8192), ScoreRow(50257, 8, 1_048_576, 512)),
+    steps_per_call=20, calls=3, torch_steps=20)
+# A small CPU default: the DESIGN.md reference shape (L1 d32, V=256, S=32, fp32).
+CPU = Preset(
+    rows=(Row(1, 32, 8, (1, 8), 256, 32, 2, "fp32"), Row(1, 32, 64, (1, 8), 256, 32, 2, "fp32")),
+    scoring=(ScoreRow(2048, 8, 2048, 256, seq_len=32, heads=2, precision="fp32"),
+             ScoreRow(50257, 2, 256, 64, seq_len=32, heads=2, precision="fp32")),
+    steps_per_call=20, calls=10, torch_steps=20)
+
+
+def device_kind():
+  return jax.devices()[0].device_kind
+
+
+def peak_tflops(precision, override=None):
+  if override:
+    return override
+  for name, peaks in PEAK_TFLOPS.items():
+    if name in device_kind():
+      return peaks[precision]
+  return None
+
+
+def train_flops_per_token(cfg):
+  return 6 * model_lib.n_params(cfg) + 6 * cfg.layers * cfg.seq_len * cfg.d_model
+
+
+def peak_bytes():
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - some backends do not implement it
+    stats = {}
+  return stats.get("peak_bytes_in_use")
+
+
+def is_oom(error):
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "OOM" in text
+
+
+def _specs(m):
+  return [train_lib.ModelSpec(100_000 + i, i, 1e-3) for i in range(m)]
+
+
+class _Timer:
+  """Best seconds per call of one measured thing, over calls interleaved with the others."""
+
+  def __init__(self, call, state=None):
+    self.call, self.state, self.best = call, state, math.inf
+
+  def warm(self):
+    self.state, out = self.call(self.state)
+    jax.block_until_ready(out)
+    return self
+
+  def time(self):
+    start = time.perf_counter()
+    self.state, out = self.call(self.state)
+    jax.block_until_ready(out)
+    self.best = min(self.best, time.perf_counter() - start)
+
+
+def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=math.inf,
+                       use_torch=True):
+  """One training row. For each stack size M the stack is compiled, then `calls` rounds each
+  time one call of the stack, of the single-model path and of the PyTorch loop, so that all
+  three see the same machine (on a shared CPU the load drifts); each keeps its best call, and
+  the single-model and PyTorch bests are over all rounds of the row."""
+  cfg = row.cfg
+  k = preset.steps_per_call
+  tcfg = train_lib.TrainConfig(steps=10**6, batch_size=row.batch_size, learning_rate=1e-3,
+                               warmup_steps=10, steps_per_call=k)
+  tokens_per_model_step = row.batch_size * row.seq_len
+
+  # b. one model alone through the single-model path; M of them take M times as long. (Model 0
+  # of the first stack, so that no extra init program is compiled.)
+  first = row.stack_sizes[0]
+  single = _Timer(lambda s: train_lib.train_steps_single(cfg, tcfg, s, k),
+                  train_lib.model_slice(train_lib.init_stack_from_specs(cfg, tcfg, _specs(first)),
+                                        0)).warm()
+
+  # c. PyTorch, one model alone.
+  torch_timer, torch_note, torch_gpt2 = None, "torch not installed", None
+  if not use_torch:
+    torch_note = "skipped (--no_torch)"
+  else:
+    try:
+      from benchmarks import torch_gpt2
+    except ImportError:
+      pass
+  if torch_gpt2 is not None:
+    try:
+      run_torch, torch_params = torch_gpt2.make_trainer(
+          row.vocab_size, row.seq_len, row.layers, row.d_model, row.heads, row.batch_size)
+      assert torch_params == model_lib.n_params(cfg), (torch_params, model_lib.n_params(cfg))
+      torch_timer = _Timer(lambda s: (s, run_torch(preset.torch_steps)))
+      torch_note = f"ok ({torch_gpt2.describe()})"
+    except Exception as e:  # noqa: BLE001 - a baseline that does not fit is reported, not fatal
+      if not is_oom(e):
+        raise
+      torch_note = "out of memory"
+
+  peak = peak_tflops(row.precision, peak_override)
+  flops = train_flops_per_token(cfg)
+  stacks = []
+  for m in row.stack_sizes:
+    if time.perf_counter() > deadline:
+      stacks.append({"models": m, "skipped": "time budget of the preset spent"})
+      continue
+    try:
+      stack = _Timer(lambda s: train_lib.train_steps(cfg, tcfg, s, k),
+                     train_lib.init_stack_from_specs(cfg, tcfg, _specs(m))).warm()
+      for _ in range(preset.calls):
+        stack.time()
+        single.time()
+        if torch_timer is not None:
+          torch_timer.time()
+      mem = peak_bytes()
+      del stack.state
+    except Exception as e:  # noqa: BLE001 - only out-of-memory ends the sweep quietly
+      if not is_oom(e):
+        raise
+      stacks.append({"models": m, "oom": True, "error": str(e).splitlines()[0][:200]})
+      break
+    stack_s = stack.best / k
+    tokens_s = m * tokens_per_model_step / stack_s
+    stacks.append({
+        "models": m,
+        "seconds_per_step": stack_s,
+        "tokens_per_s": tokens_s,
+        "model_steps_per_s": m / stack_s,
+        "peak_bytes_per_model": mem / m if mem else None,
+        "mfu": tokens_s * flops / (peak * 1e12) if peak else None,
+    })
+  # The ratios use the best single-model and PyTorch times over the whole row (conservative).
+  single_s = single.best / k
+  torch_s = torch_timer.best / preset.torch_steps if torch_timer is not None else None
+  if torch_timer is not None and not math.isfinite(torch_s):
+    torch_s = None
+  for s in stacks:
+    if "seconds_per_step" in s:
+      s["ratio_vs_one_after_another"] = single_s * s["models"] / s["seconds_per_step"]
+      s["ratio_vs_torch"] = torch_s * s["models"] / s["seconds_per_step"] if torch_s else None
+  if torch_gpt2 is not None:
+    torch_gpt2.release()
+  return {
+      "row": dataclasses.asdict(row), "label": row.label, "n_params": model_lib.n_params(cfg),
+      "flops_per_token": flops, "peak_tflops": peak,
+      "one_after_another": {"extrapolated_from": "1 model, time x M",
+                            "seconds_per_model_step": single_s,
+                            "tokens_per_s": tokens_per_model_step / single_s,
+                            "model_steps_per_s": 1 / single_s},
+      "torch": {"note": torch_note, "seconds_per_model_step": torch_s,
+                "tokens_per_s": tokens_per_model_step / torch_s if torch_s else None,
+                "model_steps_per_s": 1 / torch_s if torch_s else None},
+      "stacks": stacks,
+  }
+
+
+def bench_scoring(row: ScoreRow, peak_override=None):
+  cfg = row.cfg
+  params = train_lib.init_stack_from_specs(cfg, train_lib.TrainConfig(), _specs(row.models)).params
+  key = jax.random.key(0)
+  batches = [jax.random.randint(jax.random.fold_in(key, i), (row.batch, cfg.seq_len), 0,
+                                cfg.vocab_size) for i in range(2)]
+  score = lambda t: likelihood.shared_token_logprobs(cfg, params, t)
+  jax.block_until_ready(score(batches[0]))  # compile and warm up
+  calls = max(1, row.sequences // row.batch)
+  start = time.perf_counter()
+  done, out = 0, None
+  for i in range(calls):
+    out = score(batches[i % 2])
+    done += 1
+    if done % 16 == 0:  # check the clock now and then (each check waits for the device)
+      jax.block_until_ready(out)
+      if time.perf_counter() - start > row.max_seconds:
+        break
+  jax.block_until_ready(out)
+  seconds = time.perf_counter() - start
+  seqs_s = done * row.batch / seconds
+  tokens_s = seqs_s * row.models * cfg.seq_len  # model-tokens scored per second
+  peak = peak_tflops(row.precision, peak_override)
+  mem = peak_bytes()
+  return {"row": dataclasses.asdict(row), "n_params": model_lib.n_params(cfg),
+          "sequences_scored": done * row.batch, "seconds": seconds,
+          "sequences_per_s": seqs_s, "model_sequences_per_s": seqs_s * row.models,
+          "tokens_per_s": tokens_s,
+          "mfu": tokens_s * train_flops_per_token(cfg) / 3 / (peak * 1e12) if peak else None,
+          "peak_bytes": mem, "peak_bytes_per_model": mem / row.models if mem else None}
+
+
+def scoring_vs_training(report):
+  """Scoring model-tokens/s over the best training tokens/s of the same shape (V, L, d, S)."""
+  out = []
+  for s in report["scoring"]:
+    r = s["row"]
+    best = [st["tokens_per_s"] for t in report["training"] for st in t["stacks"]
+            if "tokens_per_s" in st and all(t["row"][f] == r[f] for f in
+                                            ("vocab_size", "layers", "d_model", "seq_len",
+                                             "precision"))]
+    if best:
+      out.append({"vocab_size": r["vocab_size"], "scoring_tokens_per_s": s["tokens_per_s"],
+                  "best_training_tokens_per_s": max(best),
+                  "ratio": s["tokens_per_s"] / max(best)})
+  return out
+
+
+def fmt(x, spec=".3g"):
+  return "n/a" if x is None else format(x, spec)
+
+
+def gib(x):
+  return None if x is None else x / 2**30
+
+
+def print_header(report):
+  print(f"device: {report['device']}  jax {report['jax']}  commit {report['commit']}  "
+        f"{report['date']}  ({report['preset']} preset)")
+  print(f"{'shape':>20} {'B':>5} {'M':>4} {'tokens/s':>9} {'model-steps/s':>13} "
+        f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}", flush=True)
+
+
+def print_training(r):
+  row = r["row"]
+  for s in r["stacks"]:
+    lead = f"{r['label']:>20} {row['batch_size']:>5} {s['models']:>4}"
+    if s.get("oom"):
+      print(f"{lead}  out of memory: sweep stopped")
+    elif s.get("skipped"):
+      print(f"{lead}  skipped: {s['skipped']}")
+    else:
+      print(f"{lead} {s['tokens_per_s']:>9.3g} {s['model_steps_per_s']:>13.4g} "
+            f"{fmt(s['ratio_vs_one_after_another'], '.2f'):>8} "
+            f"{fmt(s['ratio_vs_torch'], '.2f'):>8} {fmt(s['mfu'], '.1%'):>6} "
+            f"{fmt(gib(s['peak_bytes_per_model']), '.3f'):>9}")
+  one, tor = r["one_after_another"], r["torch"]
+  print(f"{'':>20} one model alone: memjax single path {one['tokens_per_s']:.3g} tokens/s "
+        f"({one['model_steps_per_s']:.4g} steps/s; M models one after another = this / M, "
+        f"extrapolated from 1 model); torch {fmt(tor['tokens_per_s'])} tokens/s [{tor['note']}]",
+        flush=True)
+
+
+def print_scoring(s):
+  r = s["row"]
+  print(f"scoring L{r['layers']} d{r['d_model']} V{r['vocab_size']} {r['precision']} "
+        f"x{r['models']} models: {s['sequences_per_s']:.4g} sequences/s "
+        f"({s['model_sequences_per_s']:.4g} model-sequences/s, {s['tokens_per_s']:.3g} "
+        f"model-tokens/s, MFU {fmt(s['mfu'], '.1%')}, {s['sequences_scored']:,} sequences in "
+        f"{s['seconds']:.1f}s, batch {r['batch']}, peak {fmt(gib(s['peak_bytes']), '.2f')} GiB)",
+        flush=True)
+
+
+def git_commit():
+  try:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=here, timeout=10)
+    return out.stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes=math.inf,
+        use_torch=True, verbose=True):
+  """Run a preset; returns the report (and writes it as JSON to `out` after every row)."""
+  start = time.perf_counter()
+  deadline = start + max_minutes * 60
+  report = {"preset": name, "device": device_kind(), "platform": platform.platform(),
+            "jax": jax.__version__, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+            "flops_formula": "per trained token 6*n_params + 6*L*S*d; scored: a third",
+            "steps_per_call": preset.steps_per_call, "calls": preset.calls,
+            "training": [], "scoring": [], "scoring_vs_training": []}
+
+  def save():
+    report["seconds"] = time.perf_counter() - start
+    if out:
+      with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+
+  if verbose:
+    print_header(report)
+  for row in preset.rows:
+    r = bench_training_row(row, preset, peak_override, deadline, use_torch)
+    report["training"].append(r)
+    if verbose:
+      print_training(r)
+    save()
+  for srow in preset.scoring:
+    s = bench_scoring(srow, peak_override)
+    report["scoring"].append(s)
+    if verbose:
+      print_scoring(s)
+    save()
+  report["scoring_vs_training"] = scoring_vs_training(report)
+  if verbose:
+    for c in report["scoring_vs_training"]:
+      print(f"scoring V{c['vocab_size']}: {c['ratio']:.2f}x the best training tokens/s of the "
+            f"same shape ({c['scoring_tokens_per_s']:.3g} vs {c['best_training_tokens_per_s']:.3g})")
+    print(f"total {time.perf_counter() - start:.0f}s", flush=True)
+  save()
+  return report
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--gpu", action="store_true", help="the issue-8 GPU preset (H100/H200)")
+  parser.add_argument("--out", help="write the report as JSON here")
+  parser.add_argument("--peak_tflops", type=float, help="device peak for MFU, overriding the table")
+  parser.add_argument("--calls", type=int, help="timed calls per measurement")
+  parser.add_argument("--steps_per_call", type=int, help="steps fused into one timed call")
+  parser.add_argument("--max_minutes", type=float, default=None,
+                      help="stop starting new stack sizes after this (GPU default 5)")
+  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+  args = parser.parse_args(argv)
+  if args.gpu:
+    # Allocate on demand: the PyTorch baseline shares the GPU, and out-of-memory must mean the
+    # stack itself no longer fits.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  preset = GPU if args.gpu else CPU
+  preset = dataclasses.replace(preset, calls=args.calls or preset.calls,
+                               steps_per_call=args.steps_per_call or preset.steps_per_call)
+  max_minutes = args.max_minutes or (5.0 if args.gpu else math.inf)
+  return run(preset, "gpu" if args.gpu else "cpu", args.peak_tflops, args.out, max_minutes,
+             not args.no_torch)
+
+
+if __name__ == "__main__":
+  main()

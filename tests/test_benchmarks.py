@@ -1,0 +1,79 @@
+"""Smoke test of the throughput benchmark on a tiny CPU shape (the report's fields, not speed)."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import throughput
+from memjax import model as model_lib
+
+TINY = throughput.Preset(
+    rows=(throughput.Row(1, 16, 4, (2, 4, 8), vocab_size=64, seq_len=8, heads=2, precision="fp32"),),
+    scoring=(throughput.ScoreRow(64, 2, 32, 16, d_model=16, seq_len=8, heads=2,
+                                 precision="fp32"),),
+    steps_per_call=2, calls=1, torch_steps=2)
+
+
+def test_tiny_run_reports_every_field(tmp_path, capsys, monkeypatch):
+  # A stack of 4 "runs out of memory": recorded, and the sweep stops there (8 is never tried).
+  real_train_steps = throughput.train_lib.train_steps
+  def train_steps(cfg, tcfg, state, k):
+    if state.step_M.shape[0] >= 4:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0TiB.")
+    return real_train_steps(cfg, tcfg, state, k)
+  monkeypatch.setattr(throughput.train_lib, "train_steps", train_steps)
+  out = tmp_path / "report.json"
+  report = throughput.run(TINY, "tiny", out=str(out), use_torch=False)
+  assert json.loads(out.read_text())["training"] == json.loads(json.dumps(report["training"]))
+  for key in ("device", "jax", "commit", "date", "flops_formula", "training", "scoring",
+              "scoring_vs_training"):
+    assert key in report
+  (row,) = report["training"]
+  cfg = TINY.rows[0].cfg
+  assert row["n_params"] == model_lib.n_params(cfg)
+  assert row["flops_per_token"] == 6 * row["n_params"] + 6 * 1 * 8 * 16
+  assert row["one_after_another"]["extrapolated_from"].startswith("1 model")
+  assert row["torch"]["note"].startswith("skipped") and row["torch"]["tokens_per_s"] is None
+  assert [s["models"] for s in row["stacks"]] == [2, 4]
+  assert row["stacks"][1]["oom"] and "RESOURCE_EXHAUSTED" in row["stacks"][1]["error"]
+  single_s = row["one_after_another"]["seconds_per_model_step"]
+  for s in row["stacks"][:1]:
+    assert s["tokens_per_s"] == pytest.approx(s["models"] * 4 * 8 / s["seconds_per_step"])
+    assert s["model_steps_per_s"] == pytest.approx(s["models"] / s["seconds_per_step"])
+    assert s["ratio_vs_one_after_another"] == pytest.approx(
+        single_s * s["models"] / s["seconds_per_step"])
+    # On a CPU: no peak FLOP/s and no device memory statistics unless given.
+    assert s["mfu"] is None and s["ratio_vs_torch"] is None
+  (score,) = report["scoring"]
+  assert score["sequences_scored"] == 32 and math.isfinite(score["sequences_per_s"])
+  assert score["tokens_per_s"] == pytest.approx(score["sequences_per_s"] * 2 * 8)
+  (cmp,) = report["scoring_vs_training"]
+  assert cmp["ratio"] == pytest.approx(
+      score["tokens_per_s"] / row["stacks"][0]["tokens_per_s"])
+  printed = capsys.readouterr().out
+  assert "x 1-by-1" in printed and "extrapolated from 1 model" in printed
+  assert "out of memory: sweep stopped" in printed
+
+
+def test_mfu_uses_the_peak_override():
+  report = throughput.run(
+      throughput.Preset(rows=(), scoring=TINY.scoring, steps_per_call=1, calls=1, torch_steps=1),
+      "tiny", peak_override=1.0, verbose=False)
+  (score,) = report["scoring"]
+  flops = throughput.train_flops_per_token(TINY.scoring[0].cfg) / 3
+  assert score["mfu"] == pytest.approx(score["tokens_per_s"] * flops / 1e12)
+
+
+def test_peak_table_and_flops_formula():
+  assert throughput.PEAK_TFLOPS["H100"]["bf16"] == 989.0
+  cfg = model_lib.ModelConfig(2048, 64, 8, 256, 4, "bf16")
+  assert throughput.train_flops_per_token(cfg) == 6 * 6_859_264 + 6 * 8 * 64 * 256
+
+
+def test_torch_baseline_has_the_same_parameter_count():
+  pytest.importorskip("torch")
+  from benchmarks import torch_gpt2
+  seconds, n = torch_gpt2.time_training(64, 8, 2, 16, 2, batch_size=2, steps=1, calls=1,
+                                        warmup_steps=1)
+  assert n == model_lib.n_params(model_lib.ModelConfig(64, 8, 2, 16, 2)) and seconds > 0
