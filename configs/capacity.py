@@ -29,6 +29,10 @@ def get_config():
   config.sweep.seeds = (0,)
   config.sweep.precisions = ("fp32",)
   config.sweep.learning_rates = ()  # one per model, crossed with the rest; empty: train.learning_rate
+  # Models trained together in one chunk; 0: as many as fit a device's memory (estimated).
+  config.sweep.models_per_chunk = 0
+  # Memory of one device for a chunk, GiB; 0: the device's own limit (CPU: 4 GiB shared).
+  config.sweep.device_memory_gib = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 4000
@@ -43,6 +47,14 @@ def get_config():
   config.train.grad_clip = 1.0
   config.train.steps_per_call = 200
   config.train.vocab_chunk = 4096
+  # 0.0: a fixed budget of train.steps for every model. > 0: a model stops (is frozen) once its
+  # estimated memorization changes by less than this fraction between consecutive windows of
+  # saturation_window steps, saturation_patience times in a row; train.steps is then the limit.
+  config.train.saturation_tolerance = 0.0
+  config.train.saturation_window = 200
+  config.train.saturation_patience = 2
+  # Checkpoint every chunk every this many steps (0: only at the end and when interrupted).
+  config.train.checkpoint_every = 1000
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 512

@@ -1,4 +1,9 @@
-"""The capacity experiment: train each bucket as one stack, score memorization, write results."""
+"""The capacity experiment: train each chunk of the sweep as one stack, score it, write results.
+
+A chunk trains sharded over the local devices, checkpoints as it goes (resuming from its newest
+good checkpoint when the command is run again), appends its rows to the results file when done
+and deletes its checkpoints. See sweep.py for the plan and checkpoint.py for the files.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from memjax import checkpoint
 from memjax import config as config_lib
 from memjax import memorization
 from memjax import model as model_lib
@@ -21,15 +29,21 @@ from memjax import train as train_lib
 validate = config_lib.validate
 
 
-def _rows(settings, bucket, specs, state, evaluation, wall_s):
-  shape = bucket.shape
+def _rows(settings, shape, specs, state, evaluation, wall_s):
   tcfg = settings.train
   bits_per_token = math.log2(shape.vocab_size)
-  diverged = np.asarray(state.diverged_M)
-  steps = np.asarray(state.step_M)
+  n = len(specs)
+  diverged = np.asarray(state.diverged_M)[:n]
+  steps = np.asarray(state.step_M)[:n]
+  if state.saturation is not None:
+    saturated = np.asarray(state.saturation.saturated_step_M)[:n]
+    window_mem = np.asarray(state.saturation.prev_mem_M)[:n]
+  else:
+    saturated = np.full(n, -1)
+    window_mem = np.full(n, np.nan)
   rows = []
   for i, spec in enumerate(specs):
-    n = spec.dataset_size
+    n_seq = spec.dataset_size
     mem = float(evaluation["mem_bits"][i])
     rows.append({
         "experiment": "capacity",
@@ -37,79 +51,214 @@ def _rows(settings, bucket, specs, state, evaluation, wall_s):
         "layers": shape.layers, "d_model": shape.d_model, "heads": shape.num_heads,
         "vocab_size": shape.vocab_size, "seq_len": shape.seq_len, "precision": shape.precision,
         "n_params": model_lib.n_params(shape),
-        "dataset_size": n, "seed": spec.seed, "learning_rate": spec.learning_rate,
+        "dataset_size": n_seq, "seed": spec.seed, "learning_rate": spec.learning_rate,
         "steps": int(steps[i]), "batch_size": tcfg.batch_size,
+        # The step at which the model's memorization stopped growing and it was frozen; None if
+        # it never did (fixed budget, or still growing at the step limit).
+        "saturated_step": int(saturated[i]) if saturated[i] >= 0 else None,
+        # The on-device estimate that decided saturation, from the last window's training loss.
+        "mem_bits_window_estimate": (float(window_mem[i]) if np.isfinite(window_mem[i])
+                                     else None),
         "train_loss": float(evaluation["train_loss"][i]),
         "test_loss": float(evaluation["test_loss"][i]),
-        "data_bits": n * shape.seq_len * bits_per_token,
-        "memorizable_bits": n * (shape.seq_len - 1) * bits_per_token,
+        "data_bits": n_seq * shape.seq_len * bits_per_token,
+        "memorizable_bits": n_seq * (shape.seq_len - 1) * bits_per_token,
         "mem_bits": mem,
         "mem_bits_unclipped": float(evaluation["mem_bits_unclipped"][i]),
-        "mem_fraction": mem / (n * (shape.seq_len - 1) * bits_per_token),
+        "mem_fraction": mem / (n_seq * (shape.seq_len - 1) * bits_per_token),
         "status": "diverged" if diverged[i] else "ok",
         "train": config_lib.to_jsonable(tcfg),
-        "device": jax.devices()[0].device_kind,
-        "wall_s_per_bucket": wall_s,
+        "device": jax.local_devices()[0].device_kind,
+        "wall_s_per_chunk": wall_s,
     })
   return rows
 
 
-def run_bucket(settings, bucket, specs):
-  """Train the given models of a bucket together and evaluate them; returns result rows."""
-  shape, tcfg = bucket.shape, settings.train
+def model_mesh(devices=None):
+  """A 1-D mesh over the local devices; the model axis of every stacked leaf is split over it."""
+  devices = jax.local_devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("models",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, mesh, position=""):
+  """Train (resuming from a checkpoint if there is one) and score the given models of a chunk.
+
+  The models are padded with copies of the last one to a multiple of the device count; the copies
+  are dropped from the results. Returns the result rows.
+  """
+  shape, tcfg = chunk.shape, settings.train
   start = time.time()
-  state = train_lib.init_stack_from_specs(shape, tcfg, specs)
-  label = f"L{shape.layers} d{shape.d_model} {shape.precision} x{len(specs)}"
-  with tqdm(total=tcfg.steps, desc=f"train {label}", unit="step", disable=settings.quiet,
-            leave=False) as bar:
-    def on_chunk(k, losses_M):
-      bar.update(k)
-      bar.set_postfix(loss=f"{float(np.nanmean(np.asarray(losses_M))):.3f}")
-    state, _ = train_lib.train(shape, tcfg, state, on_chunk)
+  n = len(specs)
+  n_dev = mesh.devices.size
+  size = max(chunk.padded_size, -(-n // n_dev) * n_dev)
+  padded = list(specs) + [specs[-1]] * (size - n)
+  sharding = NamedSharding(mesh, P("models"))
+  keys = [sweep.model_key(shape, s, tcfg) for s in specs]
+  ckpts = checkpoint.ChunkCheckpoints(ckpt_dir)
+  state = train_lib.init_stack_from_specs(shape, tcfg, padded, sharding=sharding)
+
+  done = 0
+  finished = False
+  restored = ckpts.restore(state, n, expect={"keys": keys})
+  if restored is not None:
+    done, leaves, meta = restored
+    state = checkpoint.host_to_state(state, leaves, sharding)
+    finished = bool(meta.get("finished"))
+    logging.info("chunk %d (%s): resuming from its checkpoint at step %d%s", chunk.index,
+                 chunk.label, done, " (training finished)" if finished else "")
+
+  def save(step, st, is_final=False):
+    ckpts.save(step, st, n, {"keys": keys, "finished": is_final, "chunk": chunk.index})
+
+  label = f"{position}{chunk.label} x{n}"
+  tokens_per_step = tcfg.batch_size * shape.seq_len
+  if not finished:
+    with tqdm(total=tcfg.steps, initial=done, desc=f"train {label}", unit="step",
+              disable=settings.quiet, leave=False, dynamic_ncols=True) as bar, \
+        checkpoint.StopSignals() as signals:
+      last = {"t": time.time(), "done": done, "active": n}
+
+      def on_call(step, st):
+        # Tokens a second of the models that trained during the call (padding copies left out).
+        active = int(np.asarray(st.active_M)[:n].sum())
+        now = time.time()
+        k = step - last["done"]
+        tok_s = last["active"] * tokens_per_step * k / max(now - last["t"], 1e-9)
+        last.update(t=now, done=step, active=active)
+        bar.update(k)
+        saturated = int((np.asarray(st.saturation.saturated_step_M)[:n] >= 0).sum())
+        bar.set_postfix_str(f"saturated {saturated}/{n}, {tok_s:,.0f} tok/s", refresh=False)
+        if step < tcfg.steps and train_lib.checkpoint_due(tcfg, step - k, step):
+          save(step, st)
+
+      state, _ = train_lib.train(shape, tcfg, state, start_step=done, on_call=on_call,
+                                 should_stop=lambda: signals.requested)
+      done = last["done"]
+      if signals.requested:
+        save(done, state)
+        ckpts.close()
+        message = (f"interrupted at step {done} of chunk {chunk.index}; checkpoint saved in "
+                   f"{ckpt_dir}; run the same command again to continue")
+        logging.warning("%s", message)
+        raise checkpoint.Interrupted(signals.signum, message)
+    # Training is over: keep that, so a kill while scoring does not train again.
+    save(done, state, is_final=True)
+
   max_n = max(s.dataset_size for s in specs)
   with tqdm(total=max_n, desc=f"score {label}", unit="seq", disable=settings.quiet,
             leave=False) as bar:
     evaluation = memorization.evaluate_synthetic(
         shape, state, settings.eval_batch_size, settings.test_size, tcfg.vocab_chunk, bar.update)
-  return _rows(settings, bucket, specs, state, evaluation, time.time() - start)
+  ckpts.close()
+  return _rows(settings, shape, specs, state, evaluation, time.time() - start)
+
+
+def _process():
+  return jax.process_index(), jax.process_count()
+
+
+def _cleanup_checkpoints(root, mine, live_ids):
+  """Remove checkpoint directories of this process's chunks that no longer have work to do."""
+  if not os.path.isdir(root):
+    return
+  for name in os.listdir(root):
+    if not name.startswith("chunk") or name in live_ids:
+      continue
+    try:
+      index = int(name[5:10])
+    except ValueError:
+      continue
+    if index in mine:
+      checkpoint.ChunkCheckpoints(os.path.join(root, name)).delete()
+  try:
+    os.rmdir(root)  # only when empty
+  except OSError:
+    pass
 
 
 def run(settings: config_lib.CapacitySettings, workdir: str):
-  """Run the sweep, skipping models already in results.jsonl.
+  """Run this process's chunks of the sweep, skipping models already in a results file.
 
-  Returns (summary, number of models trained now, number found done).
+  Returns (summary, number of models trained by this process now, number of models of the sweep
+  already done when it started); the summary is None on a process other than 0 of a
+  multi-process run (process 0 writes it).
   """
-  results = sweep.ResultsFile(os.path.join(workdir, "results.jsonl"))
-  done = results.done_keys()
-  buckets = sweep.plan(settings)
-  all_keys = set()
+  pid, nproc = _process()
+  mesh = model_mesh()
+  plan = sweep.plan_chunks(settings, list(mesh.devices.flat))
+  results = sweep.ResultsFile(sweep.results_path(workdir, pid, nproc))
+  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
+  ckpt_root = os.path.join(workdir, "checkpoints")
+  all_keys = []
+  mine = {c.index for c in plan.chunks if c.index % nproc == pid}
+  work = []
+  for chunk in plan.chunks:
+    keys = [sweep.model_key(chunk.shape, s, settings.train) for s in chunk.specs]
+    all_keys.extend(keys)
+    todo = [(s, k) for s, k in zip(chunk.specs, keys) if k not in done]
+    if chunk.index in mine and todo:
+      work.append((chunk, [s for s, _ in todo], sweep.chunk_id(chunk, [k for _, k in todo])))
+  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work})
+  skipped = sum(len(c.specs) for c in plan.chunks if c.index in mine) - sum(
+      len(w[1]) for w in work)
+  if skipped:
+    logging.info("%d models of this sweep are already done, skipping them", skipped)
+
   trained = 0
-  for bucket in buckets:
-    keys = [sweep.model_key(bucket.shape, s, settings.train) for s in bucket.specs]
-    all_keys.update(keys)
-    todo = [s for s, k in zip(bucket.specs, keys) if k not in done]
-    shape = bucket.shape
-    if not todo:
-      logging.info("L%d d%d %s: all %d models done, skipping", shape.layers, shape.d_model,
-                   shape.precision, len(keys))
-      continue
-    rows = run_bucket(settings, bucket, todo)
+  sweep_start = time.time()
+  for i, (chunk, specs, cid) in enumerate(work):
+    position = f"[{i + 1}/{len(work)}] "
+    rows = run_chunk(settings, chunk, specs, os.path.join(ckpt_root, cid), mesh, position)
     results.append(rows)
+    checkpoint.ChunkCheckpoints(os.path.join(ckpt_root, cid)).delete()
     trained += len(rows)
-    wall = rows[0]["wall_s_per_bucket"]
-    logging.info("L%d d%d %s: %d models trained and scored in %.1fs", shape.layers,
-                 shape.d_model, shape.precision, len(rows), wall)
-  rows = sweep.rows_for(results.read(), all_keys)
+    saturated = sum(r["saturated_step"] is not None for r in rows)
+    wall = rows[0]["wall_s_per_chunk"]
+    steps = max(r["steps"] for r in rows)
+    logging.info("chunk %d %s(%s): %d models, up to %d steps, %d saturated, %d diverged, trained "
+                 "and scored in %.1fs; %d of %d chunks of this process done (%.0fs)",
+                 chunk.index, position, chunk.label, len(rows), steps, saturated,
+                 sum(r["status"] == "diverged" for r in rows), wall, i + 1, len(work),
+                 time.time() - sweep_start)
+  try:
+    os.rmdir(ckpt_root)
+  except OSError:
+    pass
+
+  if nproc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("memjax: every chunk trained")
+  complete = sweep.merge_results(workdir, all_keys, writer=pid)
+  if not complete:
+    logging.warning("results.jsonl not merged: some models of the sweep have no row yet")
+  already = len(set(all_keys) & done)
+  if pid != 0:
+    return None, trained, already
+  rows = sweep.rows_for(sweep.read_all_rows(workdir), set(all_keys))
   summary = memorization.summarize(rows)
   sweep.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   report.write_capacity_figures(rows, summary, workdir)
-  return summary, trained, len(all_keys) - trained
+  return summary, trained, already
+
+
+def dry_run(settings, workdir):
+  """Print the plan (buckets, chunks, models, memory, tokens) and train nothing."""
+  pid, nproc = _process()
+  plan = sweep.plan_chunks(settings, jax.local_devices())
+  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
+  print(sweep.format_plan(plan, settings, done, pid, nproc))
 
 
 def main(settings, workdir):
   """Run and print the capacity table (the CLI's job for config.experiment = "capacity")."""
   start = time.time()
   summary, trained, skipped = run(settings, workdir)
+  if summary is None:
+    print(f"{trained} models trained by process {jax.process_index()}; process 0 writes the "
+          f"summary ({time.time() - start:.0f}s)")
+    return
   print(report.capacity_table_text(summary))
-  print(f"{trained} models trained, {skipped} already done; results in {workdir}: "
+  others = "" if jax.process_count() == 1 else " (by this process)"
+  print(f"{trained} models trained{others}, {skipped} already done; results in {workdir}: "
         f"results.jsonl, summary.json, figures ({time.time() - start:.0f}s)")

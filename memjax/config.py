@@ -39,6 +39,8 @@ class CapacitySettings:
   eval_batch_size: int
   test_size: int
   quiet: bool
+  models_per_chunk: int = 0  # 0: as many as fit the device memory (see sweep.plan_chunks)
+  device_memory_gib: float = 0.0  # 0: the device's own limit (CPU: sweep.DEFAULT_CPU_MEMORY_GIB)
 
 
 # The fields each config section may hold; anything else is a typo and is rejected.
@@ -47,7 +49,7 @@ ALLOWED = {
     "data": {"vocab_size", "seq_len"},
     "model": {"num_heads"},
     "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
-              "learning_rates"},
+              "learning_rates", "models_per_chunk", "device_memory_gib"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
     "eval": {"batch_size", "test_size"},
 }
@@ -134,20 +136,7 @@ def validate(config) -> CapacitySettings:
   if not precisions or any(p not in PRECISIONS for p in precisions):
     _fail("sweep.precisions", f"must be a list of {', '.join(PRECISIONS)}, got {precisions!r}")
 
-  train_fields = {}
-  for f in dataclasses.fields(TrainConfig):
-    field = f"train.{f.name}"
-    if f.type in ("int", int):
-      lo = 0 if f.name == "warmup_steps" else 1
-      train_fields[f.name] = _int(config, field, minimum=lo)
-    elif f.name in ("weight_decay", "min_lr_ratio"):
-      train_fields[f.name] = _float(config, field, strict=False,
-                                    maximum=1.0 if f.name == "min_lr_ratio" else math.inf)
-    elif f.name in ("b1", "b2"):
-      train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
-    else:
-      train_fields[f.name] = _float(config, field)
-  train = TrainConfig(**train_fields)
+  train = train_config(config)
 
   # The largest N: indices are int32, and more than V**S sequences cannot all be distinct.
   distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32
@@ -161,7 +150,9 @@ def validate(config) -> CapacitySettings:
       seeds=_int_list(config, "sweep.seeds", minimum=0),
       precisions=precisions, learning_rates=_float_list(config, "sweep.learning_rates"),
       train=train, eval_batch_size=_int(config, "eval.batch_size"),
-      test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)))
+      test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)),
+      models_per_chunk=_optional(config, "sweep.models_per_chunk", 0, _int, minimum=0),
+      device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False))
   for shape in model_shapes(settings):
     for n in dataset_sizes_for(settings, shape):
       if n > max_n:
@@ -171,6 +162,35 @@ def validate(config) -> CapacitySettings:
         _fail(field, f"dataset size {n} is too large: at most {max_n} ({why}); "
                      "lower it or raise data.vocab_size / data.seq_len")
   return settings
+
+
+def _optional(config, field, default, check, **kwargs):
+  """A field that older configs may lack: its default if absent, else checked."""
+  section, _, name = field.rpartition(".")
+  node = config.get(section) if section else config
+  if node is None or name not in node.keys():
+    return default
+  return check(config, field, **kwargs)
+
+
+def train_config(config) -> TrainConfig:
+  """config.train -> TrainConfig; a field the config lacks takes TrainConfig's default."""
+  train_fields = {}
+  for f in dataclasses.fields(TrainConfig):
+    field = f"train.{f.name}"
+    if f.name not in config.train.keys():
+      continue
+    if f.type in ("int", int):
+      lo = 0 if f.name in ("warmup_steps", "checkpoint_every") else 1
+      train_fields[f.name] = _int(config, field, minimum=lo)
+    elif f.name in ("weight_decay", "min_lr_ratio", "saturation_tolerance"):
+      top = math.inf if f.name == "weight_decay" else 1.0
+      train_fields[f.name] = _float(config, field, strict=False, maximum=top)
+    elif f.name in ("b1", "b2"):
+      train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
+    else:
+      train_fields[f.name] = _float(config, field)
+  return TrainConfig(**train_fields)
 
 
 def model_shapes(s: CapacitySettings):

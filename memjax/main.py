@@ -16,11 +16,25 @@ from memjax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and figures.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the plan (buckets, chunks, models, memory, tokens) and exit.")
+# Several processes (hosts): jax.distributed.initialize(). Give all three, or --distributed to let
+# JAX detect the cluster (e.g. under SLURM's srun; see launch/slurm.sbatch).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "jax.distributed.initialize() with the cluster detected by JAX.")
 
 # config.experiment -> the module that runs it. Each module has `validate(config) -> settings`
 # (raising config.ConfigError) and `main(settings, workdir)`, which runs and prints its report.
 EXPERIMENTS = {
     "capacity": "memjax.capacity",
+    "text": "memjax.text_experiment",
+    "dynamics": "memjax.dynamics_experiment",
+    "distributional": "memjax.distributional_experiment",
+    "membership": "memjax.membership_experiment",
 }
 
 
@@ -38,11 +52,37 @@ def main(argv):
     experiment = importlib.import_module(EXPERIMENTS[name])
     settings = experiment.validate(config)
     config_lib.check_workdir(_WORKDIR.value)
+    if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
+      raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
+    _check_process_flags()
   except config_lib.ConfigError as e:
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING if getattr(settings, "quiet", False) else logging.INFO)
-  experiment.main(settings, _WORKDIR.value)
+  from memjax import sweep  # after the config is known good: imports jax
+  sweep.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               auto=_DISTRIBUTED.value)
+  try:
+    if _DRY_RUN.value:
+      experiment.dry_run(settings, _WORKDIR.value)
+    else:
+      experiment.main(settings, _WORKDIR.value)
+  except config_lib.ConfigError as e:  # found while planning (e.g. memory), still before compiling
+    print(f"memjax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_process_flags():
+  given = [f for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+  if given and len(given) < 3:
+    raise config_lib.ConfigError(
+        "--coordinator_address, --num_processes, --process_id: give all three or none")
+  if _NUM_PROCESSES.value is not None:
+    if _NUM_PROCESSES.value < 1:
+      raise config_lib.ConfigError(f"--num_processes: must be >= 1, got {_NUM_PROCESSES.value}")
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+      raise config_lib.ConfigError(
+          f"--process_id: must be in [0, {_NUM_PROCESSES.value - 1}], got {_PROCESS_ID.value}")
 
 
 def parse_flags(argv):

@@ -1,11 +1,21 @@
-"""Sweep plan (grid -> buckets of same-shape models) and the resumable results file."""
+"""Sweep plan (grid -> buckets -> chunks), memory estimates, results files, processes.
+
+A sweep config expands into buckets of same-shape models (one compiled program each); a bucket is
+split into chunks of models that fit the device memory together (`plan_chunks`). A chunk is the
+unit of work: it trains as one stack sharded over the local devices, is checkpointed on its own,
+and appends its rows to the results file when it finishes. With several processes
+(`jax.distributed`), chunk i belongs to process i % process_count; each process appends to its
+own results.<process>.jsonl and results.jsonl is merged from them once every model is present.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import itertools
 import json
+import math
 import os
 from typing import Iterable, Sequence
 
@@ -39,6 +49,13 @@ def model_key(shape: model_lib.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, 
               "train": dataclasses.asdict(tcfg), "extra": list(extra)}
   # steps_per_call only changes how steps are dispatched, not the result.
   identity["train"].pop("steps_per_call")
+  # Nor does how often it is checkpointed.
+  identity["train"].pop("checkpoint_every", None)
+  # With a fixed step budget the saturation settings do nothing: leave them out, so keys of
+  # fixed-budget runs are the same as before saturation existed.
+  if not identity["train"].get("saturation_tolerance"):
+    for name in ("saturation_tolerance", "saturation_window", "saturation_patience"):
+      identity["train"].pop(name, None)
   blob = json.dumps(identity, sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -104,3 +121,286 @@ def rows_for(rows: Iterable[dict], keys: set) -> list[dict]:
     if row.get("key") in keys:
       latest[row["key"]] = row
   return list(latest.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate and chunks.
+
+# Bytes assumed for one device's chunk when the device does not report its memory (the CPU) and
+# sweep.device_memory_gib is 0; shared by the process's local devices.
+DEFAULT_CPU_MEMORY_GIB = 4.0
+# k: activation values per token, per layer and per d_model kept for the backward pass of one
+# block (LayerNorm outputs 2d, q/k/v 3d, attention output d, residuals 2d, MLP in/out 4d + 4d).
+ACTIVATION_FLOATS_PER_LAYER = 16
+# Only this fraction of a device's memory is planned for; the rest is left to XLA's workspace,
+# fragmentation and the estimate's errors.
+MEMORY_HEADROOM = 0.85
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+  """Bytes one model of a stack needs on its device: a simple, documented upper estimate.
+
+  - state: parameters, gradients and Adam's two moments, all in the parameter dtype (4 copies);
+  - activations: B*S*(layers*k*d) values in the compute dtype (k = ACTIVATION_FLOATS_PER_LAYER),
+    plus the fp32 attention scores and probabilities, B*heads*S*S per layer;
+  - likelihood: the kernel's [B*S, vocab_chunk] fp32 logits chunk and its exponentials (2 x);
+  - eval: scoring eval.batch_size sequences (forward only) while the state stays resident.
+  A model needs state + max(activations + likelihood, eval).
+  """
+  state: int
+  activations: int
+  likelihood: int
+  eval: int
+
+  @property
+  def total(self) -> int:
+    return self.state + max(self.activations + self.likelihood, self.eval)
+
+  def dominant_field(self) -> str:
+    """The config field that would shrink the largest term."""
+    parts = {"state": self.state, "activations": self.activations,
+             "likelihood": self.likelihood, "eval": self.eval}
+    return {"state": "sweep.d_model", "activations": "train.batch_size",
+            "likelihood": "train.vocab_chunk", "eval": "eval.batch_size"}[max(parts, key=parts.get)]
+
+
+def model_memory(shape: model_lib.ModelConfig, tcfg: TrainConfig,
+                 eval_batch: int) -> MemoryEstimate:
+  nbytes = 2 if shape.precision == "bf16" else 4
+  b, s, d, l, h = tcfg.batch_size, shape.seq_len, shape.d_model, shape.layers, shape.num_heads
+  chunk = min(tcfg.vocab_chunk, shape.vocab_size)
+  params = model_lib.n_params(shape) * nbytes
+  attention = l * b * h * s * s * (4 + nbytes)
+  activations = b * s * l * ACTIVATION_FLOATS_PER_LAYER * d * nbytes + attention
+  likelihood = 2 * b * s * chunk * 4
+  eval_bytes = (eval_batch * s * 8 * d * nbytes + eval_batch * h * s * s * (4 + nbytes)
+                + 2 * eval_batch * s * chunk * 4)
+  return MemoryEstimate(state=4 * params, activations=activations, likelihood=likelihood,
+                        eval=eval_bytes)
+
+
+def device_memory_bytes(device_memory_gib: float, devices) -> tuple[int, str]:
+  """Memory one device may use for a chunk, and where that number comes from."""
+  if device_memory_gib > 0:
+    return int(device_memory_gib * 2**30), "sweep.device_memory_gib"
+  try:
+    stats = devices[0].memory_stats()
+  except Exception:  # some backends do not implement it
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{devices[0].platform} bytes_limit"
+  share = DEFAULT_CPU_MEMORY_GIB / len(devices)
+  return int(share * 2**30), (f"default {DEFAULT_CPU_MEMORY_GIB:g} GiB shared by {len(devices)} "
+                              "device(s); set sweep.device_memory_gib")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Models of one bucket trained together: the unit of work, checkpointing and results."""
+  index: int  # over the whole sweep; process index % process_count runs it
+  bucket: int
+  shape: model_lib.ModelConfig
+  specs: tuple  # of ModelSpec
+  padded_size: int  # models on the devices: specs, then copies of the last one
+  memory: MemoryEstimate  # one model
+
+  @property
+  def label(self) -> str:
+    s = self.shape
+    return f"L{s.layers} d{s.d_model} {s.precision}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  buckets: list
+  chunks: list
+  n_devices: int
+  device_memory: int
+  memory_source: str
+
+
+def _pad(n, multiple):
+  return -(-n // multiple) * multiple
+
+
+def _gib(n):
+  if n >= 2**28:
+    return f"{n / 2**30:.2f} GiB"
+  return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def plan_chunks(settings, devices, buckets=None) -> Plan:
+  """Split every bucket into chunks that fit `devices` (the local devices of this process).
+
+  The chunk size is `sweep.models_per_chunk` if set, else as many models as fit: the usable memory
+  of a device (MEMORY_HEADROOM of its limit) over one model's estimate, times the device count.
+  A bucket of M models is cut into ceil(M / size) chunks whose sizes differ by at most one, all
+  padded to the same multiple of the device count (one compile serves them all). Raises
+  ConfigError, naming the field to change, when not even one model fits a device.
+  """
+  buckets = plan(settings) if buckets is None else buckets
+  n_dev = len(devices)
+  budget, source = device_memory_bytes(settings.device_memory_gib, devices)
+  tcfg = settings.train
+  chunks = []
+  for b, bucket in enumerate(buckets):
+    mem = model_memory(bucket.shape, tcfg, settings.eval_batch_size)
+    per_device = int(budget * MEMORY_HEADROOM // mem.total)
+    if per_device < 1:
+      field = mem.dominant_field()
+      raise config_lib.ConfigError(
+          f"config.{field}: one L{bucket.shape.layers} d{bucket.shape.d_model} "
+          f"{bucket.shape.precision} model needs about {_gib(mem.total)} (optimizer state "
+          f"{_gib(mem.state)}, activations {_gib(mem.activations)}, likelihood chunk "
+          f"{_gib(mem.likelihood)}, scoring {_gib(mem.eval)}) but a device offers "
+          f"{_gib(budget * MEMORY_HEADROOM)} ({MEMORY_HEADROOM:.0%} of {_gib(budget)}, {source}); "
+          f"lower {field} or raise sweep.device_memory_gib")
+    if settings.models_per_chunk:
+      size = settings.models_per_chunk
+      if _pad(size, n_dev) // n_dev > per_device:
+        logging.warning("sweep.models_per_chunk=%d puts %d models on a device, but only about "
+                        "%d L%d d%d %s models fit its %s by the estimate", size,
+                        _pad(size, n_dev) // n_dev, per_device, bucket.shape.layers,
+                        bucket.shape.d_model, bucket.shape.precision, _gib(budget))
+    else:
+      size = per_device * n_dev
+    m = len(bucket.specs)
+    n_chunks = -(-m // size)
+    base, extra = divmod(m, n_chunks)
+    padded = _pad(base + (extra > 0), n_dev)  # one size for all chunks of a bucket: one compile
+    start = 0
+    for c in range(n_chunks):
+      count = base + (c < extra)
+      chunks.append(Chunk(index=len(chunks), bucket=b, shape=bucket.shape,
+                          specs=tuple(bucket.specs[start:start + count]), padded_size=padded,
+                          memory=mem))
+      start += count
+  return Plan(buckets=buckets, chunks=chunks, n_devices=n_dev, device_memory=budget,
+              memory_source=source)
+
+
+def chunk_id(chunk: Chunk, keys: Sequence[str]) -> str:
+  """Directory name of a chunk's checkpoints: its index and a digest of the models it trains."""
+  digest = hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+  return f"chunk{chunk.index:05d}-{digest}"
+
+
+def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
+                process_count=1) -> str:
+  """The --dry_run report: buckets, chunks, models, memory and tokens."""
+  tcfg = settings.train
+  tokens_per_model = tcfg.steps * tcfg.batch_size * settings.seq_len
+  n_models = sum(len(c.specs) for c in plan_.chunks)
+  lines = [f"plan: {len(plan_.buckets)} buckets, {len(plan_.chunks)} chunks, {n_models} models "
+           f"on {plan_.n_devices} device(s) a process x {process_count} process(es); "
+           f"{_gib(plan_.device_memory)} a device ({plan_.memory_source})"]
+  mode = (f"until saturated (tolerance {tcfg.saturation_tolerance:g} over windows of "
+          f"{tcfg.saturation_window} steps), at most {tcfg.steps:,} steps" if tcfg.saturation
+          else f"a fixed {tcfg.steps:,} steps")
+  lines.append(f"training: {mode}, {tcfg.batch_size} sequences of {settings.seq_len} tokens a "
+               f"step, so at most {tokens_per_model:,} tokens a model")
+  total_tokens = 0
+  todo_models = 0
+  for b, bucket in enumerate(plan_.buckets):
+    chunks = [c for c in plan_.chunks if c.bucket == b]
+    mem = chunks[0].memory
+    lines.append(f"bucket {b}: {chunks[0].label}, {model_lib.n_params(bucket.shape):,} params, "
+                 f"{len(bucket.specs)} models in {len(chunks)} chunk(s); one model ~"
+                 f"{_gib(mem.total)} (optimizer state {_gib(mem.state)}, activations "
+                 f"{_gib(mem.activations)}, likelihood {_gib(mem.likelihood)}, scoring "
+                 f"{_gib(mem.eval)})")
+    for c in chunks:
+      keys = [model_key(c.shape, s, tcfg) for s in c.specs]
+      todo = sum(k not in done_keys for k in keys)
+      per_device = c.padded_size // plan_.n_devices
+      sizes = sorted({s.dataset_size for s in c.specs})
+      owner = c.index % process_count
+      status = "done" if not todo else (f"{todo} to train" if todo < len(keys) else "to train")
+      lines.append(
+          f"  chunk {c.index}: {len(c.specs)} models (padded to {c.padded_size}, {per_device} a "
+          f"device, ~{_gib(per_device * mem.total)} a device), N {sizes[0]:,}..{sizes[-1]:,}, "
+          f"{c.padded_size * tokens_per_model:,} tokens at most; process {owner}"
+          f"{' (this one)' if owner == process_index and process_count > 1 else ''}; {status}")
+      if todo:
+        total_tokens += c.padded_size * tokens_per_model
+        todo_models += todo
+  lines.append(f"total: {todo_models} of {n_models} models to train, at most {total_tokens:,} "
+               "tokens (fewer when models saturate)")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results files of several processes.
+
+def results_path(workdir: str, process_index: int = 0, process_count: int = 1) -> str:
+  """Where this process appends rows: results.jsonl alone, results.<process>.jsonl with several."""
+  if process_count == 1:
+    return os.path.join(workdir, "results.jsonl")
+  return os.path.join(workdir, f"results.{process_index}.jsonl")
+
+
+def result_files(workdir: str) -> list[str]:
+  """results.jsonl and every per-process results.<i>.jsonl in the workdir."""
+  per_process = sorted(glob.glob(os.path.join(workdir, "results.*.jsonl")),
+                       key=lambda p: (len(p), p))
+  return [os.path.join(workdir, "results.jsonl")] + per_process
+
+
+def read_all_rows(workdir: str) -> list[dict]:
+  rows = []
+  for path in result_files(workdir):
+    rows.extend(ResultsFile(path).read())
+  return rows
+
+
+def merge_results(workdir: str, keys_in_order: Sequence[str], writer: int = 0) -> bool:
+  """Write results.jsonl with every row of this sweep once, if all are present.
+
+  Rows already in results.jsonl keep their place; missing rows of the sweep are added from the
+  per-process files in plan order. Written to a temporary file and renamed, so a reader never sees
+  a partial file; several processes may merge at once (the content is the same).
+  Returns True when every key of the sweep is in results.jsonl afterwards.
+  """
+  main_path = os.path.join(workdir, "results.jsonl")
+  existing = ResultsFile(main_path).read()
+  have = {r.get("key") for r in existing}
+  wanted = [k for k in keys_in_order if k not in have]
+  if not wanted:
+    return True
+  found = {}
+  for path in result_files(workdir)[1:]:
+    for row in ResultsFile(path).read():
+      found.setdefault(row.get("key"), row)
+  if any(k not in found for k in wanted):
+    return False
+  rows = existing + [found[k] for k in wanted]
+  blob = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in rows)
+  tmp = f"{main_path}.merge{writer}.tmp"
+  with open(tmp, "w") as f:
+    f.write(blob)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, main_path)
+  return True
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
+                           auto=False) -> bool:
+  """jax.distributed.initialize() for a multi-process run; returns whether it was called.
+
+  Explicit flags win; `auto` lets JAX detect the cluster (SLURM, Open MPI, ...). Nothing is
+  detected without it: a process started by hand inside a SLURM allocation stays single.
+  """
+  import jax
+  explicit = coordinator_address is not None or num_processes is not None
+  if not (explicit or auto):
+    return False
+  if explicit:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  logging.info("jax.distributed: process %d of %d, %d local device(s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count())
+  return True

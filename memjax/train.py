@@ -5,6 +5,24 @@ peak learning rate is an injected hyperparameter, so it is an array too), the da
 dataset size N and the position in the dataset. One step is written for one model and lifted with
 `jax.vmap`; `steps_per_call` steps are fused with `lax.scan` so tiny models do not pay a dispatch a
 step. A model whose loss turns NaN or inf is frozen (its update is dropped) and marked `diverged`.
+
+Saturation (`TrainConfig.saturation_tolerance > 0`): computing the memorization of a whole
+training set inside the scan is too costly, so each model keeps an on-device estimate instead.
+The training losses of every window of `saturation_window` of its steps are averaged and turned
+into an estimated memorization in bits,
+
+    mem_est = N * (S - 1) * (log2 V - mean_loss_bits),
+
+(the bits of the training set the model predicts better than uniform; for text data it is only a
+growth signal). At the end of each window the relative change
+|mem_est - mem_est_prev| / max(|mem_est|, |mem_est_prev|) is compared with the tolerance; after
+`saturation_patience` consecutive windows below it (and past the warmup) the model is saturated:
+it is frozen through the same `active_M` mask as a diverged model, and `saturated_step_M` records
+the step. Early in training the estimate is near 0 and dominated by batch noise, so its relative
+change is large and a model is not frozen before it learns; the patience guards against a single
+lucky window. The tolerance is per window: for the same growth rate a longer window needs a
+proportionally larger tolerance.
+The rest of the stack trains on; the loop stops early once every model is frozen.
 """
 
 from __future__ import annotations
@@ -39,6 +57,20 @@ class TrainConfig:
   grad_clip: float = 1.0
   steps_per_call: int = 100
   vocab_chunk: int = likelihood.DEFAULT_VOCAB_CHUNK
+  # Saturation: 0.0 trains every model for exactly `steps` steps (a fixed budget); > 0 freezes a
+  # model once its estimated memorization changes by less than this fraction between windows of
+  # `saturation_window` steps, `saturation_patience` windows in a row (`steps` is then the limit).
+  saturation_tolerance: float = 0.0
+  saturation_window: int = 100
+  saturation_patience: int = 2
+  # Save a checkpoint every this many steps (0: only when training ends or is interrupted), at
+  # the first call boundary at or after each multiple (a multiple of steps_per_call is exact).
+  # Only how a run is saved, not what it computes.
+  checkpoint_every: int = 0
+
+  @property
+  def saturation(self) -> bool:
+    return self.saturation_tolerance > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +79,15 @@ class ModelSpec:
   dataset_size: int
   seed: int
   learning_rate: float
+
+
+@flax.struct.dataclass
+class SaturationState:
+  """Per-model on-device saturation tracking (see the module docstring)."""
+  window_loss_M: jax.Array  # sum of training losses (nats) over the current window
+  prev_mem_M: jax.Array  # estimated memorization (bits) of the last finished window; NaN if none
+  calm_M: jax.Array  # finished windows in a row whose relative change was below the tolerance
+  saturated_step_M: jax.Array  # step at which the model was frozen as saturated; -1 if not
 
 
 @flax.struct.dataclass
@@ -62,6 +103,7 @@ class StackState:
   # Text data only: row indices into the device-resident corpus of each model's N members,
   # padded to the largest N of the stack ([M, N_max]); None for synthetic data.
   members_MxN: Any = None
+  saturation: Any = None  # SaturationState (None in states built by hand: no tracking)
 
 
 def lr_schedule(peak_lr, tcfg: TrainConfig):
@@ -95,21 +137,40 @@ def init_model_state(cfg: model_lib.ModelConfig, tcfg: TrainConfig, seed, datase
   return StackState(
       params=params, opt_state=opt_state, step_M=jnp.int32(0), data_pos_M=jnp.int32(0),
       data_key_M=data_key, dataset_size_M=jnp.asarray(dataset_size, jnp.int32),
-      active_M=jnp.bool_(True), diverged_M=jnp.bool_(False))
+      active_M=jnp.bool_(True), diverged_M=jnp.bool_(False),
+      saturation=SaturationState(
+          window_loss_M=jnp.float32(0.0), prev_mem_M=jnp.float32(jnp.nan),
+          calm_M=jnp.int32(0), saturated_step_M=jnp.int32(-1)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def init_stack(cfg, tcfg, seed_M, dataset_size_M, learning_rate_M) -> StackState:
+def _init_stack(cfg, tcfg, seed_M, dataset_size_M, learning_rate_M) -> StackState:
   return jax.vmap(lambda s, n, lr: init_model_state(cfg, tcfg, s, n, lr))(
       seed_M, dataset_size_M, learning_rate_M)
 
 
-def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec], members=None) -> StackState:
-  """A fresh stack; `members` (text data): one index array per model, of length its N."""
+init_stack = jax.jit(_init_stack, static_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _init_stack_sharded(sharding):
+  return jax.jit(_init_stack, static_argnums=(0, 1), out_shardings=sharding)
+
+
+def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec], members=None,
+                          sharding=None) -> StackState:
+  """A fresh stack; `members` (text data): one index array per model, of length its N.
+
+  `sharding` (optional, e.g. NamedSharding(mesh, P('models'))) places every leaf, sharded along
+  the model axis, directly where it will train (the model count must divide evenly).
+  """
   arrays = [np.array([getattr(s, f) for s in specs], dtype)
             for f, dtype in (("seed", np.int32), ("dataset_size", np.int32),
                              ("learning_rate", np.float32))]
-  state = init_stack(cfg, tcfg, *arrays)
+  if sharding is None:
+    state = init_stack(cfg, tcfg, *arrays)
+  else:
+    arrays = [jax.device_put(a, sharding) for a in arrays]
+    state = _init_stack_sharded(sharding)(cfg, tcfg, *arrays)
   if members is not None:
     for spec, m in zip(specs, members):
       if len(m) != spec.dataset_size:
@@ -143,15 +204,51 @@ def train_step(cfg: model_lib.ModelConfig, tcfg: TrainConfig, state: StackState,
   finite = jnp.isfinite(loss)
   apply = state.active_M & finite
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  new_step = state.step_M + apply.astype(jnp.int32)
+  saturation, saturated = _track_saturation(cfg, tcfg, state, apply, loss, new_step)
   return state.replace(
       params=keep(new_params, state.params),
       opt_state=keep(new_opt_state, state.opt_state),
-      step_M=state.step_M + apply.astype(jnp.int32),
+      step_M=new_step,
       data_pos_M=jnp.where(apply, (state.data_pos_M + tcfg.batch_size) % state.dataset_size_M,
                            state.data_pos_M),
-      active_M=apply,
+      active_M=apply & ~saturated,
       diverged_M=state.diverged_M | (state.active_M & ~finite),
+      saturation=saturation,
   ), loss
+
+
+def estimated_memorization_bits(cfg, dataset_size, mean_loss_nats):
+  """The on-device saturation signal: N (S-1) (log2 V - loss in bits), in bits."""
+  loss_bits = mean_loss_nats / likelihood.LN2
+  return (jnp.asarray(dataset_size, jnp.float32) * (cfg.seq_len - 1)
+          * (math.log2(cfg.vocab_size) - loss_bits))
+
+
+def _track_saturation(cfg, tcfg: TrainConfig, state: StackState, apply, loss, new_step):
+  """Update one model's window statistics; returns (new SaturationState, saturated now?)."""
+  sat = state.saturation
+  if sat is None:
+    return None, jnp.bool_(False)
+  window = tcfg.saturation_window
+  window_loss = sat.window_loss_M + jnp.where(apply, loss, 0.0)
+  window_done = apply & (new_step % window == 0)
+  mem = estimated_memorization_bits(cfg, state.dataset_size_M, window_loss / window)
+  prev = sat.prev_mem_M
+  scale = jnp.maximum(jnp.maximum(jnp.abs(mem), jnp.abs(prev)), 1e-6)
+  calm_now = jnp.isfinite(prev) & (jnp.abs(mem - prev) / scale < tcfg.saturation_tolerance)
+  calm = jnp.where(window_done, jnp.where(calm_now, sat.calm_M + 1, 0), sat.calm_M)
+  if tcfg.saturation:
+    saturated = (window_done & (calm >= tcfg.saturation_patience)
+                 & (new_step > tcfg.warmup_steps))
+  else:
+    saturated = jnp.bool_(False)
+  new_sat = SaturationState(
+      window_loss_M=jnp.where(window_done, 0.0, window_loss),
+      prev_mem_M=jnp.where(window_done, mem, prev),
+      calm_M=calm,
+      saturated_step_M=jnp.where(saturated, new_step, sat.saturated_step_M))
+  return new_sat, saturated
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), donate_argnums=(2,))
@@ -176,15 +273,43 @@ def model_slice(tree, i):
   return jax.tree.map(lambda a: a[i], tree)
 
 
-def train(cfg, tcfg: TrainConfig, state: StackState, progress=None, corpus_NxS=None):
-  """Run `tcfg.steps` steps in chunks; returns (state, last losses [M])."""
-  done = 0
+def next_boundary(tcfg: TrainConfig, done: int) -> int:
+  """The loop step where the next device call ends: the next multiple of `steps_per_call`, or
+  `steps`. A run resumed from a checkpoint (taken at a call boundary) therefore makes exactly the
+  calls of an uninterrupted run, and every call but the last has one compiled length.
+  """
+  return min((done // tcfg.steps_per_call + 1) * tcfg.steps_per_call, tcfg.steps)
+
+
+def checkpoint_due(tcfg: TrainConfig, before: int, after: int) -> bool:
+  """Whether a call from loop step `before` to `after` crossed a multiple of checkpoint_every
+  (checkpoints are taken at the first call boundary at or after each multiple)."""
+  return bool(tcfg.checkpoint_every) and (
+      after // tcfg.checkpoint_every > before // tcfg.checkpoint_every)
+
+
+def train(cfg, tcfg: TrainConfig, state: StackState, progress=None, corpus_NxS=None, *,
+          start_step: int = 0, on_call=None, should_stop=None):
+  """Run loop steps [start_step, tcfg.steps) in fused calls; returns (state, last losses [M]).
+
+  `progress(k, losses_M)` after each call of k steps; `on_call(done, state)` after each call with
+  the loop step reached (e.g. to checkpoint); `should_stop()` is asked after each call (e.g. a
+  preemption signal). The loop also ends once every model is frozen (saturated or diverged):
+  frozen models do not change, so stopping early gives the same result, sooner.
+  """
+  done = start_step
   losses_M = None
   while done < tcfg.steps:
-    k = min(tcfg.steps_per_call, tcfg.steps - done)
+    k = next_boundary(tcfg, done) - done
     state, losses_KxM = train_steps(cfg, tcfg, state, k, corpus_NxS)
     losses_M = losses_KxM[-1]
     done += k
     if progress is not None:
       progress(k, losses_M)
+    if on_call is not None:
+      on_call(done, state)
+    if not bool(np.asarray(state.active_M).any()):
+      break
+    if should_stop is not None and should_stop():
+      break
   return state, losses_M

@@ -1,0 +1,55 @@
+"""A reduced paper grid for a first check on one GPU (H100): about 8 minutes.
+
+Layers (1, 2) x d_model (32, 64) x bf16 and fp32 = 8 buckets, V=2048, S=64 (704 bits a sequence)
+as in the paper, each on 5 dataset sizes through its expected capacity (factors 0.25..4 of
+3.6 bits/param / 704 bits a sequence: about 100 to 4,800 sequences), 2 seeds: 80 models, 10 a
+bucket, trained to saturation (estimated memorization changing by less than 0.5% between windows
+of 500 steps, twice in a row) or at most 6,000 steps.
+
+Batch: 256 sequences a step (16K tokens a model, 164K a bucket). The paper's 2048 would make each
+step up to 8x dearer, and 6,000 steps at 2048 would not fit 8 minutes; for these 80K-235K parameter
+models the run is limited by steps (dispatch and small kernels), not by memory: one model needs
+about 0.6 GiB by the estimate (mostly the likelihood kernel's [B*S, V] fp32 chunk, in training
+and in scoring 512 sequences a batch), so each bucket's 10 models train as one chunk. Budget,
+from an estimate of 2-5 ms a step for a bucket of 10 models (bf16 faster than fp32), not a
+measurement: 8 buckets x (6,000 steps x ~5 ms + compile and scoring ~15 s) is about 6 minutes.
+Lower train.steps if the first bucket's progress bar says otherwise. The largest datasets
+(factor 4) may stop at the step limit before saturating: their rows then have
+saturated_step = null. Results go in docs/results.md.
+
+  python -m memjax.main --config=configs/capacity_gpu_check.py --workdir=runs/gpu_check --dry_run
+  python -m memjax.main --config=configs/capacity_gpu_check.py --workdir=runs/gpu_check
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "capacity_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "capacity.py"))
+capacity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(capacity)
+
+
+def get_config():
+  config = capacity.get_config()
+  config.data.vocab_size = 2048
+  config.data.seq_len = 64
+  config.model.num_heads = 4
+  config.sweep.layers = (1, 2)
+  config.sweep.d_model = (32, 64)
+  config.sweep.dataset_sizes = ()
+  config.sweep.dataset_size_factors = (0.25, 0.5, 1.0, 2.0, 4.0)
+  config.sweep.seeds = (0, 1)
+  config.sweep.precisions = ("bf16", "fp32")
+  config.train.steps = 6000
+  config.train.batch_size = 256
+  config.train.learning_rate = 2e-3
+  config.train.warmup_steps = 200
+  config.train.steps_per_call = 500
+  config.train.saturation_tolerance = 5e-3
+  config.train.saturation_window = 500
+  config.train.saturation_patience = 2
+  config.train.checkpoint_every = 2000
+  config.eval.batch_size = 512
+  config.eval.test_size = 1024
+  return config

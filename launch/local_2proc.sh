@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Two CPU processes on this machine: a multi-host run in miniature (jax.distributed over localhost).
+#
+#   launch/local_2proc.sh --config=configs/capacity.py --workdir=runs/two [--config.X=...]
+#
+# Chunk i of the sweep runs on process i % 2; each process appends to results.<process>.jsonl and
+# results.jsonl is merged once every model is there. MEMJAX_PORT picks the coordinator's port
+# (default: a free one); MEMJAX_DEVICES_PER_PROCESS simulates that many CPU devices a process.
+set -uo pipefail
+
+PORT="${MEMJAX_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+export JAX_PLATFORMS=cpu
+if [[ -n "${MEMJAX_DEVICES_PER_PROCESS:-}" ]]; then
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${MEMJAX_DEVICES_PER_PROCESS}"
+fi
+
+pids=()
+for i in 0 1; do
+  python -m memjax.main "$@" --coordinator_address="127.0.0.1:${PORT}" --num_processes=2 \
+    --process_id="$i" &
+  pids+=("$!")
+done
+trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
+
+# If one process fails, stop the other (it would wait for its peer at the final barrier).
+status=0
+for _ in "${pids[@]}"; do
+  wait -n
+  code=$?
+  if [[ $code -ne 0 && $status -eq 0 ]]; then
+    status=$code
+    kill "${pids[@]}" 2>/dev/null
+  fi
+done
+exit "$status"
