@@ -1,0 +1,232 @@
+"""Distributional memorization (Wang, Antoniades et al. 2024, arXiv 2407.14985) on models memjax
+trains.
+
+`python -m memjax.main --config=configs/distributional.py --workdir=runs/distributional`:
+
+1. Data as in the dynamics experiment (`dynamics_experiment.load_tokens`): data.num_samples
+   training sequences and data.heldout held-out ones.
+2. Models: per sweep.d_model one stack, a model per dataset size N of sweep.dataset_sizes, trained
+   on the first N training sequences (train.steps steps each).
+3. The n-gram model of each model's own training set (`ngram.NgramIndex`, orders 1..max_n).
+4. Items: every position t (t >= 1 and t >= n - 1) of three sets of sequences: `heldout`
+   (distributional.eval_samples held-out sequences), `generated` (each model's greedy continuation
+   of their first distributional.context tokens; continuation positions only) and `train` (the
+   first eval_samples training sequences, members of every model of the stack). For each item the
+   model's probability of the token given everything before it (the likelihood kernel) and the
+   n-gram model's P(token | previous n - 1 tokens) from that model's training set (nan, and the
+   item left out, where the context never occurs there).
+5. Distributional memorization = Spearman rho between the two probabilities; distributional
+   generalization = Kendall tau-b on the same (model, n-gram) pairs (`ngram.py`). Fewer than 3
+   usable pairs (or a constant side) gives nan with defined=False, never a number.
+
+Outputs: results.json (a row per d_model x N x set x n), distributional.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+from memjax import config as config_lib
+from memjax import dynamics_experiment as dx
+from memjax.config import ConfigError
+from memjax.train import TrainConfig
+
+SETS = ("heldout", "generated", "train")
+DENOMINATORS = ("context", "continuation")
+
+ALLOWED = {
+    "": {"experiment", "quiet", "data", "model", "sweep", "train", "distributional"},
+    "data": dx.ALLOWED["data"] | {"heldout"},
+    "model": {"num_heads", "layers"},
+    "sweep": {"d_model", "dataset_sizes"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "distributional": {"orders", "max_n", "eval_samples", "context", "batch_size", "denominator"},
+}
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionalSettings:
+  data: dx.DataSettings
+  num_heads: int
+  layers: int
+  d_model: tuple
+  dataset_sizes: tuple
+  train: TrainConfig
+  orders: tuple
+  max_n: int
+  eval_samples: int
+  context: int  # 0: no generated set
+  batch_size: int
+  denominator: str
+  quiet: bool
+
+
+def validate(config) -> DistributionalSettings:
+  """Check a distributional config; raises ConfigError naming the field."""
+  config_lib.check_fields(config, ALLOWED)
+  _int = config_lib._int
+  data = dx.validate_data(config, heldout_field="data.heldout")
+  heads, layers, d_model = dx.validate_model(config)
+  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
+  if sizes[-1] > data.num_samples:
+    _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training set "
+                                 f"data.num_samples={data.num_samples}; lower it or raise that")
+  max_n = _int(config, "distributional.max_n", maximum=16)
+  orders = tuple(sorted(set(config_lib._int_list(config, "distributional.orders"))))
+  if orders[-1] > max_n:
+    _fail("distributional.orders", f"n={orders[-1]} is larger than the counted order "
+                                   f"distributional.max_n={max_n}; raise max_n or lower n")
+  if orders[-1] > data.seq_len:
+    _fail("distributional.orders", f"n={orders[-1]} is longer than the sequence "
+                                   f"(data.seq_len={data.seq_len})")
+  eval_samples = _int(config, "distributional.eval_samples")
+  if data.heldout < 1:
+    _fail("data.heldout", "needs at least 1 held-out sequence (the held-out set)")
+  if eval_samples > data.heldout:
+    _fail("distributional.eval_samples", f"{eval_samples} evaluation sequences do not fit the "
+                                         f"held-out set data.heldout={data.heldout}")
+  context = _int(config, "distributional.context", minimum=0)
+  if context and context >= data.seq_len:
+    _fail("distributional.context", f"the prompt ({context} tokens) leaves no continuation in "
+                                    f"a sequence of data.seq_len={data.seq_len} tokens")
+  denominator = config_lib._get(config, "distributional.denominator")
+  if denominator not in DENOMINATORS:
+    _fail("distributional.denominator", f"must be one of {', '.join(DENOMINATORS)}, got "
+                                        f"{denominator!r}")
+  return DistributionalSettings(
+      data=data, num_heads=heads, layers=layers, d_model=d_model, dataset_sizes=sizes,
+      train=config_lib.train_config(config), orders=orders, max_n=max_n,
+      eval_samples=eval_samples, context=context,
+      batch_size=_int(config, "distributional.batch_size"), denominator=denominator,
+      quiet=bool(config.get("quiet", False)))
+
+
+def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position: int,
+                     denominator: str) -> list[dict]:
+  """One row per order n: Spearman and Kendall of model vs n-gram probabilities at positions
+  t >= max(first_position, n - 1, 1) of the sequences."""
+  from memjax import ngram as ngram_lib
+  rows = []
+  model_p = np.exp2(np.asarray(model_logp2_BxS, np.float64))
+  for n in orders:
+    ng = ngram_lib.position_cond_probs(index, tokens_BxS, n, denominator)
+    start = max(first_position, n - 1, 1)
+    m, g = model_p[:, start:], ng[:, start:]
+    mem = ngram_lib.distributional_memorization(m, g)
+    gen = ngram_lib.distributional_generalization(m, g)
+    rows.append({
+        "n": n, "items": int(m.size), "context_seen": float(np.isfinite(g).mean()) if g.size else 0.0,
+        "spearman": mem.statistic, "spearman_p": mem.p_value, "kendall_tau": gen.statistic,
+        "kendall_p": gen.p_value, "n_pairs": mem.n_pairs, "defined": mem.defined and gen.defined,
+        "marker": None if (mem.defined and gen.defined) else
+        f"undefined: {mem.n_pairs} usable pairs (< {ngram_lib.MIN_PAIRS}) or a constant side",
+        "mean_model_p": float(np.nanmean(m)) if m.size else math.nan,
+        "mean_ngram_p": float(np.nanmean(g)) if np.isfinite(g).any() else math.nan})
+  return rows
+
+
+def main(settings: DistributionalSettings, workdir: str):
+  import jax
+  from memjax import dynamics
+  from memjax import likelihood
+  from memjax import model as model_lib
+  from memjax import ngram as ngram_lib
+
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  train_NxS, heldout_HxS, vocab, info = dx.load_tokens(settings.data, workdir)
+  s = settings.data.seq_len
+  heldout = heldout_HxS[: settings.eval_samples]
+  members = train_NxS[: min(settings.eval_samples, settings.dataset_sizes[0])]
+  dx._log(settings, f"data: {info['source']}, V={vocab}, {len(train_NxS)} training and "
+                    f"{len(heldout_HxS)} held-out sequences of {s} tokens ({time.time() - t0:.1f}s)")
+  indexes = {n: ngram_lib.NgramIndex.build(train_NxS[:n], max_n=settings.max_n, vocab_size=vocab,
+                                           doc_index=False) for n in settings.dataset_sizes}
+  tcfg = settings.train
+  rows = []
+  for d in settings.d_model:
+    cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
+    t_model = time.time()
+    sizes = settings.dataset_sizes
+    state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
+                                         [settings.data.seed] * len(sizes), 1)
+    params_M = state.params
+    sets = {"heldout": (heldout, likelihood.shared_token_logprobs(cfg, params_M, heldout), 0),
+            "train": (members, likelihood.shared_token_logprobs(cfg, params_M, members), 0)}
+    if settings.context:
+      gen_MxBxS = dynamics.greedy_generations(cfg, params_M, heldout, settings.context,
+                                              s - settings.context, settings.batch_size,
+                                              tcfg.vocab_chunk)
+      sets["generated"] = (gen_MxBxS, likelihood.stack_token_logprobs(cfg, params_M, gen_MxBxS),
+                           settings.context)
+    for i, n_train in enumerate(sizes):
+      for name, (tokens, logp, first) in sets.items():
+        tok = tokens[i] if tokens.ndim == 3 else tokens
+        for r in correlation_rows(np.asarray(logp[i]), tok, indexes[n_train], settings.orders,
+                                  first, settings.denominator):
+          rows.append({"d_model": d, "layers": settings.layers,
+                       "n_params": model_lib.n_params(cfg), "dataset_size": int(n_train),
+                       "train_loss": float(losses[i]), "set": name, **r})
+    dx._log(settings, f"L{settings.layers}_d{d}: {len(sizes)} models trained and scored "
+                      f"({time.time() - t_model:.0f}s)")
+  results = {"experiment": "distributional", "data": info,
+             "settings": config_lib.to_jsonable(settings), "rows": rows,
+             "ngram": {int(n): {"tokens": ix.num_tokens,
+                                "distinct": [ix.num_distinct(k) for k in range(1, ix.max_n + 1)]}
+                       for n, ix in indexes.items()},
+             "seconds": round(time.time() - t0, 1)}
+  dx.write_json(os.path.join(workdir, "results.json"), results)
+  write_figure(rows, settings, workdir)
+  print(report_text(results))
+
+
+def report_text(results) -> str:
+  lines = ["distributional memorization (Spearman) and generalization (Kendall tau)",
+           f"{'d_model':>7} {'N':>6} {'set':>9} {'n':>2} {'pairs':>7} {'seen':>5} "
+           f"{'spearman':>9} {'kendall':>8}"]
+  for r in results["rows"]:
+    fmt = lambda v: "nan*" if not r["defined"] else f"{v:+.3f}"
+    lines.append(f"{r['d_model']:>7} {r['dataset_size']:>6} {r['set']:>9} {r['n']:>2} "
+                 f"{r['n_pairs']:>7} {r['context_seen']:5.2f} {fmt(r['spearman']):>9} "
+                 f"{fmt(r['kendall_tau']):>8}")
+  if any(not r["defined"] for r in results["rows"]):
+    lines.append("nan*: undefined (fewer than 3 usable pairs or a constant side)")
+  lines.append(f"({results['seconds']}s; results.json and distributional.png in the workdir)")
+  return "\n".join(lines)
+
+
+def write_figure(rows, settings, workdir):
+  plt = dx._plt()
+  sets = [s for s in SETS if any(r["set"] == s for r in rows)]
+  fig, axes = plt.subplots(2, len(sets), figsize=(4.5 * len(sets), 7), squeeze=False)
+  for j, name in enumerate(sets):
+    for i, (key, ylabel) in enumerate((("spearman", "Spearman rho (memorization)"),
+                                       ("kendall_tau", "Kendall tau (generalization)"))):
+      ax = axes[i][j]
+      for d in settings.d_model:
+        for n in settings.orders:
+          sel = [r for r in rows if r["set"] == name and r["d_model"] == d and r["n"] == n]
+          x = [r["dataset_size"] for r in sel]
+          y = [r[key] if r["defined"] else np.nan for r in sel]
+          ax.plot(x, y, "-o", ms=3, label=f"d{d}, n={n}")
+          for r in sel:
+            if not r["defined"]:
+              ax.plot([r["dataset_size"]], [0], "x", color="red")
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel("training sequences N")
+      ax.set_ylabel(ylabel)
+      ax.set_title(name, fontsize=9)
+      ax.axhline(0, color="gray", lw=0.6)
+  axes[0][-1].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "distributional.png"), dpi=100)
+  plt.close(fig)

@@ -1,0 +1,540 @@
+"""Memorization dynamics (Chen, Han, Miyao 2024) on models memjax trains.
+
+`python -m memjax.main --config=configs/dynamics.py --workdir=runs/dynamics` runs it:
+
+1. Data: text from `data.build_text_dataset` (the embedded `stdlib_docs` corpus by default, or
+   txt/jsonl files; BPE or bytes) or synthetic uniform tokens; the first data.num_samples
+   sequences of a seeded permutation are the training set.
+2. Models: one GPT-2 per sweep.d_model (model.layers layers), trained on the whole training set in
+   dynamics.checkpoints segments of train.steps / checkpoints steps (`train.train_steps`); after
+   each segment every scored sample (the first dynamics.score_samples training samples) gets its
+   memorization score at (dynamics.context, dynamics.continuation).
+3. Over training: score buckets at every checkpoint and the transition matrix between consecutive
+   checkpoints (row i sums to the samples in bucket i before).
+4. Grid: after training, scores for every (context, continuation) of dynamics.contexts x
+   dynamics.continuations (pairs longer than the sequence are marked `skipped`).
+5. Embeddings: each scored sample's mean last hidden state over its context; 2-D PCA coloured
+   by final bucket; distances between bucket centroids (raw and relative to the spread).
+6. Decoding dynamics: entropy of each generation step and training-corpus count of the generated
+   dynamics.ngram_n-gram, aligned on the first step that leaves the true continuation, for
+   memorized (score >= dynamics.memorized_threshold) and unmemorized samples.
+7. Predictor: a small GPT-2 body + linear head trained on the (context, final bucket) pairs of
+   the scored samples, predictor.test_fraction of them held out; accuracy and macro-F1 on the
+   held-out ones against the majority class of the training labels.
+
+Outputs in the workdir: results.json, scores.npz (scores per checkpoint and per grid cell,
+embeddings' PCA, buckets), and figures: score_grid.png, over_training.png, transitions.png,
+embeddings_pca.png, centroid_distances.png, boundary_effect.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from memjax import config as config_lib
+from memjax.config import ConfigError
+from memjax.train import TrainConfig
+
+DATA_SOURCES = ("stdlib_docs", "txt", "jsonl", "synthetic")
+TOKENIZERS = ("bpe", "bytes")
+
+ALLOWED = {
+    "": {"experiment", "quiet", "data", "model", "sweep", "train", "dynamics", "predictor"},
+    "data": {"source", "paths", "text_field", "doc_packages", "max_documents", "tokenizer",
+             "vocab_size", "seq_len", "num_samples", "seed", "cache_dir"},
+    "model": {"num_heads", "layers"},
+    "sweep": {"d_model"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "dynamics": {"context", "continuation", "contexts", "continuations", "checkpoints",
+                 "score_samples", "batch_size", "ngram_n", "max_n", "window",
+                 "memorized_threshold"},
+    "predictor": {"layers", "d_model", "num_heads", "steps", "batch_size", "learning_rate",
+                  "test_fraction"},
+}
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  source: str
+  paths: tuple
+  text_field: str
+  doc_packages: tuple
+  max_documents: int  # 0: all
+  tokenizer: str
+  vocab_size: int
+  seq_len: int
+  num_samples: int  # training sequences
+  heldout: int  # held-out sequences (0 for the dynamics experiment)
+  seed: int
+  cache_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicsSettings:
+  data: DataSettings
+  num_heads: int
+  layers: int
+  d_model: tuple
+  train: TrainConfig
+  context: int
+  continuation: int
+  contexts: tuple
+  continuations: tuple
+  checkpoints: int
+  score_samples: int
+  batch_size: int
+  ngram_n: int
+  max_n: int
+  window: int
+  memorized_threshold: float
+  predictor: object  # dynamics.PredictorConfig
+  test_fraction: float
+  quiet: bool
+
+
+def _str(config, field, allowed=None):
+  value = config_lib._get(config, field)
+  if not isinstance(value, str) or (allowed is not None and value not in allowed):
+    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}" if allowed
+          else f"must be a string, got {value!r}")
+  return value
+
+
+def _str_tuple(config, field):
+  values = config_lib._as_tuple(config, field)
+  if any(not isinstance(v, str) or not v for v in values):
+    _fail(field, f"must be a list of non-empty strings, got {values!r}")
+  return tuple(values)
+
+
+def validate_data(config, heldout_field: str | None = None) -> DataSettings:
+  """config.data -> DataSettings (heldout_field: the config field giving the held-out count)."""
+  _int = config_lib._int
+  source = _str(config, "data.source", DATA_SOURCES)
+  paths = tuple(os.path.expanduser(p) for p in _str_tuple(config, "data.paths"))
+  if source in ("txt", "jsonl"):
+    if not paths:
+      _fail("data.paths", f"data.source={source!r} reads files: give files, directories or globs")
+    from memjax.data import corpus as corpus_lib
+    try:
+      corpus_lib.resolve_paths(paths, corpus_lib.FILE_EXTENSIONS[source])
+    except FileNotFoundError as e:
+      _fail("data.paths", str(e))
+  tokenizer = _str(config, "data.tokenizer", TOKENIZERS)
+  vocab = _int(config, "data.vocab_size", minimum=2, maximum=65536)
+  if source != "synthetic" and tokenizer == "bpe" and vocab < 257:
+    _fail("data.vocab_size", f"a byte-level BPE needs 257 to 65536 tokens, got {vocab}; or set "
+                             "data.tokenizer='bytes' (V=256)")
+  seq_len = _int(config, "data.seq_len", minimum=2, maximum=4096)
+  heldout = _int(config, heldout_field, minimum=0) if heldout_field else 0
+  return DataSettings(
+      source=source, paths=paths, text_field=_str(config, "data.text_field"),
+      doc_packages=_str_tuple(config, "data.doc_packages"),
+      max_documents=_int(config, "data.max_documents", minimum=0), tokenizer=tokenizer,
+      vocab_size=vocab, seq_len=seq_len, num_samples=_int(config, "data.num_samples"),
+      heldout=heldout, seed=_int(config, "data.seed", minimum=0),
+      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")))
+
+
+def validate_model(config, field="sweep.d_model"):
+  heads = config_lib._int(config, "model.num_heads")
+  d_model = config_lib._int_list(config, field)
+  for d in d_model:
+    if d % heads:
+      _fail(field, f"each d_model must be divisible by model.num_heads={heads}, got {d}")
+  return heads, config_lib._int(config, "model.layers", maximum=64), tuple(sorted(set(d_model)))
+
+
+def validate(config) -> DynamicsSettings:
+  """Check a dynamics config; raises ConfigError naming the field."""
+  from memjax import dynamics
+  config_lib.check_fields(config, ALLOWED)
+  _int, _float = config_lib._int, config_lib._float
+  data = validate_data(config)
+  s = data.seq_len
+  heads, layers, d_model = validate_model(config)
+  train = config_lib.train_config(config)
+  context = _int(config, "dynamics.context")
+  continuation = _int(config, "dynamics.continuation")
+  if context + continuation > s:
+    _fail("dynamics.continuation", f"dynamics.context + dynamics.continuation = {context} + "
+                                   f"{continuation} = {context + continuation} is longer than "
+                                   f"the sequence (data.seq_len={s}); lower them")
+  contexts = tuple(sorted(set(config_lib._int_list(config, "dynamics.contexts"))))
+  continuations = tuple(sorted(set(config_lib._int_list(config, "dynamics.continuations"))))
+  if not any(c + k <= s for c in contexts for k in continuations):
+    _fail("dynamics.contexts", f"no (context, continuation) pair of the grid fits data.seq_len="
+                               f"{s} (every context + continuation is longer); lower them")
+  checkpoints = _int(config, "dynamics.checkpoints", maximum=train.steps)
+  max_n = _int(config, "dynamics.max_n", maximum=16)
+  ngram_n = _int(config, "dynamics.ngram_n")
+  if ngram_n > max_n:
+    _fail("dynamics.ngram_n", f"n={ngram_n} is larger than the counted order dynamics.max_n="
+                              f"{max_n}; raise max_n or lower ngram_n")
+  score_samples = _int(config, "dynamics.score_samples", minimum=0)
+  if score_samples > data.num_samples:
+    _fail("dynamics.score_samples", f"{score_samples} scored samples do not fit the "
+                                    f"{data.num_samples} training samples (data.num_samples)")
+  p_heads = _int(config, "predictor.num_heads")
+  p_d = _int(config, "predictor.d_model")
+  if p_d % p_heads:
+    _fail("predictor.d_model", f"must be divisible by predictor.num_heads={p_heads}, got {p_d}")
+  predictor = dynamics.PredictorConfig(
+      layers=_int(config, "predictor.layers", maximum=64), d_model=p_d, num_heads=p_heads,
+      steps=_int(config, "predictor.steps"), batch_size=_int(config, "predictor.batch_size"),
+      learning_rate=_float(config, "predictor.learning_rate"), seed=data.seed)
+  return DynamicsSettings(
+      data=data, num_heads=heads, layers=layers, d_model=d_model, train=train, context=context,
+      continuation=continuation, contexts=contexts, continuations=continuations,
+      checkpoints=checkpoints, score_samples=score_samples or data.num_samples,
+      batch_size=_int(config, "dynamics.batch_size"), ngram_n=ngram_n, max_n=max_n,
+      window=_int(config, "dynamics.window"),
+      memorized_threshold=_float(config, "dynamics.memorized_threshold", maximum=1.0),
+      predictor=predictor,
+      test_fraction=_float(config, "predictor.test_fraction", maximum=0.9),
+      quiet=bool(config.get("quiet", False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and training, shared with the distributional experiment.
+
+
+def load_tokens(d: DataSettings, workdir: str):
+  """(train [N, S], heldout [H, S], vocab_size, info dict); ConfigError on bad data."""
+  rng = np.random.default_rng(d.seed)
+  if d.source == "synthetic":
+    tokens = rng.integers(0, d.vocab_size, (d.num_samples + d.heldout, d.seq_len)).astype(np.int32)
+    return (tokens[: d.num_samples], tokens[d.num_samples:], d.vocab_size,
+            {"source": "synthetic (uniform)", "vocab_size": d.vocab_size})
+  from memjax.data import text as text_lib
+  from memjax.data import corpus as corpus_lib
+  source = text_lib.SourceConfig(kind=d.source, paths=d.paths, text_field=d.text_field,
+                                 doc_packages=d.doc_packages,
+                                 max_documents=d.max_documents or None)
+  tok = text_lib.TokenizerConfig(kind=d.tokenizer,
+                                 vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
+  try:
+    ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
+                                     cache_dir=d.cache_dir or os.path.join(workdir, "cache"))
+  except (ValueError, FileNotFoundError, OSError) as e:
+    field = "data.seq_len" if "tokens long" in str(e) else (
+        "data.paths" if d.source in ("txt", "jsonl") else "data.source")
+    raise ConfigError(f"config.{field}: {e}") from e
+  need = d.num_samples + d.heldout
+  if ds.num_sequences < need:
+    field = "data.num_samples" if d.num_samples > ds.num_sequences // 2 else "data.max_documents"
+    raise ConfigError(
+        f"config.{field}: the corpus ({corpus_lib.describe_source(source)}) has "
+        f"{ds.num_sequences:,} distinct sequences of {d.seq_len} tokens, but {need:,} are asked "
+        f"for (data.num_samples={d.num_samples} + held-out {d.heldout}); lower them or use more "
+        "documents")
+  perm = rng.permutation(ds.num_sequences)
+  tokens = np.asarray(ds.tokens)[perm[:need]].astype(np.int32)
+  info = {"source": corpus_lib.describe_source(source), "num_sequences": ds.num_sequences,
+          "num_documents": ds.num_documents, "vocab_size": ds.vocab_size,
+          "tokenizer": d.tokenizer}
+  return tokens[: d.num_samples], tokens[d.num_samples:], ds.vocab_size, info
+
+
+def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, on_segment=None):
+  """Trains a stack (one model per members/seeds entry) for tcfg.steps steps in `segments`
+  equal segments; on_segment(segment_index, steps_done, state, last_losses_M) after each."""
+  import jax.numpy as jnp
+  from memjax import train as train_lib
+  specs = [train_lib.ModelSpec(len(m), int(s), tcfg.learning_rate) for m, s in zip(members, seeds)]
+  state = train_lib.init_stack_from_specs(cfg, tcfg, specs, members=members)
+  corpus = jnp.asarray(corpus_NxS, jnp.int32)
+  bounds = np.linspace(0, tcfg.steps, segments + 1).round().astype(int)
+  losses = None
+  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    done = a
+    while done < b:  # at most steps_per_call steps a dispatch, like train.train
+      k = int(min(tcfg.steps_per_call, b - done))
+      state, losses_KxM = train_lib.train_steps(cfg, tcfg, state, k, corpus)
+      losses = np.asarray(losses_KxM[-1])
+      done += k
+    if on_segment is not None:
+      on_segment(i, int(b), state, losses)
+  return state, losses
+
+
+def _log(settings, *args):
+  if not settings.quiet:
+    print(*args, flush=True)
+
+
+def write_json(path, value):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1, default=_json_default, allow_nan=True)
+  os.replace(tmp, path)
+
+
+def _json_default(x):
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if dataclasses.is_dataclass(x):
+    return dataclasses.asdict(x)
+  raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run.
+
+
+def main(settings: DynamicsSettings, workdir: str):
+  import jax
+  from memjax import dynamics
+  from memjax import model as model_lib
+  from memjax import ngram as ngram_lib
+  from memjax import train as train_lib
+
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  train_NxS, _, vocab, info = load_tokens(settings.data, workdir)
+  s = settings.data.seq_len
+  samples = train_NxS[: settings.score_samples]
+  _log(settings, f"data: {info['source']}, V={vocab}, {len(train_NxS)} training sequences of "
+                 f"{s} tokens, {len(samples)} scored ({time.time() - t0:.1f}s)")
+  index = ngram_lib.NgramIndex.build(train_NxS, max_n=settings.max_n, vocab_size=vocab,
+                                     doc_index=False)
+  c, k = settings.context, settings.continuation
+  tcfg = settings.train
+  results = {"experiment": "dynamics", "data": info,
+             "settings": config_lib.to_jsonable(settings), "buckets": list(dynamics.BUCKET_LABELS),
+             "models": []}
+  arrays = {}
+  for d in settings.d_model:
+    cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
+    label = f"L{settings.layers}_d{d}"
+    over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
+    scores_C = []
+
+    def on_segment(i, steps, state, losses):
+      sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
+                                        tcfg.vocab_chunk)[0]
+      scores_C.append(sc)
+      over["steps"].append(steps)
+      over["mean_score"].append(float(sc.mean()))
+      over["bucket_counts"].append(dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist())
+      over["loss"].append(float(losses[0]))
+      _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "
+                     f"{sc.mean():.3f}, buckets {over['bucket_counts'][-1]}")
+
+    t_model = time.time()
+    state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
+                                 [settings.data.seed], settings.checkpoints, on_segment)
+    params_M = state.params
+    params = train_lib.model_slice(params_M, 0)
+    scores_CxB = np.stack(scores_C)
+    buckets_CxB = dynamics.score_buckets(scores_CxB)
+    over["transitions"] = dynamics.transition_matrices(buckets_CxB).tolist()
+    final_scores, final_buckets = scores_CxB[-1], buckets_CxB[-1]
+
+    grid = []
+    for cc in settings.contexts:
+      for kk in settings.continuations:
+        if cc + kk > s:
+          grid.append({"context": cc, "continuation": kk, "status": "skipped",
+                       "reason": f"context + continuation = {cc + kk} > seq_len = {s}"})
+          continue
+        sc = dynamics.memorization_scores(cfg, params_M, samples, cc, kk, settings.batch_size,
+                                          tcfg.vocab_chunk)[0]
+        arrays[f"{label}/grid_c{cc}_k{kk}"] = sc
+        grid.append({"context": cc, "continuation": kk, "status": "ok",
+                     "mean_score": float(sc.mean()),
+                     "bucket_counts": dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()})
+
+    emb = dynamics.sample_embeddings(cfg, params, samples, c)
+    proj, ratio = dynamics.pca_2d(emb)
+    cent = dynamics.centroid_distances(emb, final_buckets)
+    embeddings = {"pca_explained": ratio.tolist(), "centroid_distances": cent["distances"],
+                  "relative_centroid_distances": cent["relative"], "spread": cent["spread"],
+                  "bucket_counts": cent["counts"], "empty_buckets": cent["empty"]}
+
+    gen = dynamics.greedy_generations(cfg, params_M, samples, c, k, settings.batch_size,
+                                      tcfg.vocab_chunk)[0]
+    steps_out = dynamics.step_dynamics(cfg, params, gen, c, index, settings.ngram_n)
+    div = dynamics.divergence_points(gen, samples, c)
+    effect = dynamics.boundary_effect(steps_out["entropy"], steps_out["count"], div, final_scores,
+                                      settings.window, settings.memorized_threshold)
+    effect["ngram_n"] = settings.ngram_n
+
+    tr, te = dynamics.split_train_test(len(samples), settings.test_fraction, settings.data.seed)
+    module, pparams, plosses = dynamics.train_predictor(
+        samples[tr, :c], final_buckets[tr], vocab, pcfg=settings.predictor)
+    pred = dynamics.predict(module, pparams, samples[te, :c])
+    predictor = dynamics.classification_report(final_buckets[te], pred, final_buckets[tr])
+    predictor.update(train_samples=int(len(tr)), final_train_loss=float(plosses[-20:].mean()))
+
+    arrays.update({f"{label}/scores_per_checkpoint": scores_CxB, f"{label}/pca": proj,
+                   f"{label}/final_buckets": final_buckets,
+                   f"{label}/entropy_steps": steps_out["entropy"],
+                   f"{label}/ngram_count_steps": steps_out["count"], f"{label}/divergence": div})
+    results["models"].append({
+        "label": label, "layers": settings.layers, "d_model": d,
+        "n_params": model_lib.n_params(cfg), "train_loss": over["loss"][-1],
+        "mean_score": float(final_scores.mean()), "over_training": over, "grid": grid,
+        "embeddings": embeddings, "decoding_dynamics": effect, "predictor": predictor,
+        "seconds": round(time.time() - t_model, 1)})
+    _log(settings, f"{label}: {model_lib.n_params(cfg):,} params, mean score "
+                   f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
+                   f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
+  results["seconds"] = round(time.time() - t0, 1)
+  write_json(os.path.join(workdir, "results.json"), results)
+  np.savez(os.path.join(workdir, "scores.npz"), **arrays)
+  write_figures(results, arrays, workdir)
+  print(report_text(results))
+
+
+def report_text(results) -> str:
+  lines = ["memorization dynamics (Chen, Han, Miyao 2024)",
+           f"{'model':>10} {'params':>9} {'loss':>6} {'score':>6} {'buckets (final)':>26} "
+           f"{'H jump mem/unmem':>17} {'pred acc/F1':>12} {'majority':>9}"]
+  for m in results["models"]:
+    e, p = m["decoding_dynamics"], m["predictor"]
+    jump = lambda g: "n/a" if e[g]["entropy_jump"] is None else f"{e[g]['entropy_jump']:+.2f}"
+    lines.append(f"{m['label']:>10} {m['n_params']:>9,} {m['train_loss']:6.3f} "
+                 f"{m['mean_score']:6.3f} {str(m['over_training']['bucket_counts'][-1]):>26} "
+                 f"{jump('memorized') + '/' + jump('unmemorized'):>17} "
+                 f"{p['accuracy']:.2f}/{p['macro_f1']:.2f}{'':>3} {p['majority_accuracy']:9.2f}")
+  lines.append(f"({results['seconds']}s; results.json, scores.npz and figures in the workdir)")
+  return "\n".join(lines)
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def write_figures(results, arrays, workdir):
+  from memjax import dynamics
+  plt = _plt()
+  models = results["models"]
+  nb = dynamics.NUM_BUCKETS
+  colors = plt.cm.viridis(np.linspace(0, 1, nb))
+
+  # 1. Score distribution across the grid: stacked bucket fractions per (model, c, k).
+  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+  for ax, m in zip(axes[0], models):
+    cells = [g for g in m["grid"] if g["status"] == "ok"]
+    fr = np.array([np.array(g["bucket_counts"]) / max(1, sum(g["bucket_counts"])) for g in cells])
+    bottom = np.zeros(len(cells))
+    for b in range(nb):
+      ax.bar(range(len(cells)), fr[:, b], bottom=bottom, color=colors[b],
+             label=dynamics.BUCKET_LABELS[b])
+      bottom += fr[:, b]
+    ax.set_xticks(range(len(cells)), [f"c{g['context']}\nk{g['continuation']}" for g in cells],
+                  fontsize=7)
+    ax.set_title(f"{m['label']} ({m['n_params']:,} params)")
+    ax.set_ylabel("fraction of samples")
+  axes[0][-1].legend(title="score", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "score_grid.png"), dpi=100)
+  plt.close(fig)
+
+  # 2. Over training: bucket fractions against steps.
+  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+  for ax, m in zip(axes[0], models):
+    o = m["over_training"]
+    counts = np.array(o["bucket_counts"], float)
+    counts /= counts.sum(1, keepdims=True)
+    ax.stackplot(o["steps"], counts.T, colors=colors, labels=dynamics.BUCKET_LABELS)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction of samples")
+    ax.set_title(m["label"])
+  axes[0][-1].legend(title="score", fontsize=7, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "over_training.png"), dpi=100)
+  plt.close(fig)
+
+  # 3. Transitions: the first and the last transition matrix of each model.
+  fig, axes = plt.subplots(2, len(models), figsize=(4 * len(models), 7.5), squeeze=False)
+  for j, m in enumerate(models):
+    t = m["over_training"]["transitions"]
+    for i, (name, mat) in enumerate((("first", t[0] if t else None),
+                                     ("last", t[-1] if t else None))):
+      ax = axes[i][j]
+      if mat is None:
+        ax.set_axis_off()
+        continue
+      mat = np.array(mat)
+      ax.imshow(mat, cmap="Blues")
+      for a in range(nb):
+        for b in range(nb):
+          ax.text(b, a, str(mat[a, b]), ha="center", va="center", fontsize=7)
+      ax.set_xticks(range(nb), dynamics.BUCKET_LABELS, fontsize=6, rotation=45)
+      ax.set_yticks(range(nb), dynamics.BUCKET_LABELS, fontsize=6)
+      ax.set_xlabel("bucket after")
+      ax.set_ylabel("bucket before")
+      ax.set_title(f"{m['label']}: {name} segment", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "transitions.png"), dpi=100)
+  plt.close(fig)
+
+  # 4. Embeddings: PCA coloured by bucket.
+  fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+  for ax, m in zip(axes[0], models):
+    proj = arrays[f"{m['label']}/pca"]
+    bk = arrays[f"{m['label']}/final_buckets"]
+    for b in range(nb):
+      sel = bk == b
+      if sel.any():
+        ax.scatter(proj[sel, 0], proj[sel, 1], s=6, color=colors[b],
+                   label=dynamics.BUCKET_LABELS[b])
+    ev = m["embeddings"]["pca_explained"]
+    ax.set_title(f"{m['label']} (PC1 {ev[0]:.0%}, PC2 {ev[1]:.0%})", fontsize=9)
+    ax.legend(fontsize=6, markerscale=2)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "embeddings_pca.png"), dpi=100)
+  plt.close(fig)
+
+  # 4b. Centroid distances across model sizes: each bucket's centroid from the lowest bucket's,
+  # relative to the samples' spread (nan, not drawn, for empty buckets).
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for m in models:
+    rel = np.array(m["embeddings"]["relative_centroid_distances"], float)
+    ax.plot(range(nb), rel[0], "-o", ms=3, label=f"{m['label']} ({m['n_params']:,} params)")
+  ax.set_xticks(range(nb), dynamics.BUCKET_LABELS, fontsize=7)
+  ax.set_xlabel("score bucket")
+  ax.set_ylabel("distance to the 0.0-0.2 centroid / spread")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "centroid_distances.png"), dpi=100)
+  plt.close(fig)
+
+  # 5. Boundary effect: entropy and n-gram frequency around the divergence point.
+  fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models), 7), squeeze=False)
+  for j, m in enumerate(models):
+    e = m["decoding_dynamics"]
+    for i, (key, ylabel) in enumerate((("entropy", "entropy (bits)"),
+                                       ("log10_count", f"log10(1 + {e['ngram_n']}-gram count)"))):
+      ax = axes[i][j]
+      for g, style in (("memorized", "-o"), ("unmemorized", "--s")):
+        y = np.array([np.nan if v is None else v for v in e[g][key]], float)
+        ax.plot(e["offsets"], y, style, ms=3, label=f"{g} ({e[g]['aligned']} aligned)")
+      ax.axvline(0, color="gray", lw=0.8)
+      ax.set_xlabel("step from the first wrong token")
+      ax.set_ylabel(ylabel)
+      ax.set_title(m["label"], fontsize=9)
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "boundary_effect.png"), dpi=100)
+  plt.close(fig)

@@ -1,0 +1,162 @@
+"""End-to-end runs of the dynamics and distributional experiments (`python -m memjax.main`), and
+their config validation."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from memjax import config as config_lib
+from memjax import distributional_experiment as dist_exp
+from memjax import dynamics
+from memjax import dynamics_experiment as dyn_exp
+from memjax import ngram
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The embedded corpus, cut down: 40 stdlib docstrings as raw bytes (no BPE to train).
+TINY_DATA = ["--config.quiet=True", "--config.data.max_documents=40",
+             "--config.data.tokenizer=bytes", "--config.data.vocab_size=256",
+             "--config.train.steps_per_call=30", "--config.train.warmup_steps=5"]
+TINY_DYNAMICS = ["--config=configs/dynamics.py", *TINY_DATA, "--config.data.num_samples=96",
+                 "--config.sweep.d_model=(16,)", "--config.train.steps=60",
+                 "--config.dynamics.checkpoints=3", "--config.dynamics.context=8",
+                 "--config.dynamics.continuation=8", "--config.dynamics.contexts=(8,30)",
+                 "--config.dynamics.continuations=(8,)", "--config.dynamics.batch_size=96",
+                 "--config.predictor.steps=20"]
+TINY_DISTRIBUTIONAL = ["--config=configs/distributional.py", *TINY_DATA,
+                       "--config.data.num_samples=64", "--config.data.heldout=16",
+                       "--config.sweep.d_model=(16,)", "--config.sweep.dataset_sizes=(8,64)",
+                       "--config.train.steps=30", "--config.distributional.eval_samples=16",
+                       "--config.distributional.batch_size=16"]
+
+
+def run_main(args, workdir):
+  return subprocess.run([sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _config(path, **overrides):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for field, value in overrides.items():
+    node = config
+    *parents, name = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[name] = value
+  return config
+
+
+def test_dynamics_cli_writes_results_and_figures(tmp_path):
+  proc = run_main(TINY_DYNAMICS, tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "memorization dynamics" in proc.stdout
+  results = json.loads((tmp_path / "results.json").read_text())
+  (m,) = results["models"]
+  assert m["d_model"] == 16 and m["n_params"] > 0
+  over = m["over_training"]
+  assert over["steps"] == [20, 40, 60] and len(over["bucket_counts"]) == 3
+  assert all(sum(c) == 96 for c in over["bucket_counts"])
+  # Transition rows sum to the previous checkpoint's bucket counts, columns to the next one's.
+  for i, t in enumerate(over["transitions"]):
+    assert np.array(t).sum(1).tolist() == over["bucket_counts"][i]
+    assert np.array(t).sum(0).tolist() == over["bucket_counts"][i + 1]
+  grid = {(g["context"], g["continuation"]): g for g in m["grid"]}
+  assert grid[(8, 8)]["status"] == "ok" and grid[(30, 8)]["status"] == "skipped"
+  assert "38 > seq_len = 32" in grid[(30, 8)]["reason"]
+  # The grid cell equal to the main setting reproduces the final checkpoint's scores.
+  assert grid[(8, 8)]["bucket_counts"] == over["bucket_counts"][-1]
+  assert len(m["embeddings"]["centroid_distances"]) == 5
+  effect = m["decoding_dynamics"]
+  assert effect["offsets"] == list(range(-4, 5))
+  assert (effect["memorized"]["samples"] + effect["unmemorized"]["samples"]) == 96
+  pred = m["predictor"]
+  assert 0 <= pred["accuracy"] <= 1 and pred["test_samples"] == 24
+  scores = np.load(tmp_path / "scores.npz")
+  assert scores["L1_d16/scores_per_checkpoint"].shape == (3, 96)
+  for png in ("score_grid.png", "over_training.png", "transitions.png", "embeddings_pca.png",
+              "centroid_distances.png", "boundary_effect.png"):
+    assert (tmp_path / png).stat().st_size > 1000, png
+
+
+def test_distributional_cli_writes_correlations_and_figure(tmp_path):
+  proc = run_main(TINY_DISTRIBUTIONAL, tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "distributional memorization" in proc.stdout
+  results = json.loads((tmp_path / "results.json").read_text())
+  rows = results["rows"]
+  # 1 width x 2 dataset sizes x 3 sets x 2 orders
+  assert len(rows) == 12
+  assert {r["set"] for r in rows} == {"heldout", "generated", "train"}
+  for r in rows:
+    if r["defined"]:
+      assert -1 <= r["spearman"] <= 1 and -1 <= r["kendall_tau"] <= 1 and r["n_pairs"] >= 3
+    else:
+      assert math.isnan(r["spearman"]) and r["marker"].startswith("undefined")
+  # the training set is counted by the n-gram model: every context of a member is seen
+  assert all(r["context_seen"] == 1.0 for r in rows if r["set"] == "train")
+  assert (tmp_path / "distributional.png").stat().st_size > 1000
+
+
+def test_correlation_rows_mark_too_few_pairs():
+  index = ngram.NgramIndex.build(np.array([[1, 2, 3, 1, 2, 4]]), max_n=3, vocab_size=8)
+  tokens = np.array([[1, 2, 3]])  # n=3: a single item (t = 2)
+  logp = np.log2(np.array([[0.1, 0.5, 0.9]]))
+  (row,) = dist_exp.correlation_rows(logp, tokens, index, (3,), 0, "context")
+  assert row["items"] == 1 and not row["defined"] and math.isnan(row["spearman"])
+  assert "1 usable pairs" in row["marker"]
+  # n=2 at t = 1, 2 of two sequences: 4 pairs, model and n-gram in the same order -> rho = 1
+  tokens = np.array([[1, 2, 3], [1, 2, 4]])
+  logp = np.log2(np.array([[0.1, 0.9, 0.4], [0.1, 0.9, 0.3]]))
+  # n-gram: P(2|1) = 2/2 (twice), P(3|2) = 1/2, P(4|2) = 1/2 -> ties; model 0.9, 0.9, 0.4, 0.3
+  (row,) = dist_exp.correlation_rows(logp, tokens, index, (2,), 0, "context")
+  assert row["defined"] and row["n_pairs"] == 4
+  assert row["spearman"] == pytest.approx(np.corrcoef([3.5, 3.5, 2, 1], [3.5, 3.5, 1.5, 1.5])[0, 1])
+
+
+@pytest.mark.parametrize("path,overrides,needle", [
+    ("configs/dynamics.py", {"dynamics.context": 30},
+     "config.dynamics.continuation: dynamics.context + dynamics.continuation = 30 + 8 = 38 is "
+     "longer than the sequence (data.seq_len=32)"),
+    ("configs/dynamics.py", {"dynamics.ngram_n": 6},
+     "config.dynamics.ngram_n: n=6 is larger than the counted order dynamics.max_n=5"),
+    ("configs/dynamics.py", {"dynamics.contexts": (40,)},
+     "config.dynamics.contexts: no (context, continuation) pair"),
+    ("configs/dynamics.py", {"data.source": "web"}, "config.data.source: must be one of"),
+    ("configs/dynamics.py", {"dynamics.score_samples": 5000}, "config.dynamics.score_samples:"),
+    ("configs/distributional.py", {"distributional.orders": (2, 7)},
+     "config.distributional.orders: n=7 is larger than the counted order"),
+    ("configs/distributional.py", {"sweep.dataset_sizes": (4096,)},
+     "config.sweep.dataset_sizes: dataset size 4096 is larger than the training set"),
+    ("configs/distributional.py", {"distributional.context": 32},
+     "config.distributional.context:"),
+    ("configs/distributional.py", {"distributional.denominator": "x"},
+     "config.distributional.denominator: must be one of context, continuation"),
+])
+def test_bad_configs_fail_naming_the_field(path, overrides, needle):
+  module = dyn_exp if "dynamics" in path else dist_exp
+  module.validate(_config(path))  # the defaults are valid
+  with pytest.raises(config_lib.ConfigError) as e:
+    module.validate(_config(path, **overrides))
+  assert str(e.value).startswith(needle), str(e.value)
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+  proc = run_main(["--config=configs/dynamics.py", "--config.dynamics.continuation=20"], tmp_path)
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("memjax: error: config.dynamics.continuation:")
+
+
+def test_empty_buckets_are_marked():
+  out = dynamics.centroid_distances(np.eye(3), [4, 4, 4])
+  assert out["empty"] == list(dynamics.BUCKET_LABELS[:4])
+  assert np.isnan(out["distances"][:4]).all() and out["distances"][4, 4] == 0
