@@ -107,6 +107,34 @@ def _float_list(config, field, allow_empty=True):
   return tuple(float(v) for v in values)
 
 
+def _str(config, field, allowed=None, allow_empty=True):
+  """A string field (None reads as ""); with `allowed`, one of those values."""
+  value = _get(config, field)
+  if value is None:
+    value = ""
+  if not isinstance(value, str):
+    _fail(field, f"must be a string, got {value!r}")
+  if allowed is not None and value not in allowed:
+    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+  if not allow_empty and not value:
+    _fail(field, "must not be empty")
+  return value
+
+
+def _str_list(config, field):
+  values = _as_tuple(config, field)
+  if any(not isinstance(v, str) or not v for v in values):
+    _fail(field, f"must be a list of non-empty strings, got {values!r}")
+  return tuple(values)
+
+
+def _bool(config, field):
+  value = _get(config, field)
+  if not isinstance(value, bool):
+    _fail(field, f"must be True or False, got {value!r}")
+  return value
+
+
 def _as_tuple(config, field):
   value = _get(config, field)
   if isinstance(value, (list, tuple)):

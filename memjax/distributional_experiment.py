@@ -49,8 +49,7 @@ ALLOWED = {
 }
 
 
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
+_fail = config_lib._fail
 
 
 @dataclasses.dataclass(frozen=True)

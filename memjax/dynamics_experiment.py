@@ -60,8 +60,9 @@ ALLOWED = {
 }
 
 
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
+_fail = config_lib._fail
+_str = config_lib._str
+_str_tuple = config_lib._str_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,21 +102,6 @@ class DynamicsSettings:
   predictor: object  # dynamics.PredictorConfig
   test_fraction: float
   quiet: bool
-
-
-def _str(config, field, allowed=None):
-  value = config_lib._get(config, field)
-  if not isinstance(value, str) or (allowed is not None and value not in allowed):
-    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}" if allowed
-          else f"must be a string, got {value!r}")
-  return value
-
-
-def _str_tuple(config, field):
-  values = config_lib._as_tuple(config, field)
-  if any(not isinstance(v, str) or not v for v in values):
-    _fail(field, f"must be a list of non-empty strings, got {values!r}")
-  return tuple(values)
 
 
 def validate_data(config, heldout_field: str | None = None) -> DataSettings:

@@ -126,28 +126,9 @@ class TextSettings:
 # Validation.
 
 
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
-
-
-def _str(config, field, allowed=None, allow_empty=True):
-  value = config_lib._get(config, field)
-  if value is None:
-    value = ""
-  if not isinstance(value, str):
-    _fail(field, f"must be a string, got {value!r}")
-  if allowed is not None and value not in allowed:
-    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
-  if not allow_empty and not value:
-    _fail(field, "must not be empty")
-  return value
-
-
-def _str_list(config, field):
-  values = config_lib._as_tuple(config, field)
-  if any(not isinstance(v, str) or not v for v in values):
-    _fail(field, f"must be a list of non-empty strings, got {values!r}")
-  return values
+_fail = config_lib._fail
+_str = config_lib._str
+_str_list = config_lib._str_list
 
 
 def _path(value):
