@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import re
 import time
 
 import numpy as np
+from absl import logging
 
 from memjax import config as config_lib
 from memjax import membership as mi
@@ -118,23 +121,9 @@ class MembershipSettings:
   quiet: bool
 
 
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
-
-
-def _str(config, field, allowed=None):
-  value = config_lib._get(config, field)
-  if not isinstance(value, str) or (allowed is not None and value not in allowed):
-    _fail(field, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}" if allowed
-          else f"must be a string, got {value!r}")
-  return value
-
-
-def _bool(config, field):
-  value = config_lib._get(config, field)
-  if not isinstance(value, bool):
-    _fail(field, f"must be True or False, got {value!r}")
-  return value
+_fail = config_lib._fail
+_str = config_lib._str
+_bool = config_lib._bool
 
 
 def validate(config) -> MembershipSettings:
@@ -325,11 +314,92 @@ def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Resume: a finished stack's rows, ROC scores and design entries are stored in one file, so a
+# rerun (after a kill, or to add shapes) trains only the stacks that are not stored yet.
+
+
+def stack_path(settings, workdir, name):
+  """The file of a finished stack: its name and a hash of every setting but `quiet`."""
+  identity = {k: v for k, v in config_lib.to_jsonable(settings).items() if k != "quiet"}
+  digest = hashlib.sha256(json.dumps([name, identity], sort_keys=True, default=str).encode())
+  safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+  return os.path.join(workdir, "stacks", f"{safe}-{digest.hexdigest()[:16]}.npz")
+
+
+def _save_stack(path, rows, design_part):
+  arrays = {f"design/{k}": np.asarray(v) for k, v in design_part.items()}
+  for i, r in enumerate(rows):
+    for attack, (scores, labels) in r.get("_roc", {}).items():
+      arrays[f"roc/{i}/{attack}/scores"] = np.asarray(scores)
+      arrays[f"roc/{i}/{attack}/labels"] = np.asarray(labels)
+  arrays["rows"] = np.array(json.dumps([{k: v for k, v in r.items() if k != "_roc"}
+                                        for r in rows]))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)  # a killed write leaves no half-stored stack
+
+
+def _load_stack(path):
+  with np.load(path, allow_pickle=False) as f:
+    rows = json.loads(str(f["rows"]))
+    design_part = {k[len("design/"):]: f[k] for k in f.files if k.startswith("design/")}
+    for k in f.files:
+      if k.startswith("roc/") and k.endswith("/scores"):
+        _, i, attack, _ = k.split("/")
+        rows[int(i)].setdefault("_roc", {})[attack] = (f[k], f[k[:-len("scores")] + "labels"])
+  return rows, design_part
+
+
+def cached_stack(settings, workdir, name, design, counts, compute):
+  """`compute(design_part) -> rows` for one stack, or what an earlier run stored of it.
+
+  `counts` (a dict, optional) gains "trained" or "loaded". An unreadable stored file is reported
+  and the stack trained again.
+  """
+  path = stack_path(settings, workdir, name)
+  if os.path.exists(path):
+    try:
+      rows, part = _load_stack(path)
+    except (OSError, ValueError, KeyError, IndexError) as e:
+      logging.warning("%s: the stored stack %s does not load (%s); training it again", name,
+                      path, e)
+    else:
+      logging.info("%s: already done (%s)", name, path)
+      design.update(part)
+      if counts is not None:
+        counts["loaded"] = counts.get("loaded", 0) + 1
+      return rows
+  part = {}
+  rows = compute(part)
+  _save_stack(path, rows, part)
+  design.update(part)
+  if counts is not None:
+    counts["trained"] = counts.get("trained", 0) + 1
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Target models.
 
 
-def run_targets(settings, workdir, text, design):
-  """Train, score and attack every target model; returns result rows."""
+def run_targets(settings, workdir, text, design, counts=None):
+  """Train, score and attack every target model (a stack per shape); returns result rows.
+
+  Each finished stack is stored under <workdir>/stacks/ and loaded by a rerun (`cached_stack`).
+  """
+  rows = []
+  for layers in settings.layers:
+    for d in settings.d_model:
+      label = f"L{layers} d{d} {settings.precision}"
+      rows += cached_stack(settings, workdir, f"targets {label}", design, counts,
+                           lambda part: _target_stack(settings, text, layers, d, label, part))
+  _add_capacity_x(settings, rows)
+  return rows
+
+
+def _target_stack(settings, text, layers, d, label, design):
+  """One shape's stack of targets: train, score, attack; its design entries go in `design`."""
   import jax
   from memjax import model as model_lib
   from memjax import train as train_lib
@@ -338,94 +408,90 @@ def run_targets(settings, workdir, text, design):
   vocab = text.vocab_size if text else settings.vocab_size
   half = settings.eval_size // 2
   rows = []
-  for layers in settings.layers:
-    for d in settings.d_model:
-      cfg = model_lib.ModelConfig(vocab, settings.seq_len, layers, d, settings.num_heads,
-                                  settings.precision)
-      label = f"L{layers} d{d} {settings.precision}"
-      lr = settings.train.learning_rate
-      specs = [train_lib.ModelSpec(n, s, lr) for s in settings.seeds for n in settings.dataset_sizes]
-      members = corpus = None
-      if text:
-        members = [text.train_idx[text_members(settings, len(text.train_idx), sp.seed,
-                                               sp.dataset_size)] for sp in specs]
-        if len(text.reference_idx):
-          specs = specs + [train_lib.ModelSpec(len(text.reference_idx), settings.seeds[0], lr)]
-          members.append(text.reference_idx)
-        corpus = text.tokens
-      start = time.time()
-      state, losses = _train(settings, cfg, settings.train, specs, label, members, corpus)
-      wall = time.time() - start
+  cfg = model_lib.ModelConfig(vocab, settings.seq_len, layers, d, settings.num_heads,
+                              settings.precision)
+  lr = settings.train.learning_rate
+  specs = [train_lib.ModelSpec(n, s, lr) for s in settings.seeds for n in settings.dataset_sizes]
+  members = corpus = None
+  if text:
+    members = [text.train_idx[text_members(settings, len(text.train_idx), sp.seed,
+                                           sp.dataset_size)] for sp in specs]
+    if len(text.reference_idx):
+      specs = specs + [train_lib.ModelSpec(len(text.reference_idx), settings.seeds[0], lr)]
+      members.append(text.reference_idx)
+    corpus = text.tokens
+  start = time.time()
+  state, losses = _train(settings, cfg, settings.train, specs, label, members, corpus)
+  wall = time.time() - start
 
-      # The balanced evaluation set of each target, as tokens [M, 2*half, S].
-      n_targets = len(settings.seeds) * len(settings.dataset_sizes)
-      toks, counts = [], []
-      for i, sp in enumerate(specs[:n_targets]):
-        k = min(half, sp.dataset_size)
-        if text:
-          pool_m, pool_n = members[i], text.heldout_idx
-        else:
-          pool_m, pool_n = np.arange(sp.dataset_size), np.arange(settings.eval_size)
-        mem_idx, non_idx = balanced_eval(pool_m, pool_n, k, _eval_seed(settings, sp.seed,
-                                                                              sp.dataset_size))
-        design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/members"] = mem_idx
-        design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/nonmembers"] = non_idx
-        if text:
-          t = text.tokens[np.r_[mem_idx, non_idx]].astype(np.int32)
-        else:
-          key = state.data_key_M[i]
-          t = np.r_[np.asarray(synthetic.sequences(synthetic.train_key(key), mem_idx,
-                                                   settings.seq_len, vocab)),
-                    np.asarray(synthetic.sequences(synthetic.test_key(key), non_idx,
-                                                   settings.seq_len, vocab))]
-        pad = np.repeat(t[:1], 2 * half - len(t), 0)
-        toks.append(np.r_[t, pad])
-        counts.append(k)
-      tokens = np.stack(toks)
-      params_t = jax.tree.map(lambda a: a[:n_targets], state.params)
-      stats = stack_stats(cfg, params_t, tokens, settings.eval_batch_size, settings.train.vocab_chunk)
-      ref_logp = None
-      if text and len(text.reference_idx):
-        params_r = jax.tree.map(lambda a: a[n_targets:n_targets + 1], state.params)
-        flat = tokens.reshape(1, -1, settings.seq_len)
-        ref_logp = stack_stats(cfg, params_r, flat, settings.eval_batch_size,
-                               settings.train.vocab_chunk)["logp"].reshape(tokens.shape)
+  # The balanced evaluation set of each target, as tokens [M, 2*half, S].
+  n_targets = len(settings.seeds) * len(settings.dataset_sizes)
+  toks, counts = [], []
+  for i, sp in enumerate(specs[:n_targets]):
+    k = min(half, sp.dataset_size)
+    if text:
+      pool_m, pool_n = members[i], text.heldout_idx
+    else:
+      pool_m, pool_n = np.arange(sp.dataset_size), np.arange(settings.eval_size)
+    mem_idx, non_idx = balanced_eval(pool_m, pool_n, k, _eval_seed(settings, sp.seed,
+                                                                          sp.dataset_size))
+    design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/members"] = mem_idx
+    design[f"{label}/N{sp.dataset_size}/seed{sp.seed}/nonmembers"] = non_idx
+    if text:
+      t = text.tokens[np.r_[mem_idx, non_idx]].astype(np.int32)
+    else:
+      key = state.data_key_M[i]
+      t = np.r_[np.asarray(synthetic.sequences(synthetic.train_key(key), mem_idx,
+                                               settings.seq_len, vocab)),
+                np.asarray(synthetic.sequences(synthetic.test_key(key), non_idx,
+                                               settings.seq_len, vocab))]
+    pad = np.repeat(t[:1], 2 * half - len(t), 0)
+    toks.append(np.r_[t, pad])
+    counts.append(k)
+  tokens = np.stack(toks)
+  params_t = jax.tree.map(lambda a: a[:n_targets], state.params)
+  stats = stack_stats(cfg, params_t, tokens, settings.eval_batch_size, settings.train.vocab_chunk)
+  ref_logp = None
+  if text and len(text.reference_idx):
+    params_r = jax.tree.map(lambda a: a[n_targets:n_targets + 1], state.params)
+    flat = tokens.reshape(1, -1, settings.seq_len)
+    ref_logp = stack_stats(cfg, params_r, flat, settings.eval_batch_size,
+                           settings.train.vocab_chunk)["logp"].reshape(tokens.shape)
 
-      for i, sp in enumerate(specs[:n_targets]):
-        k = counts[i]
-        sel = slice(0, 2 * k)
-        st = {key: v[i, sel] for key, v in stats.items()}
-        labels = np.r_[np.ones(k, bool), np.zeros(k, bool)]
-        scores = attack_scores(settings, st, tokens[i, sel], vocab,
-                               None if not text else (ref_logp[i, sel] if ref_logp is not None
-                                                      else np.full_like(st["logp"], np.nan)))
-        attacks = {}
-        for j, (name, s) in enumerate(scores.items()):
-          if text and ref_logp is None and name == "reference":
-            attacks[name] = {"valid": False, "reason": "no reference model (data.reference_pool=0)"}
-            continue
-          attacks[name] = evaluate_attack(s, labels, name, n_bootstrap=settings.bootstrap,
-                                             seed=[settings.data_seed, sp.seed, sp.dataset_size, j])
-        seq_lp = st["logp"][:k].sum(-1)
-        ref_seq = (np.full(k, -settings.seq_len * math.log2(vocab)) if not text else
-                   (ref_logp[i, :k].sum(-1) if ref_logp is not None else None))
-        mem_est = (None if ref_seq is None
-                   else float(sp.dataset_size * np.maximum(0.0, seq_lp - ref_seq).mean()))
-        n_params = model_lib.n_params(cfg)
-        rows.append({
-            "role": "target", "source": settings.source, "shape": label, "layers": layers,
-            "d_model": d, "heads": settings.num_heads, "vocab_size": vocab,
-            "seq_len": settings.seq_len, "precision": settings.precision, "n_params": n_params,
-            "dataset_size": sp.dataset_size, "seed": sp.seed, "learning_rate": sp.learning_rate,
-            "steps": int(np.asarray(state.step_M)[i]),
-            "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
-            "train_loss_last": float(losses[i]), "eval_members": k, "eval_nonmembers": k,
-            "data_bits": sp.dataset_size * settings.seq_len * math.log2(vocab),
-            "mem_bits_est": mem_est,
-            "x_tokens": float(mi.tokens_per_param_x(n_params, sp.dataset_size, settings.seq_len, vocab)),
-            "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(settings.train),
-            "_roc": {"loss": (scores["loss"], labels)}})
-  _add_capacity_x(settings, rows)
+  for i, sp in enumerate(specs[:n_targets]):
+    k = counts[i]
+    sel = slice(0, 2 * k)
+    st = {key: v[i, sel] for key, v in stats.items()}
+    labels = np.r_[np.ones(k, bool), np.zeros(k, bool)]
+    scores = attack_scores(settings, st, tokens[i, sel], vocab,
+                           None if not text else (ref_logp[i, sel] if ref_logp is not None
+                                                  else np.full_like(st["logp"], np.nan)))
+    attacks = {}
+    for j, (name, s) in enumerate(scores.items()):
+      if text and ref_logp is None and name == "reference":
+        attacks[name] = {"valid": False, "reason": "no reference model (data.reference_pool=0)"}
+        continue
+      attacks[name] = evaluate_attack(s, labels, name, n_bootstrap=settings.bootstrap,
+                                         seed=[settings.data_seed, sp.seed, sp.dataset_size, j])
+    seq_lp = st["logp"][:k].sum(-1)
+    ref_seq = (np.full(k, -settings.seq_len * math.log2(vocab)) if not text else
+               (ref_logp[i, :k].sum(-1) if ref_logp is not None else None))
+    mem_est = (None if ref_seq is None
+               else float(sp.dataset_size * np.maximum(0.0, seq_lp - ref_seq).mean()))
+    n_params = model_lib.n_params(cfg)
+    rows.append({
+        "role": "target", "source": settings.source, "shape": label, "layers": layers,
+        "d_model": d, "heads": settings.num_heads, "vocab_size": vocab,
+        "seq_len": settings.seq_len, "precision": settings.precision, "n_params": n_params,
+        "dataset_size": sp.dataset_size, "seed": sp.seed, "learning_rate": sp.learning_rate,
+        "steps": int(np.asarray(state.step_M)[i]),
+        "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
+        "train_loss_last": float(losses[i]), "eval_members": k, "eval_nonmembers": k,
+        "data_bits": sp.dataset_size * settings.seq_len * math.log2(vocab),
+        "mem_bits_est": mem_est,
+        "x_tokens": float(mi.tokens_per_param_x(n_params, sp.dataset_size, settings.seq_len, vocab)),
+        "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(settings.train),
+        "_roc": {"loss": (scores["loss"], labels)}})
   return rows
 
 
@@ -662,10 +728,11 @@ def run(settings: MembershipSettings, workdir: str):
   start = time.time()
   os.makedirs(workdir, exist_ok=True)
   text = load_text(settings, workdir) if settings.source == "text" else None
-  design = {}
-  rows = run_targets(settings, workdir, text, design)
+  design, counts = {}, {}
+  rows = run_targets(settings, workdir, text, design, counts)
   if settings.lira_num_models:
-    rows += run_lira(settings, workdir, text, design)
+    rows += cached_stack(settings, workdir, "lira shadows", design, counts,
+                         lambda part: run_lira(settings, workdir, text, part))
   np.savez(os.path.join(workdir, "design.npz"), **design)
   with open(os.path.join(workdir, "design.json"), "w") as f:
     json.dump({
@@ -687,10 +754,14 @@ def run(settings: MembershipSettings, workdir: str):
       if r["role"] == "lira_target" or r["seed"] == settings.seeds[0]:
         roc[f"{'LiRA target ' if r['role'] == 'lira_target' else ''}{r['shape']} "
             f"N={r['dataset_size']} {a}"] = (scores, labels)
-  with open(os.path.join(workdir, "results.jsonl"), "w") as f:
+  results = os.path.join(workdir, "results.jsonl")
+  with open(results + ".tmp", "w") as f:  # rebuilt whole from the stacks, then swapped in
     for r in rows:
       f.write(json.dumps(r) + "\n")
+  os.replace(results + ".tmp", results)
   summary = summarize(settings, rows, time.time() - start)
+  summary["stacks_trained"] = counts.get("trained", 0)
+  summary["stacks_already_done"] = counts.get("loaded", 0)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   for form, fit in summary["law_fits"].items():  # for `python -m memjax.membership --constants`
@@ -705,5 +776,7 @@ def main(settings: MembershipSettings, workdir: str):
   start = time.time()
   rows, summary = run(settings, workdir)
   print(report_text(rows, summary))
+  print(f"{summary['stacks_trained']} stacks trained, {summary['stacks_already_done']} already "
+        f"done (<workdir>/stacks/)")
   print(f"{len(rows)} models; results in {workdir}: results.jsonl, summary.json, design.npz, "
         f"design.json, f1_vs_dataset_size.png, roc.png, law_fit.png ({time.time() - start:.0f}s)")

@@ -92,6 +92,46 @@ def test_cli_end_to_end(tmp_path):
   for png in ("f1_vs_dataset_size.png", "roc.png", "law_fit.png"):
     assert (workdir / png).stat().st_size > 1000
   assert "law fit (x_form=tokens" in proc.stdout and "LiRA (4 targets" in proc.stdout
+  assert "2 stacks trained, 0 already done" in proc.stdout
+
+  # A rerun loads every stored stack: nothing trains, and the results are the same.
+  proc = run_main(TINY, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "0 stacks trained, 2 already done" in proc.stdout
+  again = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
+  assert again == rows
+  assert (np.load(workdir / "design.npz")["lira/membership"] == mat).all()
+
+
+def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_path, caplog):
+  settings = me.validate(_config())
+  calls = []
+
+  def compute(part):
+    calls.append(1)
+    part["stack/members"] = np.arange(3)
+    return [{"role": "target", "f1": 0.75, "_roc": {"loss": (np.array([0.1, 0.9]),
+                                                             np.array([False, True]))}}]
+
+  design = {}
+  first = me.cached_stack(settings, str(tmp_path), "targets L1 d8", design, None, compute)
+  design_again, counts = {}, {}
+  second = me.cached_stack(settings, str(tmp_path), "targets L1 d8", design_again, counts,
+                           compute)
+  assert len(calls) == 1 and counts == {"loaded": 1}
+  assert second[0]["f1"] == 0.75 and (second[0]["_roc"]["loss"][1] == [False, True]).all()
+  assert (design_again["stack/members"] == design["stack/members"]).all()
+  # Other settings are another stack.
+  other = me.validate(_config(**{"train.steps": 7}))
+  me.cached_stack(other, str(tmp_path), "targets L1 d8", {}, None, compute)
+  assert len(calls) == 2
+  # A damaged file is reported and the stack computed again.
+  with open(me.stack_path(settings, str(tmp_path), "targets L1 d8"), "wb") as f:
+    f.write(b"not an npz")
+  counts = {}
+  me.cached_stack(settings, str(tmp_path), "targets L1 d8", {}, counts, compute)
+  assert len(calls) == 3 and counts == {"trained": 1}
+  assert "does not load" in caplog.text
 
 
 def test_cli_bad_input_fails_in_one_line(tmp_path):
