@@ -318,9 +318,15 @@ def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
 # rerun (after a kill, or to add shapes) trains only the stacks that are not stored yet.
 
 
+# Settings that no stored stack depends on: a target stack's shape is in its name, and the LiRA
+# shadows have their own; so adding a shape to the sweep keeps the stacks already stored.
+NOT_IN_STACK_KEY = ("quiet", "layers", "d_model")
+
+
 def stack_path(settings, workdir, name):
-  """The file of a finished stack: its name and a hash of every setting but `quiet`."""
-  identity = {k: v for k, v in config_lib.to_jsonable(settings).items() if k != "quiet"}
+  """The file of a finished stack: its name and a hash of the settings it depends on."""
+  identity = {k: v for k, v in config_lib.to_jsonable(settings).items()
+              if k not in NOT_IN_STACK_KEY}
   digest = hashlib.sha256(json.dumps([name, identity], sort_keys=True, default=str).encode())
   safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
   return os.path.join(workdir, "stacks", f"{safe}-{digest.hexdigest()[:16]}.npz")

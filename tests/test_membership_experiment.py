@@ -121,7 +121,10 @@ def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_pat
   assert len(calls) == 1 and counts == {"loaded": 1}
   assert second[0]["f1"] == 0.75 and (second[0]["_roc"]["loss"][1] == [False, True]).all()
   assert (design_again["stack/members"] == design["stack/members"]).all()
-  # Other settings are another stack.
+  # Other settings are another stack; another shape in the sweep is not.
+  wider = me.validate(_config(**{"sweep.d_model": (8, 16)}))
+  me.cached_stack(wider, str(tmp_path), "targets L1 d8", {}, None, compute)
+  assert len(calls) == 1
   other = me.validate(_config(**{"train.steps": 7}))
   me.cached_stack(other, str(tmp_path), "targets L1 d8", {}, None, compute)
   assert len(calls) == 2
