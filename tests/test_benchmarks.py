@@ -77,3 +77,20 @@ def test_torch_baseline_has_the_same_parameter_count():
   seconds, n = torch_gpt2.time_training(64, 8, 2, 16, 2, batch_size=2, steps=1, calls=1,
                                         warmup_steps=1)
   assert n == model_lib.n_params(model_lib.ModelConfig(64, 8, 2, 16, 2)) and seconds > 0
+
+
+def test_bf16_rounding_counts_the_updates_that_leave_a_parameter_unchanged():
+  from benchmarks import bf16_rounding
+  from memjax import model as model_lib
+  from memjax import train as train_lib
+
+  def lost(precision, lr):
+    cfg = model_lib.ModelConfig(32, 8, 1, 16, 2, precision)
+    tcfg = train_lib.TrainConfig(steps=10, batch_size=4, learning_rate=lr, warmup_steps=0)
+    state = train_lib.init_stack_from_specs(cfg, tcfg, [train_lib.ModelSpec(8, 0, lr)])
+    return bf16_rounding.lost_fraction(cfg, tcfg, state)
+
+  # fp32 keeps every step of 1e-2; bf16 weights of ~0.02 (ulp ~1e-4) lose steps of ~1e-7 (only
+  # the zero-initialized biases and LayerNorm offsets, and the LayerNorm gains of 1, can move).
+  assert lost("fp32", 1e-2) < 0.01
+  assert lost("bf16", 1e-7) > 0.5
