@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import report
 from memjax import dynamics_experiment as dx
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
@@ -204,7 +205,7 @@ def report_text(results) -> str:
 
 
 def write_figure(rows, settings, workdir):
-  plt = dx._plt()
+  plt = report.pyplot()
   sets = [s for s in SETS if any(r["set"] == s for r in rows)]
   fig, axes = plt.subplots(2, len(sets), figsize=(4.5 * len(sets), 7), squeeze=False)
   for j, name in enumerate(sets):

@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import report
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
 
@@ -403,16 +404,9 @@ def report_text(results) -> str:
   return "\n".join(lines)
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
 def write_figures(results, arrays, workdir):
   from memjax import dynamics
-  plt = _plt()
+  plt = report.pyplot()
   models = results["models"]
   nb = dynamics.NUM_BUCKETS
   colors = plt.cm.viridis(np.linspace(0, 1, nb))

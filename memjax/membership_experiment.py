@@ -43,6 +43,7 @@ import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
+from memjax import report
 from memjax import membership as mi
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
@@ -643,15 +644,8 @@ def summarize(settings, rows, wall_s):
           "wall_s": wall_s}
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
 def write_figures(rows, summary, roc_data, workdir):
-  plt = _plt()
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for shape, pts in summary["curves"].items():
     ax.plot([p["dataset_size"] for p in pts], [p["loss_f1_median"] for p in pts], "o-",

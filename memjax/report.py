@@ -6,10 +6,14 @@ import collections
 import math
 import os
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend, imported when a figure is first drawn
+  (every experiment draws through this, so a config error never pays for the import)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def capacity_table_text(summary) -> str:
@@ -35,6 +39,7 @@ def plot_memorization(rows, path):
   for r in rows:
     if r.get("status", "ok") == "ok":
       by_shape[_shape_label(r)][r["dataset_size"]].append(r["mem_bits"])
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   all_n = sorted({r["dataset_size"] for r in rows})
   for label, curve in sorted(by_shape.items()):
@@ -55,6 +60,7 @@ def plot_memorization(rows, path):
 
 def plot_capacity(summary, path):
   """Capacity against parameter count, per precision, with the fitted line through the origin."""
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for prec, fit in summary["by_precision"].items():
     models = [t for t in summary["models"] if t["precision"] == prec]

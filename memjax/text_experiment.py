@@ -56,6 +56,7 @@ from absl import logging
 from tqdm import tqdm
 
 from memjax import config as config_lib
+from memjax import report
 from memjax import extraction
 from memjax import likelihood
 from memjax import model as model_lib
@@ -845,15 +846,8 @@ def table_text(rows, summary, prefix_lengths):
   return "\n".join(lines)
 
 
-def _plot_lib():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
 def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
-  plt = _plot_lib()
+  plt = report.pyplot()
   paths = []
   shapes = sorted({_shape_of_row(r) for r in rows}, key=lambda k: (k[2], k[0], k[1]))
   colors = {k: f"C{i}" for i, k in enumerate(shapes)}
