@@ -26,6 +26,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "jax.distributed.initialize() with the cluster detected by JAX.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "CPU devices to split the host into, so that a stack sharded over them "
+    "uses every core; 0: one per core (up to 8), or what XLA_FLAGS / JAX_NUM_CPU_DEVICES set. "
+    "No effect on GPUs.")
 
 # config.experiment -> the module that runs it. Each module has `validate(config) -> settings`
 # (raising config.ConfigError) and `main(settings, workdir)`, which runs and prints its report.
@@ -55,11 +59,15 @@ def main(argv):
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
     _check_process_flags()
+    if _CPU_DEVICES.value < 0:
+      raise config_lib.ConfigError(f"--cpu_devices: must be >= 0, got {_CPU_DEVICES.value}")
   except config_lib.ConfigError as e:
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING if getattr(settings, "quiet", False) else logging.INFO)
-  from memjax import sweep  # after the config is known good: imports jax
+  from memjax import devices  # after the config is known good: imports jax
+  devices.use_cpu_devices(_CPU_DEVICES.value)  # before anything starts JAX's backends
+  from memjax import sweep
   sweep.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                auto=_DISTRIBUTED.value)
   try:

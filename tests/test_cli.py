@@ -62,6 +62,7 @@ def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
       (["--config.experiment=nope"], "config.experiment: must be one of capacity"),
       (["--config.data.vocab_size=2", "--config.data.seq_len=3", "--config.sweep.dataset_sizes=(9,)"],
        "config.sweep.dataset_sizes: dataset size 9 is too large"),
+      (["--cpu_devices=-2"], "--cpu_devices: must be >= 0, got -2"),
   ]
   for extra, needle in cases:
     proc = run_main(TINY + extra, tmp_path / "w")

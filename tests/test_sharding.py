@@ -78,10 +78,20 @@ SHARDED = textwrap.dedent("""
         assert len({s.device for s in leaf.addressable_shards}) == 8
         assert all(s.data.shape[0] == 1 for s in leaf.addressable_shards)
     check(state)
-    hlo = train_lib.train_steps.lower(cfg, tcfg, state, 2).compile().as_text()
-    for op in ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter"):
-      assert op not in hlo, op
+    assert train_lib.stack_layout(cfg, tcfg, state).blocks == 8
+    # Both layouts (vmap over the models, and lax.map within each device's block) run without
+    # moving data between devices.
+    for sequential in (False, True):
+      layout = train_lib.StackLayout(8, sequential)
+      hlo = train_lib.train_steps_in_layout.lower(cfg, tcfg, state, 2, layout=layout)
+      hlo = hlo.compile().as_text()
+      for op in ("all-reduce", "all-gather", "all-to-all", "collective-permute",
+                 "reduce-scatter"):
+        assert op not in hlo, (op, layout)
     state, losses = train_lib.train_steps(cfg, tcfg, state, 2)
+    check(state)
+    state, _ = train_lib.train_steps_in_layout(cfg, tcfg, state, 2,
+                                               layout=train_lib.StackLayout(8, True))
     check(state)
     print("ok", losses.shape)
 """)
@@ -92,3 +102,28 @@ def test_every_leaf_is_sharded_over_the_devices_without_collectives():
                         text=True, timeout=300, env=env_with(EIGHT))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ok (2, 8)" in proc.stdout
+
+
+DEVICES = textwrap.dedent("""
+    import sys
+    from memjax import devices
+    print("asked", devices.use_cpu_devices(int(sys.argv[1])))
+    import jax
+    print("devices", jax.local_device_count())
+    print("again", devices.use_cpu_devices(5))  # JAX runs now: nothing changes
+""")
+
+
+def run_devices(count, xla_flags=None):
+  proc = subprocess.run([sys.executable, "-c", DEVICES, str(count)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, env=env_with(xla_flags))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout.split()
+
+
+def test_cpu_devices_default_to_one_per_core_and_keep_what_the_user_set():
+  from memjax import devices
+  cores = str(min(devices.cpu_cores(), devices.MAX_DEFAULT_CPU_DEVICES))
+  assert run_devices(0) == ["asked", cores, "devices", cores, "again", "None"]
+  assert run_devices(0, EIGHT) == ["asked", "None", "devices", "8", "again", "None"]
+  assert run_devices(3, EIGHT) == ["asked", "3", "devices", "3", "again", "None"]
