@@ -2,9 +2,10 @@
 
 Everything per model is an array with a leading model axis M: parameters, optimizer state (the
 peak learning rate is an injected hyperparameter, so it is an array too), the data key, the
-dataset size N and the position in the dataset. One step is written for one model and lifted with
-`jax.vmap`; `steps_per_call` steps are fused with `lax.scan` so tiny models do not pay a dispatch a
-step. A model whose loss turns NaN or inf is frozen (its update is dropped) and marked `diverged`.
+dataset size N and the position in the dataset. One step is written for one model and lifted to
+the stack (`lift_to_stack`: `jax.vmap`, or on a CPU with big batches `lax.map` within each
+device's block of models); `steps_per_call` steps are fused with `lax.scan` so tiny models do not
+pay a dispatch a step. A model whose loss turns NaN or inf is frozen (its update is dropped) and marked `diverged`.
 
 Saturation (`TrainConfig.saturation_tolerance > 0`): computing the memorization of a whole
 training set inside the scan is too costly, so each model keeps an on-device estimate instead.
@@ -251,14 +252,70 @@ def _track_saturation(cfg, tcfg: TrainConfig, state: StackState, apply, loss, ne
   return new_sat, saturated
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 3), donate_argnums=(2,))
+# On a CPU, the models of a device's block run one after another (lax.map) once a model's batch
+# holds this many tokens: measured faster there than one vmap over the block, whose batched
+# matmuls XLA:CPU runs less well than plain ones (benchmarks/README.md). Below it, and on GPUs,
+# the block is vmapped.
+CPU_SEQUENTIAL_MIN_TOKENS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class StackLayout:
+  """How one model's step is lifted to a stack: a speed choice only, results are the same."""
+  blocks: int = 1  # contiguous blocks of the model axis, one per device it is sharded over
+  sequential: bool = False  # lax.map over the models of a block instead of vmap
+
+
+def stack_layout(cfg, tcfg: TrainConfig, state: StackState) -> StackLayout:
+  """The layout for a stack as it is placed: its device blocks, and vmap or lax.map in each."""
+  leaf = state.step_M
+  models = leaf.shape[0]
+  sharding = getattr(leaf, "sharding", None)
+  if sharding is None:  # a host array: it will go to the default device
+    blocks, platform = 1, jax.default_backend()
+  else:
+    blocks = models // sharding.shard_shape(leaf.shape)[0]
+    platform = next(iter(sharding.device_set)).platform
+  per_block = models // blocks
+  big_batch = platform == "cpu" and tcfg.batch_size * cfg.seq_len >= CPU_SEQUENTIAL_MIN_TOKENS
+  # One model a block: lax.map runs the one-model program, without a size-1 batch axis.
+  return StackLayout(blocks, sequential=big_batch or per_block == 1)
+
+
+def lift_to_stack(step, state, layout: StackLayout):
+  """`step` (one model's state -> (state, outputs)) applied to every model of a stacked state.
+
+  Sequential blocks are [blocks, models per block] reshapes of the model axis: vmap over the
+  blocks (each lives on its own device, so no data moves) and lax.map within each.
+  """
+  if not layout.sequential:
+    return jax.vmap(step)(state)
+  if layout.blocks == 1:
+    return jax.lax.map(step, state)
+  split = lambda a: a.reshape((layout.blocks, a.shape[0] // layout.blocks) + a.shape[1:])
+  merge = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+  out = jax.vmap(lambda block: jax.lax.map(step, block))(jax.tree.map(split, state))
+  return jax.tree.map(merge, out)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3), static_argnames=("layout",),
+                   donate_argnums=(2,))
+def train_steps_in_layout(cfg, tcfg, state: StackState, num_steps: int, corpus_NxS=None, *,
+                          layout: StackLayout = StackLayout()):
+  """`num_steps` steps of the whole stack in one dispatch. Returns (state, losses [K, M])."""
+  step = lambda s: train_step(cfg, tcfg, s, corpus_NxS)
+  return jax.lax.scan(lambda s, _: lift_to_stack(step, s, layout), state, None,
+                      length=num_steps)
+
+
 def train_steps(cfg, tcfg, state: StackState, num_steps: int, corpus_NxS=None):
   """`num_steps` steps of the whole stack in one dispatch. Returns (state, losses [K, M]).
 
-  `corpus_NxS` (text data) is shared by all models and stays on the device between calls.
+  The state is donated. `corpus_NxS` (text data) is shared by all models and stays on the
+  device between calls. The layout (`stack_layout`) follows how the state is placed.
   """
-  step = jax.vmap(lambda s: train_step(cfg, tcfg, s, corpus_NxS))
-  return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
+  return train_steps_in_layout(cfg, tcfg, state, num_steps, corpus_NxS,
+                               layout=stack_layout(cfg, tcfg, state))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), donate_argnums=(2,))
