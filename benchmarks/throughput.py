@@ -2,7 +2,10 @@
 
 For each training row (model shape, sequences per model per step) it times:
   a. a stack of M models in one memjax program (`train.train_steps`), M swept upwards until
-     memory runs out (the out-of-memory error is caught, recorded and ends that sweep);
+     memory runs out (the out-of-memory error is caught, recorded and ends that sweep). The stack
+     is sharded over the local devices as `memjax.capacity` shards a chunk; on a CPU the host is
+     split into one device per core (`--cpu_devices`, as `memjax.main` does), and the same stack
+     on one device is timed too, so that the report shows what the sharding adds;
   b. the same M models one after another through memjax's single-model path
      (`train.train_steps_single`): ONE model is timed and its time multiplied by M. The models of
      a row are identical in cost, so this extrapolation is exact up to timing noise; the report
@@ -49,7 +52,10 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from memjax import devices as devices_lib
 from memjax import likelihood
 from memjax import model as model_lib
 from memjax import train as train_lib
@@ -161,6 +167,17 @@ def _specs(m):
   return [train_lib.ModelSpec(100_000 + i, i, 1e-3) for i in range(m)]
 
 
+def placed_stack(cfg, tcfg, m):
+  """A fresh stack of m models, sharded over as many local devices as divide m evenly (all of
+  them, on a CPU split into one device per core, when m is a multiple of their count), as
+  `memjax.capacity` places a chunk. Returns (state, devices used)."""
+  n = math.gcd(m, jax.local_device_count())
+  if n == 1:
+    return train_lib.init_stack_from_specs(cfg, tcfg, _specs(m)), 1
+  sharding = NamedSharding(train_lib.model_mesh(jax.local_devices()[:n]), P("models"))
+  return train_lib.init_stack_from_specs(cfg, tcfg, _specs(m), sharding=sharding), n
+
+
 class _Timer:
   """Best seconds per call of one measured thing, over calls interleaved with the others."""
 
@@ -227,15 +244,25 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
       stacks.append({"models": m, "skipped": "time budget of the preset spent"})
       continue
     try:
-      stack = _Timer(lambda s: train_lib.train_steps(cfg, tcfg, s, k),
-                     train_lib.init_stack_from_specs(cfg, tcfg, _specs(m))).warm()
+      placed, n_dev = placed_stack(cfg, tcfg, m)
+      layout = train_lib.stack_layout(cfg, tcfg, placed)
+      stack = _Timer(lambda s: train_lib.train_steps(cfg, tcfg, s, k), placed).warm()
+      # The same stack on one device, for what sharding over the devices adds (CPU cores).
+      one_device = None
+      if n_dev > 1:
+        one_device = _Timer(lambda s: train_lib.train_steps(cfg, tcfg, s, k),
+                            train_lib.init_stack_from_specs(cfg, tcfg, _specs(m))).warm()
       for _ in range(preset.calls):
         stack.time()
+        if one_device is not None:
+          one_device.time()
         single.time()
         if torch_timer is not None:
           torch_timer.time()
       mem = peak_bytes()
       del stack.state
+      if one_device is not None:
+        del one_device.state
     except Exception as e:  # noqa: BLE001 - only out-of-memory ends the sweep quietly
       if not is_oom(e):
         raise
@@ -245,9 +272,12 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
     tokens_s = m * tokens_per_model_step / stack_s
     stacks.append({
         "models": m,
+        "devices": n_dev,
+        "layout": "lax.map in each device" if layout.sequential else "vmap",
         "seconds_per_step": stack_s,
         "tokens_per_s": tokens_s,
         "model_steps_per_s": m / stack_s,
+        "one_device_seconds_per_step": one_device.best / k if one_device else None,
         "peak_bytes_per_model": mem / m if mem else None,
         "mfu": tokens_s * flops / (peak * 1e12) if peak else None,
     })
@@ -260,6 +290,8 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
     if "seconds_per_step" in s:
       s["ratio_vs_one_after_another"] = single_s * s["models"] / s["seconds_per_step"]
       s["ratio_vs_torch"] = torch_s * s["models"] / s["seconds_per_step"] if torch_s else None
+      one = s["one_device_seconds_per_step"]
+      s["one_device_ratio_vs_one_after_another"] = single_s * s["models"] / one if one else None
   if torch_gpt2 is not None:
     torch_gpt2.release()
   return {
@@ -333,10 +365,11 @@ def gib(x):
 
 
 def print_header(report):
-  print(f"device: {report['device']}  jax {report['jax']}  commit {report['commit']}  "
+  print(f"device: {report['device']} x{report['local_devices']}  jax {report['jax']}  commit {report['commit']}  "
         f"{report['date']}  ({report['preset']} preset)")
   print(f"{'shape':>20} {'B':>5} {'M':>4} {'tokens/s':>9} {'model-steps/s':>13} "
-        f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}", flush=True)
+        f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}  devices, layout "
+        f"(x 1-by-1 of the stack on one device)", flush=True)
 
 
 def print_training(r):
@@ -351,7 +384,9 @@ def print_training(r):
       print(f"{lead} {s['tokens_per_s']:>9.3g} {s['model_steps_per_s']:>13.4g} "
             f"{fmt(s['ratio_vs_one_after_another'], '.2f'):>8} "
             f"{fmt(s['ratio_vs_torch'], '.2f'):>8} {fmt(s['mfu'], '.1%'):>6} "
-            f"{fmt(gib(s['peak_bytes_per_model']), '.3f'):>9}")
+            f"{fmt(gib(s['peak_bytes_per_model']), '.3f'):>9}  {s['devices']}, {s['layout']}"
+            + (f" ({s['one_device_ratio_vs_one_after_another']:.2f})"
+               if s["one_device_ratio_vs_one_after_another"] else ""))
   one, tor = r["one_after_another"], r["torch"]
   print(f"{'':>20} one model alone: memjax single path {one['tokens_per_s']:.3g} tokens/s "
         f"({one['model_steps_per_s']:.4g} steps/s; M models one after another = this / M, "
@@ -384,7 +419,8 @@ def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes
   """Run a preset; returns the report (and writes it as JSON to `out` after every row)."""
   start = time.perf_counter()
   deadline = start + max_minutes * 60
-  report = {"preset": name, "device": device_kind(), "platform": platform.platform(),
+  report = {"preset": name, "device": device_kind(), "local_devices": jax.local_device_count(),
+            "cpu_cores": devices_lib.cpu_cores(), "platform": platform.platform(),
             "jax": jax.__version__, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
             "flops_formula": "per trained token 6*n_params + 6*L*S*d; scored: a third",
             "steps_per_call": preset.steps_per_call, "calls": preset.calls,
@@ -430,7 +466,11 @@ def main(argv=None):
   parser.add_argument("--max_minutes", type=float, default=None,
                       help="stop starting new stack sizes after this (GPU default 5)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+  parser.add_argument("--cpu_devices", type=int, default=0,
+                      help="CPU devices the stacks are sharded over (0: one per core, as "
+                           "memjax.main does); the single-model path uses one")
   args = parser.parse_args(argv)
+  devices_lib.use_cpu_devices(args.cpu_devices)
   if args.gpu:
     # Allocate on demand: the PyTorch baseline shares the GPU, and out-of-memory must mean the
     # stack itself no longer fits.

@@ -4,8 +4,10 @@ Times a few training and scoring rows under each variant of the knobs that chang
 memory, not results: the attention implementation (`model.ATTENTION`), the logits block that
 bounds the vocabulary chunk (`likelihood.LOGITS_BLOCK_ELEMENTS`), the previous likelihood kernel
 as the reference (gather of target rows, scatter-add in the backward pass, a scan even for one
-chunk), and how the stack's step is lifted over models: `jax.vmap` (memjax's `train_steps`) or
-`jax.lax.map(..., batch_size=n)` (n models vectorized at a time, the groups one after another). Prints one line per (row, variant) as it goes; stops starting new rows once
+chunk), and how the stack's step is lifted over models: memjax's choice (`train.stack_layout`),
+`jax.vmap` over all (`{"layout": "vmap"}`), `lax.map` one model after another
+(`{"layout": "map"}`), or `jax.lax.map(..., batch_size=n)` (n models vectorized at a time, the
+groups one after another; `{"map_group": n}`). Stacks here are on one device. Prints one line per (row, variant) as it goes; stops starting new rows once
 `--budget_s` seconds have passed.
 
   python -m benchmarks.variants            # small CPU rows
@@ -125,7 +127,8 @@ def mapped_train_steps(cfg, tcfg, state, num_steps, group):
   return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
 
 
-def train_row(cfg, batch, models, steps, calls, single=False, vocab_chunk=4096, group=0):
+def train_row(cfg, batch, models, steps, calls, single=False, vocab_chunk=4096, group=0,
+              layout=None):
   tcfg = train_lib.TrainConfig(steps=10**6, batch_size=batch, learning_rate=1e-3, warmup_steps=10,
                                steps_per_call=steps, vocab_chunk=vocab_chunk)
   specs = [train_lib.ModelSpec(100_000 + i, i, 1e-3) for i in range(models)]
@@ -135,6 +138,9 @@ def train_row(cfg, batch, models, steps, calls, single=False, vocab_chunk=4096, 
     fn = lambda s: train_lib.train_steps_single(cfg, tcfg, s, steps)
   elif group:
     fn = lambda s: mapped_train_steps(cfg, tcfg, s, steps, group)
+  elif layout:
+    forced = train_lib.StackLayout(1, sequential=layout == "map")
+    fn = lambda s: train_lib.train_steps_in_layout(cfg, tcfg, s, steps, layout=forced)
   else:
     fn = lambda s: train_lib.train_steps(cfg, tcfg, s, steps)
   seconds = time_fn(fn, state, calls) / steps
@@ -167,11 +173,11 @@ GPU_PLAN = [
 ]
 CPU_PLAN = [
     ("L1 d32 @8", "train", (256, 32, 1, 32, 2, "fp32"), 8, 8, 20,
-     [{}, {"kernel": "old"}, {"map_group": 1}, {"map_group": 4}]),
+     [{}, {"kernel": "old"}, {"layout": "vmap"}, {"layout": "map"}, {"map_group": 4}]),
     ("L1 d32 @8 single", "single", (256, 32, 1, 32, 2, "fp32"), 8, 1, 20,
      [{}, {"kernel": "old"}]),
     ("L1 d32 @64", "train", (256, 32, 1, 32, 2, "fp32"), 64, 8, 10,
-     [{}, {"kernel": "old"}, {"map_group": 1}, {"map_group": 4}]),
+     [{}, {"kernel": "old"}, {"layout": "vmap"}, {"layout": "map"}, {"map_group": 4}]),
     ("L1 d32 @64 single", "single", (256, 32, 1, 32, 2, "fp32"), 64, 1, 10,
      [{}, {"kernel": "old"}]),
     ("score V=2048", "score", (2048, 32, 1, 32, 2, "fp32"), 256, 8, 0,
@@ -203,7 +209,8 @@ def main(argv=None):
           unit = "seq/s"
         else:
           seconds, rate = train_row(cfg, batch, models, steps, args.calls, single=kind == "single",
-                                    group=variant.get("map_group", 0))
+                                    group=variant.get("map_group", 0),
+                                    layout=variant.get("layout"))
           unit = "tok/s"
         line = f"{rate:.4g} {unit}  ({seconds * 1e3:.3f} ms a {'call' if kind == 'score' else 'step'})"
         results.append({"row": label, "variant": variant, "seconds": seconds, "rate": rate})

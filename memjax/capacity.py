@@ -74,11 +74,7 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
   return rows
 
 
-def model_mesh(devices=None):
-  """A 1-D mesh over the local devices; the model axis of every stacked leaf is split over it."""
-  devices = jax.local_devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ("models",), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+model_mesh = train_lib.model_mesh
 
 
 def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, mesh, position=""):
@@ -91,8 +87,8 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, mesh, position=""):
   start = time.time()
   n = len(specs)
   n_dev = mesh.devices.size
-  size = max(chunk.padded_size, -(-n // n_dev) * n_dev)
-  padded = list(specs) + [specs[-1]] * (size - n)
+  padded = train_lib.padded_to(specs, n_dev)
+  padded += [specs[-1]] * (chunk.padded_size - len(padded))  # one compiled size for the bucket
   sharding = NamedSharding(mesh, P("models"))
   keys = [sweep.model_key(shape, s, tcfg) for s in specs]
   ckpts = checkpoint.ChunkCheckpoints(ckpt_dir)

@@ -152,6 +152,19 @@ def _init_stack(cfg, tcfg, seed_M, dataset_size_M, learning_rate_M) -> StackStat
 init_stack = jax.jit(_init_stack, static_argnums=(0, 1))
 
 
+def model_mesh(devices=None):
+  """A 1-D mesh over the local devices (or `devices`); a stack's model axis is split over it."""
+  devices = jax.local_devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("models",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def padded_to(items: Sequence, multiple: int) -> list:
+  """`items` and copies of its last one, to a multiple of `multiple` (of devices: the copies
+  train on the spare devices and are dropped from the results)."""
+  return list(items) + [items[-1]] * (-len(items) % multiple)
+
+
 @functools.lru_cache(maxsize=None)
 def _init_stack_sharded(sharding):
   return jax.jit(_init_stack, static_argnums=(0, 1), out_shardings=sharding)
@@ -181,7 +194,8 @@ def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec], members=None,
     padded = np.zeros((len(specs), n_max), np.int32)
     for i, m in enumerate(members):
       padded[i, : len(m)] = m
-    state = state.replace(members_MxN=jnp.asarray(padded))
+    members_MxN = jnp.asarray(padded) if sharding is None else jax.device_put(padded, sharding)
+    state = state.replace(members_MxN=members_MxN)
   return state
 
 

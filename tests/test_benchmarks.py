@@ -94,3 +94,12 @@ def test_bf16_rounding_counts_the_updates_that_leave_a_parameter_unchanged():
   # the zero-initialized biases and LayerNorm offsets, and the LayerNorm gains of 1, can move).
   assert lost("fp32", 1e-2) < 0.01
   assert lost("bf16", 1e-7) > 0.5
+
+
+def test_variant_layouts_time_the_same_training():
+  from benchmarks import variants
+  cfg = model_lib.ModelConfig(64, 8, 1, 16, 2, "fp32")
+  for layout in ("vmap", "map", None):
+    seconds, tokens_s = variants.train_row(cfg, batch=4, models=2, steps=2, calls=1,
+                                           layout=layout)
+    assert seconds > 0 and tokens_s == pytest.approx(2 * 4 * 8 / seconds)
