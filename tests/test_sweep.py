@@ -135,18 +135,17 @@ TINY = ["--config=configs/capacity.py", "--config.quiet=True", "--config.data.vo
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
-  proc = run_main(TINY + ["--dry_run", "--config.sweep.models_per_chunk=4", "--cpu_devices=1"],
-                  tmp_path / "w")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = proc.stdout
+  def dry_run(cpu_devices):
+    proc = run_main(TINY + ["--dry_run", "--config.sweep.models_per_chunk=4",
+                            f"--cpu_devices={cpu_devices}"], tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+  out = dry_run(1)
   assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 1 device(s)"), out
   assert "bucket 0: L1 d8 fp32, 1,080 params, 6 models in 2 chunk(s); one model ~" in out
   assert "  chunk 3: 3 models (padded to 3, 3 a device" in out
   # The host split into 2 CPU devices: chunks are padded to a multiple of 2.
-  proc = run_main(TINY + ["--dry_run", "--config.sweep.models_per_chunk=4", "--cpu_devices=2"],
-                  tmp_path / "w")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = proc.stdout
+  out = dry_run(2)
   assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 2 device(s)"), out
   assert "  chunk 3: 3 models (padded to 4, 2 a device" in out
   assert "total: 12 of 12 models to train, at most " in out
