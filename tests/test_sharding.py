@@ -23,11 +23,15 @@ ARGS = ["--config=configs/capacity.py", "--config.quiet=True", "--config.data.vo
         "--config.eval.batch_size=16", "--config.eval.test_size=16"]
 
 
-def env_with(xla_flags=None):
+def env_with(xla_flags=None, cpu_devices=None):
+  """The environment with only the given CPU device settings (none: memjax's default)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
   if xla_flags:
     env["XLA_FLAGS"] = xla_flags
+  if cpu_devices:
+    env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
   return env
 
 
@@ -40,7 +44,7 @@ def run_main(workdir, env):
 
 
 def test_eight_devices_give_the_results_of_one(tmp_path):
-  one = run_main(tmp_path / "one", env_with())
+  one = run_main(tmp_path / "one", env_with(cpu_devices=1))
   eight = run_main(tmp_path / "eight", env_with(EIGHT))
   assert len(one) == len(eight) == 6
   by_key = {r["key"]: r for r in one}
@@ -114,9 +118,10 @@ DEVICES = textwrap.dedent("""
 """)
 
 
-def run_devices(count, xla_flags=None):
+def run_devices(count, xla_flags=None, cpu_devices=None):
   proc = subprocess.run([sys.executable, "-c", DEVICES, str(count)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120, env=env_with(xla_flags))
+                        capture_output=True, text=True, timeout=120,
+                        env=env_with(xla_flags, cpu_devices))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout.split()
 
@@ -127,3 +132,4 @@ def test_cpu_devices_default_to_one_per_core_and_keep_what_the_user_set():
   assert run_devices(0) == ["asked", cores, "devices", cores, "again", "None"]
   assert run_devices(0, EIGHT) == ["asked", "None", "devices", "8", "again", "None"]
   assert run_devices(3, EIGHT) == ["asked", "3", "devices", "3", "again", "None"]
+  assert run_devices(0, cpu_devices=2)[:4] == ["asked", "None", "devices", "2"]

@@ -268,7 +268,8 @@ def test_cli_runs_a_tiny_text_sweep_end_to_end_and_resumes(tmp_path):
   corpus = write_corpus(tmp_path / "corpus")
   config = write_config_file(tmp_path / "tiny.py", corpus)
   workdir = tmp_path / "run"
-  proc = run_main(config, workdir)
+  # 2 CPU devices: each stack of 3 models is padded to 4 and sharded; the copy is dropped.
+  proc = run_main(config, workdir, "--cpu_devices=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
   assert len(rows) == 2 * (2 + 1)  # shapes x (dataset sizes + the full-pool reference)
