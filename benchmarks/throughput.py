@@ -52,8 +52,6 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from memjax import devices as devices_lib
 from memjax import likelihood
@@ -174,7 +172,7 @@ def placed_stack(cfg, tcfg, m):
   n = math.gcd(m, jax.local_device_count())
   if n == 1:
     return train_lib.init_stack_from_specs(cfg, tcfg, _specs(m)), 1
-  sharding = NamedSharding(train_lib.model_mesh(jax.local_devices()[:n]), P("models"))
+  sharding = train_lib.model_sharding(jax.local_devices()[:n])
   return train_lib.init_stack_from_specs(cfg, tcfg, _specs(m), sharding=sharding), n
 
 
@@ -365,8 +363,8 @@ def gib(x):
 
 
 def print_header(report):
-  print(f"device: {report['device']} x{report['local_devices']}  jax {report['jax']}  commit {report['commit']}  "
-        f"{report['date']}  ({report['preset']} preset)")
+  print(f"device: {report['device']} x{report['local_devices']}  jax {report['jax']}  "
+        f"commit {report['commit']}  {report['date']}  ({report['preset']} preset)")
   print(f"{'shape':>20} {'B':>5} {'M':>4} {'tokens/s':>9} {'model-steps/s':>13} "
         f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}  devices, layout "
         f"(x 1-by-1 of the stack on one device)", flush=True)

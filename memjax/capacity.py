@@ -14,8 +14,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from memjax import checkpoint
@@ -74,10 +72,7 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
   return rows
 
 
-model_mesh = train_lib.model_mesh
-
-
-def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, mesh, position=""):
+def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=""):
   """Train (resuming from a checkpoint if there is one) and score the given models of a chunk.
 
   The models are padded with copies of the last one to a multiple of the device count; the copies
@@ -86,10 +81,9 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, mesh, position=""):
   shape, tcfg = chunk.shape, settings.train
   start = time.time()
   n = len(specs)
-  n_dev = mesh.devices.size
+  n_dev = sharding.num_devices
   padded = train_lib.padded_to(specs, n_dev)
   padded += [specs[-1]] * (chunk.padded_size - len(padded))  # one compiled size for the bucket
-  sharding = NamedSharding(mesh, P("models"))
   keys = [sweep.model_key(shape, s, tcfg) for s in specs]
   ckpts = checkpoint.ChunkCheckpoints(ckpt_dir)
   state = train_lib.init_stack_from_specs(shape, tcfg, padded, sharding=sharding)
@@ -181,8 +175,8 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   multi-process run (process 0 writes it).
   """
   pid, nproc = _process()
-  mesh = model_mesh()
-  plan = sweep.plan_chunks(settings, list(mesh.devices.flat))
+  sharding = train_lib.model_sharding()
+  plan = sweep.plan_chunks(settings, list(sharding.mesh.devices.flat))
   results = sweep.ResultsFile(sweep.results_path(workdir, pid, nproc))
   done = {r.get("key") for r in sweep.read_all_rows(workdir)}
   ckpt_root = os.path.join(workdir, "checkpoints")
@@ -205,7 +199,8 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   sweep_start = time.time()
   for i, (chunk, specs, cid) in enumerate(work):
     position = f"[{i + 1}/{len(work)}] "
-    rows = run_chunk(settings, chunk, specs, os.path.join(ckpt_root, cid), mesh, position)
+    rows = run_chunk(settings, chunk, specs, os.path.join(ckpt_root, cid), sharding,
+                     position)
     results.append(rows)
     checkpoint.ChunkCheckpoints(os.path.join(ckpt_root, cid)).delete()
     trained += len(rows)

@@ -53,8 +53,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from memjax import config as config_lib
@@ -465,11 +463,6 @@ def _save_npz(path, arrays):
   os.replace(tmp, path)
 
 
-def _first(params_M, n):
-  """The first n models of a stacked pytree, on the default device (scoring runs there)."""
-  return jax.device_put(jax.tree.map(lambda a: a[:n], params_M), jax.local_devices()[0])
-
-
 def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
   """Train (or load the stored parameters of) one stack and score it.
 
@@ -486,16 +479,15 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
   n = len(stack)
   # The models are sharded over the local devices (on a CPU: one a core), padded with copies of
   # the last one to a multiple of their count; the copies are dropped once trained.
-  mesh = train_lib.model_mesh()
+  sharding = train_lib.model_sharding()
   state = train_lib.init_stack_from_specs(
-      shape, tcfg, train_lib.padded_to(specs, mesh.devices.size),
-      train_lib.padded_to(member_rows, mesh.devices.size),
-      sharding=NamedSharding(mesh, P("models")))
+      shape, tcfg, train_lib.padded_to(specs, sharding.num_devices),
+      train_lib.padded_to(member_rows, sharding.num_devices), sharding=sharding)
   trained = not os.path.exists(params_path)
   if not trained:
     with np.load(stack_dir + ".train_state.npz") as meta:
       steps_M, diverged_M = meta["steps"], meta["diverged"]
-    params_M = _load_params(params_path, _first(state.params, n))
+    params_M = _load_params(params_path, state.params)
     logging.info("%s: loaded trained parameters from %s", label, params_path)
   else:
     tokens_per_step = tcfg.batch_size * shape.seq_len * n
@@ -507,7 +499,8 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
                             f"{tokens_per_step * bar.n / max(time.time() - start, 1e-9):,.0f} "
                             "tok/s", refresh=False)
       state, _ = train_lib.train(shape, tcfg, state, progress, corpus_NxS=corpus_NxS)
-    params_M = _first(state.params, n)
+    # The padding copies dropped; scoring runs on the default device.
+    params_M = jax.device_put(jax.tree.map(lambda a: a[:n], state.params), jax.local_devices()[0])
     steps_M = np.asarray(state.step_M)[:n]
     diverged_M = np.asarray(state.diverged_M)[:n]
     if settings.save_params:

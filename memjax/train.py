@@ -5,7 +5,8 @@ peak learning rate is an injected hyperparameter, so it is an array too), the da
 dataset size N and the position in the dataset. One step is written for one model and lifted to
 the stack (`lift_to_stack`: `jax.vmap`, or on a CPU with big batches `lax.map` within each
 device's block of models); `steps_per_call` steps are fused with `lax.scan` so tiny models do not
-pay a dispatch a step. A model whose loss turns NaN or inf is frozen (its update is dropped) and marked `diverged`.
+pay a dispatch a step. A model whose loss turns NaN or inf is frozen (its update is dropped) and
+marked `diverged`.
 
 Saturation (`TrainConfig.saturation_tolerance > 0`): computing the memorization of a whole
 training set inside the scan is too costly, so each model keeps an on-device estimate instead.
@@ -38,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from memjax import likelihood
 from memjax import model as model_lib
@@ -152,11 +155,12 @@ def _init_stack(cfg, tcfg, seed_M, dataset_size_M, learning_rate_M) -> StackStat
 init_stack = jax.jit(_init_stack, static_argnums=(0, 1))
 
 
-def model_mesh(devices=None):
-  """A 1-D mesh over the local devices (or `devices`); a stack's model axis is split over it."""
+def model_sharding(devices=None) -> NamedSharding:
+  """The model axis of a stack split over the local devices (or `devices`), a block a device."""
   devices = jax.local_devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ("models",), devices=devices,
+  mesh = jax.make_mesh((len(devices),), ("models",), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
+  return NamedSharding(mesh, P("models"))
 
 
 def padded_to(items: Sequence, multiple: int) -> list:
@@ -174,7 +178,7 @@ def init_stack_from_specs(cfg, tcfg, specs: Sequence[ModelSpec], members=None,
                           sharding=None) -> StackState:
   """A fresh stack; `members` (text data): one index array per model, of length its N.
 
-  `sharding` (optional, e.g. NamedSharding(mesh, P('models'))) places every leaf, sharded along
+  `sharding` (optional, e.g. `model_sharding()`) places every leaf, sharded along
   the model axis, directly where it will train (the model count must divide evenly).
   """
   arrays = [np.array([getattr(s, f) for s in specs], dtype)

@@ -66,12 +66,10 @@ def test_eight_devices_give_the_results_of_one(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import jax, numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from memjax import capacity, model as model_lib, train as train_lib
+    from memjax import model as model_lib, train as train_lib
     from memjax.train import ModelSpec, TrainConfig
     assert jax.local_device_count() == 8
-    mesh = capacity.model_mesh()
-    sharding = NamedSharding(mesh, P("models"))
+    sharding = train_lib.model_sharding()
     cfg = model_lib.ModelConfig(16, 8, 1, 8, 2)
     tcfg = TrainConfig(steps=4, batch_size=4, steps_per_call=2)
     specs = [ModelSpec(4, i, 1e-2) for i in range(8)]
