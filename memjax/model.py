@@ -75,6 +75,66 @@ def causal_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, dtype):
   return jnp.einsum("bhqt,bthk->bqhk", probs_BxHxSxS, v_BxSxHxK)
 
 
+# Weight gradients with explicit transposes (`contract_rows`): True, False, or None for "on a CPU
+# only". A speed choice: the results agree up to float rounding. Read at trace time.
+EXPLICIT_TRANSPOSES = None
+
+
+def explicit_transposes() -> bool:
+  if EXPLICIT_TRANSPOSES is not None:
+    return EXPLICIT_TRANSPOSES
+  return jax.default_backend() == "cpu"
+
+
+def contract_rows(a_NxI, b_NxO):
+  """a.T @ b: [I, O], summed over the shared leading (row) axis, as weight gradients are.
+
+  XLA:CPU hands a matmul to its fast YNNPACK kernels only when the left operand is contracted
+  over its last axis; autodiff writes a weight gradient as a dot over axis 0 of both operands,
+  which XLA:CPU runs 3-4x slower (benchmarks/README.md). On a CPU the transpose is therefore
+  written out, behind an optimization barrier so that XLA does not fold it back into the dot.
+  Elsewhere (GPU BLAS transposes for free) it is a plain dot.
+  """
+  if not explicit_transposes():
+    return jnp.einsum("ni,no->io", a_NxI, b_NxO)
+  # Transpose the narrower operand (a transpose costs more per element than the matmul does).
+  if a_NxI.shape[1] <= b_NxO.shape[1]:
+    return jnp.matmul(jax.lax.optimization_barrier(a_NxI.T), b_NxO)
+  barrier = jax.lax.optimization_barrier
+  return barrier(jnp.matmul(barrier(b_NxO.T), a_NxI)).T
+
+
+@jax.custom_vjp
+def _dense_matmul(x_NxI, w_IxO):
+  return jnp.matmul(x_NxI, w_IxO)
+
+
+def _dense_matmul_fwd(x_NxI, w_IxO):
+  return jnp.matmul(x_NxI, w_IxO), (x_NxI, w_IxO)
+
+
+def _dense_matmul_bwd(residuals, g_NxO):
+  x_NxI, w_IxO = residuals
+  return jnp.matmul(g_NxO, w_IxO.T), contract_rows(x_NxI, g_NxO).astype(w_IxO.dtype)
+
+
+_dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for `nn.Dense` ([..., I] @ [I, O]) whose weight gradient is
+  `contract_rows`; any other contraction goes to `lax.dot_general` unchanged."""
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  is_dense = (tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
+              and not any(batch) and rhs.ndim == 2)
+  if (not explicit_transposes() or not is_dense or precision is not None
+      or preferred_element_type is not None):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  out_NxO = _dense_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+  return out_NxO.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+
 class Block(nn.Module):
   cfg: ModelConfig
 
@@ -84,7 +144,7 @@ class Block(nn.Module):
     d, h = cfg.d_model, cfg.num_heads
     dense = lambda n, name, std=0.02: nn.Dense(
         n, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name,
-        kernel_init=nn.initializers.normal(std))
+        kernel_init=nn.initializers.normal(std), dot_general=dense_dot_general)
     # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2L).
     resid_std = 0.02 / math.sqrt(2 * cfg.layers)
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name)

@@ -59,3 +59,43 @@ def test_attention_implementations_give_the_same_logprobs(precision, monkeypatch
   monkeypatch.setattr(model_lib, "ATTENTION", "flash")
   with pytest.raises(ValueError, match="einsum"):
     likelihood.token_logprobs(cfg, params, tokens)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_explicit_transposes_give_the_gradients_of_plain_autodiff(precision, monkeypatch):
+  # The CPU weight gradients (model.contract_rows, behind Dense and the likelihood kernel) are a
+  # speed choice: a stack's loss gradients must equal those of JAX's own transposes.
+  cfg = model_lib.ModelConfig(300, 12, 2, 32, 4, precision)
+  params_M = jax.vmap(lambda k: model_lib.init_params(cfg, k))(jax.random.split(jax.random.key(0), 2))
+  tokens_MxBxS = jax.random.randint(jax.random.key(1), (2, 3, 12), 0, 300)
+  grads = lambda: jax.jit(jax.vmap(jax.grad(lambda p, t: likelihood.mean_loss(cfg, p, t, 128))))(
+      params_M, tokens_MxBxS)
+  monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", False)
+  plain = grads()
+  monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", True)
+  explicit = grads()
+  tol = 1e-6 if precision == "fp32" else 2e-2
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(explicit)):
+    scale = float(jnp.abs(a.astype(jnp.float32)).max())
+    np.testing.assert_allclose(b.astype(jnp.float32), a.astype(jnp.float32), atol=tol * scale)
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((7, 3), (7, 5)), ((7, 5), (7, 3))])
+def test_contract_rows_is_a_transposed_matmul_either_way_round(shape_a, shape_b, monkeypatch):
+  monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", True)
+  a = jax.random.normal(jax.random.key(0), shape_a)
+  b = jax.random.normal(jax.random.key(1), shape_b)
+  np.testing.assert_allclose(jax.jit(model_lib.contract_rows)(a, b), np.asarray(a).T @ np.asarray(b),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_dense_dot_general_leaves_other_contractions_to_lax(monkeypatch):
+  monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", True)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 3))
+  w = jax.random.normal(jax.random.key(1), (2, 3, 5))
+  batched = (((2,), (1,)), ((0,), (0,)))
+  np.testing.assert_allclose(model_lib.dense_dot_general(x, w, batched),
+                             jax.lax.dot_general(x, w, batched), rtol=1e-6)
+  dense = (((2,), (0,)), ((), ()))
+  np.testing.assert_allclose(model_lib.dense_dot_general(x, w[0], dense),
+                             jax.lax.dot_general(x, w[0], dense), rtol=1e-6)
