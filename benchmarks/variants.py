@@ -1,7 +1,9 @@
 """Timing of kernel variants, to choose memjax's defaults (the profile step of issue 8).
 
 Times a few training and scoring rows under each variant of the knobs that change only speed and
-memory, not results: the attention implementation (`model.ATTENTION`), the logits block that
+memory, not results: the attention implementation (`model.ATTENTION`), weight gradients with or
+without written-out transposes (`model.EXPLICIT_TRANSPOSES`, `{"explicit_transposes": false}`;
+the default writes them out on a CPU only), the logits block that
 bounds the vocabulary chunk (`likelihood.LOGITS_BLOCK_ELEMENTS`), the previous likelihood kernel
 as the reference (gather of target rows, scatter-add in the backward pass, a scan even for one
 chunk), and how the stack's step is lifted over models: memjax's choice (`train.stack_layout`),
@@ -101,6 +103,7 @@ NEW_TARGET_LOGPROBS = likelihood.target_logprobs
 def set_variant(variant):
   """Apply a variant's knobs (and drop compiled programs, which baked in the previous ones)."""
   model_lib.ATTENTION = variant.get("attention", "auto")
+  model_lib.EXPLICIT_TRANSPOSES = variant.get("explicit_transposes")
   likelihood.LOGITS_BLOCK_ELEMENTS = variant.get("logits_block")
   likelihood.target_logprobs = (old_target_logprobs if variant.get("kernel") == "old"
                                 else NEW_TARGET_LOGPROBS)
@@ -159,7 +162,8 @@ def score_row(cfg, batch, models, calls, vocab_chunk=4096):
 GPU_PLAN = [
     # (label, kind, (V, S, L, d, heads, precision), batch, models, steps, variants)
     ("L1 d32 @64", "train", (2048, 64, 1, 32, 4, "bf16"), 64, 256, 20,
-     [{}, {"kernel": "old"}, {"attention": "cudnn"}, {"logits_block": 2**22}]),
+     [{}, {"kernel": "old"}, {"attention": "cudnn"}, {"logits_block": 2**22},
+      {"explicit_transposes": True}]),
     ("L1 d32 @64 single", "single", (2048, 64, 1, 32, 4, "bf16"), 64, 1, 20, [{}]),
     ("L1 d32 @2048", "train", (2048, 64, 1, 32, 4, "bf16"), 2048, 16, 10,
      [{}, {"kernel": "old"}, {"logits_block": 2**30}, {"logits_block": 2**26}]),
@@ -173,13 +177,15 @@ GPU_PLAN = [
 ]
 CPU_PLAN = [
     ("L1 d32 @8", "train", (256, 32, 1, 32, 2, "fp32"), 8, 8, 20,
-     [{}, {"kernel": "old"}, {"layout": "vmap"}, {"layout": "map"}, {"map_group": 4}]),
+     [{}, {"explicit_transposes": False}, {"kernel": "old"}, {"layout": "vmap"},
+      {"layout": "map"}, {"map_group": 4}]),
     ("L1 d32 @8 single", "single", (256, 32, 1, 32, 2, "fp32"), 8, 1, 20,
-     [{}, {"kernel": "old"}]),
+     [{}, {"explicit_transposes": False}, {"kernel": "old"}]),
     ("L1 d32 @64", "train", (256, 32, 1, 32, 2, "fp32"), 64, 8, 10,
-     [{}, {"kernel": "old"}, {"layout": "vmap"}, {"layout": "map"}, {"map_group": 4}]),
+     [{}, {"explicit_transposes": False}, {"kernel": "old"}, {"layout": "vmap"},
+      {"layout": "map"}, {"map_group": 4}]),
     ("L1 d32 @64 single", "single", (256, 32, 1, 32, 2, "fp32"), 64, 1, 10,
-     [{}, {"kernel": "old"}]),
+     [{}, {"explicit_transposes": False}, {"kernel": "old"}]),
     ("score V=2048", "score", (2048, 32, 1, 32, 2, "fp32"), 256, 8, 0,
      [{}, {"kernel": "old"}, {"logits_block": 2**24}]),
 ]
