@@ -61,23 +61,21 @@ def test_attention_implementations_give_the_same_logprobs(precision, monkeypatch
     likelihood.token_logprobs(cfg, params, tokens)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_explicit_transposes_give_the_gradients_of_plain_autodiff(precision, monkeypatch):
+def test_explicit_transposes_give_the_gradients_of_plain_autodiff(monkeypatch):
   # The CPU weight gradients (model.contract_rows, behind Dense and the likelihood kernel) are a
   # speed choice: a stack's loss gradients must equal those of JAX's own transposes.
-  cfg = model_lib.ModelConfig(300, 12, 2, 32, 4, precision)
+  # V > the 128-column chunk, so the scanned backward of the likelihood kernel runs too.
+  cfg = model_lib.ModelConfig(300, 8, 1, 16, 2)
   params_M = jax.vmap(lambda k: model_lib.init_params(cfg, k))(jax.random.split(jax.random.key(0), 2))
-  tokens_MxBxS = jax.random.randint(jax.random.key(1), (2, 3, 12), 0, 300)
+  tokens_MxBxS = jax.random.randint(jax.random.key(1), (2, 3, 8), 0, 300)
   grads = lambda: jax.jit(jax.vmap(jax.grad(lambda p, t: likelihood.mean_loss(cfg, p, t, 128))))(
       params_M, tokens_MxBxS)
   monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", False)
   plain = grads()
   monkeypatch.setattr(model_lib, "EXPLICIT_TRANSPOSES", True)
   explicit = grads()
-  tol = 1e-6 if precision == "fp32" else 2e-2
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(explicit)):
-    scale = float(jnp.abs(a.astype(jnp.float32)).max())
-    np.testing.assert_allclose(b.astype(jnp.float32), a.astype(jnp.float32), atol=tol * scale)
+    np.testing.assert_allclose(b, a, atol=1e-6 * float(jnp.abs(a).max()))
 
 
 @pytest.mark.parametrize("shape_a,shape_b", [((7, 3), (7, 5)), ((7, 5), (7, 3))])

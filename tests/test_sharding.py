@@ -65,6 +65,7 @@ def test_eight_devices_give_the_results_of_one(tmp_path):
 
 
 SHARDED = textwrap.dedent("""
+    import types
     import jax, numpy as np
     from memjax import model as model_lib, train as train_lib
     from memjax.train import ModelSpec, TrainConfig
@@ -80,7 +81,12 @@ SHARDED = textwrap.dedent("""
         assert len({s.device for s in leaf.addressable_shards}) == 8
         assert all(s.data.shape[0] == 1 for s in leaf.addressable_shards)
     check(state)
-    assert train_lib.stack_layout(cfg, tcfg, state).blocks == 8
+    assert train_lib.stack_layout(cfg, tcfg, state) == train_lib.StackLayout(8, True)
+    # Two models a device: vmapped in each, at a big batch too (one device would lax.map them).
+    big = TrainConfig(batch_size=train_lib.CPU_SEQUENTIAL_MIN_TOKENS // cfg.seq_len)
+    two_each = types.SimpleNamespace(step_M=jax.device_put(np.zeros(16, np.int32), sharding))
+    assert train_lib.stack_layout(cfg, big, two_each) == train_lib.StackLayout(8, False)
+    assert train_lib.stack_layout(cfg, tcfg, two_each) == train_lib.StackLayout(8, False)
     # Both layouts (vmap over the models, and lax.map within each device's block) run without
     # moving data between devices.
     for sequential in (False, True):
