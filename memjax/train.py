@@ -3,8 +3,8 @@
 Everything per model is an array with a leading model axis M: parameters, optimizer state (the
 peak learning rate is an injected hyperparameter, so it is an array too), the data key, the
 dataset size N and the position in the dataset. One step is written for one model and lifted to
-the stack (`lift_to_stack`: `jax.vmap`, or on a CPU with big batches `lax.map` within each
-device's block of models); `steps_per_call` steps are fused with `lax.scan` so tiny models do not
+the stack (`lift_to_stack`: `jax.vmap`, or for a stack on one CPU device with big batches
+`lax.map`; see `stack_layout`); `steps_per_call` steps are fused with `lax.scan` so tiny models do not
 pay a dispatch a step. A model whose loss turns NaN or inf is frozen (its update is dropped) and
 marked `diverged`.
 
