@@ -91,13 +91,13 @@ def contract_rows(a_NxI, b_NxO):
 
   XLA:CPU hands a matmul to its fast YNNPACK kernels only when the left operand is contracted
   over its last axis; autodiff writes a weight gradient as a dot over axis 0 of both operands,
-  which XLA:CPU runs 3-4x slower (benchmarks/README.md). On a CPU the transpose is therefore
+  which XLA:CPU runs several times slower (benchmarks/README.md). On a CPU the transpose is therefore
   written out, behind an optimization barrier so that XLA does not fold it back into the dot.
   Elsewhere (GPU BLAS transposes for free) it is a plain dot.
   """
   if not explicit_transposes():
     return jnp.einsum("ni,no->io", a_NxI, b_NxO)
-  # Transpose the narrower operand (a transpose costs more per element than the matmul does).
+  # Transpose the narrower operand: the transposed copy is not free on a CPU either.
   if a_NxI.shape[1] <= b_NxO.shape[1]:
     return jnp.matmul(jax.lax.optimization_barrier(a_NxI.T), b_NxO)
   barrier = jax.lax.optimization_barrier
@@ -121,16 +121,17 @@ def _dense_matmul_bwd(residuals, g_NxO):
 _dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                      **kwargs):
   """`lax.dot_general` for `nn.Dense` ([..., I] @ [I, O]) whose weight gradient is
-  `contract_rows`; any other contraction goes to `lax.dot_general` unchanged."""
+  `contract_rows`; any other contraction (or option) goes to `lax.dot_general` unchanged."""
   (lhs_contract, rhs_contract), batch = dimension_numbers
   is_dense = (tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
               and not any(batch) and rhs.ndim == 2)
   if (not explicit_transposes() or not is_dense or precision is not None
-      or preferred_element_type is not None):
+      or preferred_element_type is not None or kwargs):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
+                               preferred_element_type=preferred_element_type, **kwargs)
   out_NxO = _dense_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
   return out_NxO.reshape(lhs.shape[:-1] + rhs.shape[1:])
 
