@@ -120,7 +120,7 @@ def _target_logprobs_bwd(chunk, residuals, g_N):
     dlogits_NxK = g_N[:, None] * (_is_target(targets_N, offset, k).astype(jnp.float32) - probs_NxK)
     dlogits_NxK = dlogits_NxK.astype(h_NxD.dtype)
     grad_h_NxD = jnp.einsum("nk,kd->nd", dlogits_NxK, w_KxD, preferred_element_type=jnp.float32)
-    grad_w_KxD = model_lib.contract_rows(dlogits_NxK, h_NxD).astype(jnp.float32)
+    grad_w_KxD = model_lib.contract_rows(dlogits_NxK, h_NxD, preferred_element_type=jnp.float32)
     return grad_h_NxD, grad_w_KxD
 
   if chunk >= v:

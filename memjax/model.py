@@ -86,22 +86,23 @@ def explicit_transposes() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def contract_rows(a_NxI, b_NxO):
+def contract_rows(a_NxI, b_NxO, preferred_element_type=None):
   """a.T @ b: [I, O], summed over the shared leading (row) axis, as weight gradients are.
 
   XLA:CPU hands a matmul to its fast YNNPACK kernels only when the left operand is contracted
   over its last axis; autodiff writes a weight gradient as a dot over axis 0 of both operands,
-  which XLA:CPU runs several times slower (benchmarks/README.md). On a CPU the transpose is therefore
-  written out, behind an optimization barrier so that XLA does not fold it back into the dot.
-  Elsewhere (GPU BLAS transposes for free) it is a plain dot.
+  which XLA:CPU runs several times slower (benchmarks/README.md). On a CPU the transpose is
+  therefore written out, behind an optimization barrier so that XLA does not fold it back into
+  the dot. Elsewhere (GPU BLAS transposes for free) it is a plain dot.
   """
+  out = preferred_element_type
   if not explicit_transposes():
-    return jnp.einsum("ni,no->io", a_NxI, b_NxO)
+    return jnp.einsum("ni,no->io", a_NxI, b_NxO, preferred_element_type=out)
+  barrier = jax.lax.optimization_barrier
   # Transpose the narrower operand: the transposed copy is not free on a CPU either.
   if a_NxI.shape[1] <= b_NxO.shape[1]:
-    return jnp.matmul(jax.lax.optimization_barrier(a_NxI.T), b_NxO)
-  barrier = jax.lax.optimization_barrier
-  return barrier(jnp.matmul(barrier(b_NxO.T), a_NxI)).T
+    return jnp.matmul(barrier(a_NxI.T), b_NxO, preferred_element_type=out)
+  return barrier(jnp.matmul(barrier(b_NxO.T), a_NxI, preferred_element_type=out)).T
 
 
 @jax.custom_vjp

@@ -85,6 +85,11 @@ def test_contract_rows_is_a_transposed_matmul_either_way_round(shape_a, shape_b,
   b = jax.random.normal(jax.random.key(1), shape_b)
   np.testing.assert_allclose(jax.jit(model_lib.contract_rows)(a, b), np.asarray(a).T @ np.asarray(b),
                              rtol=1e-5, atol=1e-6)
+  # bf16 operands with an fp32 result, as the likelihood kernel asks for its embedding gradient.
+  bf16 = model_lib.contract_rows(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                                 preferred_element_type=jnp.float32)
+  assert bf16.dtype == jnp.float32
+  np.testing.assert_allclose(bf16, np.asarray(a).T @ np.asarray(b), rtol=2e-2, atol=5e-2)
 
 
 def test_dense_dot_general_leaves_other_contractions_to_lax(monkeypatch):
