@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from memjax import checkpoint
 from memjax import config as config_lib
+from memjax import jsonio
 from memjax import memorization
 from memjax import model as model_lib
 from memjax import report
@@ -228,7 +229,7 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
     return None, trained, already
   rows = sweep.rows_for(sweep.read_all_rows(workdir), set(all_keys))
   summary = memorization.summarize(rows)
-  sweep.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary)
   report.write_capacity_figures(rows, summary, workdir)
   return summary, trained, already
 

@@ -32,9 +32,9 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import jsonio
 from memjax import report
 from memjax import dynamics_experiment as dx
-from memjax.config import ConfigError
 from memjax.train import TrainConfig
 
 SETS = ("heldout", "generated", "train")
@@ -135,7 +135,6 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
 
 
 def main(settings: DistributionalSettings, workdir: str):
-  import jax
   from memjax import dynamics
   from memjax import likelihood
   from memjax import model as model_lib
@@ -184,7 +183,7 @@ def main(settings: DistributionalSettings, workdir: str):
                                 "distinct": [ix.num_distinct(k) for k in range(1, ix.max_n + 1)]}
                        for n, ix in indexes.items()},
              "seconds": round(time.time() - t0, 1)}
-  dx.write_json(os.path.join(workdir, "results.json"), results)
+  jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   write_figure(rows, settings, workdir)
   print(report_text(results))
 

@@ -30,15 +30,13 @@ embeddings_pca.png, centroid_distances.png, boundary_effect.png.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import sys
 import time
 
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import jsonio
 from memjax import report
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
@@ -261,31 +259,11 @@ def _log(settings, *args):
     print(*args, flush=True)
 
 
-def write_json(path, value):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, default=_json_default, allow_nan=True)
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if dataclasses.is_dataclass(x):
-    return dataclasses.asdict(x)
-  raise TypeError(f"not JSON serializable: {type(x)}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Run.
 
 
 def main(settings: DynamicsSettings, workdir: str):
-  import jax
   from memjax import dynamics
   from memjax import model as model_lib
   from memjax import ngram as ngram_lib
@@ -383,7 +361,7 @@ def main(settings: DynamicsSettings, workdir: str):
                    f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
                    f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
   results["seconds"] = round(time.time() - t0, 1)
-  write_json(os.path.join(workdir, "results.json"), results)
+  jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   np.savez(os.path.join(workdir, "scores.npz"), **arrays)
   write_figures(results, arrays, workdir)
   print(report_text(results))

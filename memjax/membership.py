@@ -72,6 +72,8 @@ from scipy import optimize
 from scipy import special
 from scipy import stats
 
+from memjax import jsonio
+
 PUBLISHED = {"c1": 1.34, "c2": -0.034, "c3": -33.14}
 DEFAULT_FPRS = (0.001, 0.01)
 _SD_FLOOR = 1e-6  # Gaussian fits and Min-K%++ moments: keep a zero spread from dividing by zero.
@@ -606,8 +608,7 @@ def save_constants(path, fit_or_constants, **metadata) -> str:
   c = _constants(fit_or_constants)
   record = dict(fit_or_constants) if isinstance(fit_or_constants, Mapping) else {}
   record.update(c1=c[0], c2=c[1], c3=c[2], **metadata)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  jsonio.write_atomic(os.fspath(path), record)
   return os.fspath(path)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
+from memjax import jsonio
 from memjax import report
 from memjax import membership as mi
 from memjax.config import ConfigError
@@ -734,20 +735,19 @@ def run(settings: MembershipSettings, workdir: str):
     rows += cached_stack(settings, workdir, "lira shadows", design, counts,
                          lambda part: run_lira(settings, workdir, text, part))
   np.savez(os.path.join(workdir, "design.npz"), **design)
-  with open(os.path.join(workdir, "design.json"), "w") as f:
-    json.dump({
-        "settings": config_lib.to_jsonable(settings),
-        "seeds": {"data_seed": settings.data_seed, "model_seeds": list(settings.seeds),
-                  "lira_seed": settings.lira_seed,
-                  "eval_split_seed": "numpy default_rng([data.seed, model seed, N, 7])",
-                  "lira_eval_seed": "numpy default_rng([lira.seed, target, 13])",
-                  "lira_shadow_seeds": "lira.seed * 1000 + model index"},
-        "members": ("synthetic: indices 0..N-1 of the model's train_key data; non-members: "
-                    "indices of test_key data" if settings.source == "synthetic" else
-                    "text: training pool positions perm([data.seed, seed])[:N]; non-members from "
-                    "the held-out pool; indices in design.npz are corpus rows"),
-        "zlib_encoding": "token ids as little-endian uint16 (V <= 65536) else uint32, zlib level 9",
-        "design_npz_keys": sorted(design)}, f, indent=1)
+  jsonio.write_atomic(os.path.join(workdir, "design.json"), {
+      "settings": config_lib.to_jsonable(settings),
+      "seeds": {"data_seed": settings.data_seed, "model_seeds": list(settings.seeds),
+                "lira_seed": settings.lira_seed,
+                "eval_split_seed": "numpy default_rng([data.seed, model seed, N, 7])",
+                "lira_eval_seed": "numpy default_rng([lira.seed, target, 13])",
+                "lira_shadow_seeds": "lira.seed * 1000 + model index"},
+      "members": ("synthetic: indices 0..N-1 of the model's train_key data; non-members: "
+                  "indices of test_key data" if settings.source == "synthetic" else
+                  "text: training pool positions perm([data.seed, seed])[:N]; non-members from "
+                  "the held-out pool; indices in design.npz are corpus rows"),
+      "zlib_encoding": "token ids as little-endian uint16 (V <= 65536) else uint32, zlib level 9",
+      "design_npz_keys": sorted(design)}, indent=1)
   roc = {}
   for r in rows:
     for a, (scores, labels) in r.pop("_roc", {}).items():
@@ -762,8 +762,7 @@ def run(settings: MembershipSettings, workdir: str):
   summary = summarize(settings, rows, time.time() - start)
   summary["stacks_trained"] = counts.get("trained", 0)
   summary["stacks_already_done"] = counts.get("loaded", 0)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
   for form, fit in summary["law_fits"].items():  # for `python -m memjax.membership --constants`
     if fit.get("valid"):
       mi.save_constants(os.path.join(workdir, f"law_fit_{form}.json"), fit)

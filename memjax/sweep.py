@@ -15,7 +15,6 @@ import glob
 import hashlib
 import itertools
 import json
-import math
 import os
 from typing import Iterable, Sequence
 
@@ -104,14 +103,6 @@ class ResultsFile:
       os.fsync(fd)
     finally:
       os.close(fd)
-
-
-def write_json_atomic(path: str, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def rows_for(rows: Iterable[dict], keys: set) -> list[dict]:

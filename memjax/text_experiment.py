@@ -58,6 +58,7 @@ from tqdm import tqdm
 from memjax import config as config_lib
 from memjax import report
 from memjax import extraction
+from memjax import jsonio
 from memjax import likelihood
 from memjax import model as model_lib
 from memjax import sweep
@@ -297,7 +298,7 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
                     "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"})
   os.makedirs(workdir, exist_ok=True)
   tokenizer_file = dataset.tokenizer.save_to_workdir(workdir)
-  sweep.write_json_atomic(os.path.join(workdir, "text_dataset.json"), {
+  jsonio.write_atomic(os.path.join(workdir, "text_dataset.json"), {
       "manifest": dataset.manifest, "source": corpus_lib.describe_source(settings.source),
       "seed": settings.data_seed, "pool_sizes": dataclasses.asdict(pools),
       "num_train": int(train_idx.size), "num_heldout": int(heldout_idx.size),
@@ -1070,7 +1071,7 @@ def run(settings: TextSettings, workdir: str):
   summary["models_trained"] = trained
   summary["models_rescored"] = rescored
   summary["models_already_done"] = found
-  sweep.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary)
   write_figures(rows, summary, per_sample, settings.prefix_lengths, workdir)
   if settings.top_k:
     positions_of = {s.key: s.positions for s in scored}

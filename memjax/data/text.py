@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from memjax import jsonio
 from memjax.data import corpus as corpus_lib
 from memjax.data import tokenize as tokenize_lib
 from memjax.data.corpus import SourceConfig
@@ -332,7 +333,7 @@ def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, manifest: dict[st
   with open(tokens_tmp, "wb") as f:
     np.save(f, np.ascontiguousarray(tokens_NxS))
   os.replace(tokens_tmp, os.path.join(entry_path, _TOKENS_FILENAME))
-  _write_json_atomically(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
+  jsonio.write_atomic(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,15 +376,10 @@ def _save_to_workdir(dataset: TextDataset, pool_sizes: PoolSizes, seed: int, wor
              "num_heldout": int(dataset.heldout_idx.shape[0]),
              "num_reference": int(dataset.reference_idx.shape[0]),
              "tokenizer_file": os.path.basename(tokenizer_path), "cache_path": dataset.cache_path}
-  _write_json_atomically(os.path.join(workdir, _WORKDIR_SUMMARY_FILENAME), summary)
+  jsonio.write_atomic(os.path.join(workdir, _WORKDIR_SUMMARY_FILENAME), summary)
 
 
 def _hash_json(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _write_json_atomically(path: str, value: Any) -> None:
-  tmp_path = f"{path}.tmp{os.getpid()}"
-  with open(tmp_path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp_path, path)

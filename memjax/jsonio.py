@@ -1,0 +1,43 @@
+"""JSON files written whole or not at all.
+
+Every summary and results file goes through `write_atomic`: the JSON is written to a temporary
+file beside the target and swapped in with os.replace, so a run killed mid-write leaves the
+previous file intact instead of half a file. numpy scalars and arrays and dataclasses are
+written as plain JSON values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+
+def default(x):
+  """json.dump's `default`: numpy arrays and scalars, dataclasses."""
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.floating):
+    return float(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return dataclasses.asdict(x)
+  raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def write_atomic(path: str, value, indent: int = 2):
+  # The pid keeps two processes writing the same file from sharing a temporary file.
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=indent, sort_keys=True, default=default, allow_nan=True)
+      f.write("\n")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
