@@ -134,9 +134,36 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
   return rows
 
 
-def main(settings: DistributionalSettings, workdir: str):
+def run_width(settings, cfg, train_NxS, heldout, members, indexes):
+  """Trains one width's models (one per dataset size) and correlates them: its result rows."""
   from memjax import dynamics
   from memjax import likelihood
+  from memjax import model as model_lib
+  tcfg, s, sizes = settings.train, settings.data.seq_len, settings.dataset_sizes
+  state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
+                                       [settings.data.seed] * len(sizes), 1)
+  params_M = state.params
+  sets = {"heldout": (heldout, likelihood.shared_token_logprobs(cfg, params_M, heldout), 0),
+          "train": (members, likelihood.shared_token_logprobs(cfg, params_M, members), 0)}
+  if settings.context:
+    gen_MxBxS = dynamics.greedy_generations(cfg, params_M, heldout, settings.context,
+                                            s - settings.context, settings.batch_size,
+                                            tcfg.vocab_chunk)
+    sets["generated"] = (gen_MxBxS, likelihood.stack_token_logprobs(cfg, params_M, gen_MxBxS),
+                         settings.context)
+  rows = []
+  for i, n_train in enumerate(sizes):
+    for name, (tokens, logp, first) in sets.items():
+      tok = tokens[i] if tokens.ndim == 3 else tokens
+      for r in correlation_rows(np.asarray(logp[i]), tok, indexes[n_train], settings.orders,
+                                first, settings.denominator):
+        rows.append({"d_model": cfg.d_model, "layers": cfg.layers,
+                     "n_params": model_lib.n_params(cfg), "dataset_size": int(n_train),
+                     "train_loss": float(losses[i]), "set": name, **r})
+  return rows
+
+
+def main(settings: DistributionalSettings, workdir: str):
   from memjax import model as model_lib
   from memjax import ngram as ngram_lib
 
@@ -150,35 +177,26 @@ def main(settings: DistributionalSettings, workdir: str):
                     f"{len(heldout_HxS)} held-out sequences of {s} tokens ({time.time() - t0:.1f}s)")
   indexes = {n: ngram_lib.NgramIndex.build(train_NxS[:n], max_n=settings.max_n, vocab_size=vocab,
                                            doc_index=False) for n in settings.dataset_sizes}
-  tcfg = settings.train
-  rows = []
+  rows, reused = [], []
+  store = os.path.join(workdir, "distributional_models")
   for d in settings.d_model:
     cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
+    label = f"L{settings.layers}_d{d}"
     t_model = time.time()
-    sizes = settings.dataset_sizes
-    state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
-                                         [settings.data.seed] * len(sizes), 1)
-    params_M = state.params
-    sets = {"heldout": (heldout, likelihood.shared_token_logprobs(cfg, params_M, heldout), 0),
-            "train": (members, likelihood.shared_token_logprobs(cfg, params_M, members), 0)}
-    if settings.context:
-      gen_MxBxS = dynamics.greedy_generations(cfg, params_M, heldout, settings.context,
-                                              s - settings.context, settings.batch_size,
-                                              tcfg.vocab_chunk)
-      sets["generated"] = (gen_MxBxS, likelihood.stack_token_logprobs(cfg, params_M, gen_MxBxS),
-                           settings.context)
-    for i, n_train in enumerate(sizes):
-      for name, (tokens, logp, first) in sets.items():
-        tok = tokens[i] if tokens.ndim == 3 else tokens
-        for r in correlation_rows(np.asarray(logp[i]), tok, indexes[n_train], settings.orders,
-                                  first, settings.denominator):
-          rows.append({"d_model": d, "layers": settings.layers,
-                       "n_params": model_lib.n_params(cfg), "dataset_size": int(n_train),
-                       "train_loss": float(losses[i]), "set": name, **r})
-    dx._log(settings, f"L{settings.layers}_d{d}: {len(sizes)} models trained and scored "
-                      f"({time.time() - t_model:.0f}s)")
+    key = dx.width_key(settings, d, train_NxS, heldout_HxS)
+    stored = dx.stored_width(store, label, key)
+    if stored is not None:
+      width_rows = stored[0]["rows"]
+      reused.append(label)
+      dx._log(settings, f"{label}: stored in {store}, not trained again")
+    else:
+      width_rows = run_width(settings, cfg, train_NxS, heldout, members, indexes)
+      dx.store_width(store, label, key, {"rows": width_rows}, {})
+      dx._log(settings, f"{label}: {len(settings.dataset_sizes)} models trained and scored "
+                        f"({time.time() - t_model:.0f}s)")
+    rows += width_rows
   results = {"experiment": "distributional", "data": info,
-             "settings": config_lib.to_jsonable(settings), "rows": rows,
+             "settings": config_lib.to_jsonable(settings), "rows": rows, "widths_reused": reused,
              "ngram": {int(n): {"tokens": ix.num_tokens,
                                 "distinct": [ix.num_distinct(k) for k in range(1, ix.max_n + 1)]}
                        for n, ix in indexes.items()},

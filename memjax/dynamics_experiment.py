@@ -24,13 +24,17 @@
 
 Outputs in the workdir: results.json, scores.npz (scores per checkpoint and per grid cell,
 embeddings' PCA, buckets), and figures: score_grid.png, over_training.png, transitions.png,
-embeddings_pca.png, centroid_distances.png, boundary_effect.png.
+embeddings_pca.png, centroid_distances.png, boundary_effect.png. dynamics_models/ stores each
+finished width (`store_width`), so a rerun trains only the widths not stored under its settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -254,6 +258,51 @@ def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, on_s
   return state, losses
 
 
+# ---------------------------------------------------------------------------------------------
+# Resume: each finished width is stored in one file, so a rerun after a kill (or with a width
+# added) trains only the widths that are not stored yet.
+
+
+def width_key(settings, d_model: int, *tokens) -> str:
+  """A stable id of everything a width's results depend on: its settings but `quiet` and the other
+  widths, its width, and the token arrays themselves (a corpus edited in place changes it)."""
+  s = config_lib.to_jsonable(settings)
+  s.pop("quiet")
+  s.pop("d_model")
+  digests = [hashlib.sha256(np.ascontiguousarray(t, np.int32).tobytes()).hexdigest()
+             for t in tokens]
+  value = {"settings": s, "d_model": int(d_model), "tokens": digests}
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored_width(directory, label, key):
+  """(result, arrays) of a width stored under this key, or None (not stored, other settings, or
+  unreadable: a damaged file is reported and trained again)."""
+  path = os.path.join(directory, f"{label}.npz")
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if str(f["key"]) != key:
+        return None
+      result = json.loads(str(f["result"]))
+      arrays = {k[len("arrays/"):]: f[k] for k in f.files if k.startswith("arrays/")}
+  except Exception as e:  # noqa: BLE001 - any unreadable file is trained again
+    print(f"memjax: warning: {path} cannot be read ({type(e).__name__}: {e}); training "
+          f"{label} again", file=sys.stderr)
+    return None
+  return result, arrays
+
+
+def store_width(directory, label, key, result, arrays):
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{label}.npz")
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, key=np.array(key), result=np.array(json.dumps(result, default=jsonio.default)),
+           **{f"arrays/{k}": v for k, v in arrays.items()})
+  os.replace(tmp, path)  # a killed write leaves the previous file or none, never half of one
+
+
 def _log(settings, *args):
   if not settings.quiet:
     print(*args, flush=True)
@@ -263,11 +312,96 @@ def _log(settings, *args):
 # Run.
 
 
+def run_width(settings, cfg, label, train_NxS, samples, index):
+  """Trains one width and measures everything of it: (its results dict, its arrays)."""
+  from memjax import dynamics
+  from memjax import model as model_lib
+  from memjax import train as train_lib
+  c, k = settings.context, settings.continuation
+  tcfg = settings.train
+  s = settings.data.seq_len
+  vocab = cfg.vocab_size
+  over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
+  scores_C = []
+
+  def on_segment(i, steps, state, losses):
+    sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
+                                      tcfg.vocab_chunk)[0]
+    scores_C.append(sc)
+    over["steps"].append(steps)
+    over["mean_score"].append(float(sc.mean()))
+    over["bucket_counts"].append(dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist())
+    over["loss"].append(float(losses[0]))
+    _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "
+                   f"{sc.mean():.3f}, buckets {over['bucket_counts'][-1]}")
+
+  t_model = time.time()
+  state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
+                               [settings.data.seed], settings.checkpoints, on_segment)
+  params_M = state.params
+  params = train_lib.model_slice(params_M, 0)
+  scores_CxB = np.stack(scores_C)
+  buckets_CxB = dynamics.score_buckets(scores_CxB)
+  over["transitions"] = dynamics.transition_matrices(buckets_CxB).tolist()
+  final_scores, final_buckets = scores_CxB[-1], buckets_CxB[-1]
+
+  grid, grid_scores = [], {}
+  for cc in settings.contexts:
+    for kk in settings.continuations:
+      if cc + kk > s:
+        grid.append({"context": cc, "continuation": kk, "status": "skipped",
+                     "reason": f"context + continuation = {cc + kk} > seq_len = {s}"})
+        continue
+      sc = dynamics.memorization_scores(cfg, params_M, samples, cc, kk, settings.batch_size,
+                                        tcfg.vocab_chunk)[0]
+      grid_scores[cc, kk] = sc
+      grid.append({"context": cc, "continuation": kk, "status": "ok",
+                   "mean_score": float(sc.mean()),
+                   "bucket_counts": dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()})
+
+  emb = dynamics.sample_embeddings(cfg, params, samples, c)
+  proj, ratio = dynamics.pca_2d(emb)
+  cent = dynamics.centroid_distances(emb, final_buckets)
+  embeddings = {"pca_explained": ratio.tolist(), "centroid_distances": cent["distances"],
+                "relative_centroid_distances": cent["relative"], "spread": cent["spread"],
+                "bucket_counts": cent["counts"], "empty_buckets": cent["empty"]}
+
+  gen = dynamics.greedy_generations(cfg, params_M, samples, c, k, settings.batch_size,
+                                    tcfg.vocab_chunk)[0]
+  steps_out = dynamics.step_dynamics(cfg, params, gen, c, index, settings.ngram_n)
+  div = dynamics.divergence_points(gen, samples, c)
+  effect = dynamics.boundary_effect(steps_out["entropy"], steps_out["count"], div, final_scores,
+                                    settings.window, settings.memorized_threshold)
+  effect["ngram_n"] = settings.ngram_n
+
+  tr, te = dynamics.split_train_test(len(samples), settings.test_fraction, settings.data.seed)
+  module, pparams, plosses = dynamics.train_predictor(
+      samples[tr, :c], final_buckets[tr], vocab, pcfg=settings.predictor)
+  pred = dynamics.predict(module, pparams, samples[te, :c])
+  predictor = dynamics.classification_report(final_buckets[te], pred, final_buckets[tr])
+  predictor.update(train_samples=int(len(tr)), final_train_loss=float(plosses[-20:].mean()))
+
+  arrays = {f"{label}/grid_c{cc}_k{kk}": v for (cc, kk), v in grid_scores.items()}
+  arrays.update({f"{label}/scores_per_checkpoint": scores_CxB, f"{label}/pca": proj,
+                 f"{label}/final_buckets": final_buckets,
+                 f"{label}/entropy_steps": steps_out["entropy"],
+                 f"{label}/ngram_count_steps": steps_out["count"], f"{label}/divergence": div})
+  result = {
+      "label": label, "layers": settings.layers, "d_model": cfg.d_model,
+      "n_params": model_lib.n_params(cfg), "train_loss": over["loss"][-1],
+      "mean_score": float(final_scores.mean()), "over_training": over, "grid": grid,
+      "embeddings": embeddings, "decoding_dynamics": effect, "predictor": predictor,
+      "seconds": round(time.time() - t_model, 1)}
+  _log(settings, f"{label}: {model_lib.n_params(cfg):,} params, mean score "
+                 f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
+                 f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
+  return result, arrays
+
+
 def main(settings: DynamicsSettings, workdir: str):
   from memjax import dynamics
   from memjax import model as model_lib
   from memjax import ngram as ngram_lib
-  from memjax import train as train_lib
 
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -278,88 +412,25 @@ def main(settings: DynamicsSettings, workdir: str):
                  f"{s} tokens, {len(samples)} scored ({time.time() - t0:.1f}s)")
   index = ngram_lib.NgramIndex.build(train_NxS, max_n=settings.max_n, vocab_size=vocab,
                                      doc_index=False)
-  c, k = settings.context, settings.continuation
-  tcfg = settings.train
   results = {"experiment": "dynamics", "data": info,
              "settings": config_lib.to_jsonable(settings), "buckets": list(dynamics.BUCKET_LABELS),
-             "models": []}
+             "models": [], "widths_reused": []}
   arrays = {}
+  store = os.path.join(workdir, "dynamics_models")
   for d in settings.d_model:
     cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
     label = f"L{settings.layers}_d{d}"
-    over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
-    scores_C = []
-
-    def on_segment(i, steps, state, losses):
-      sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
-                                        tcfg.vocab_chunk)[0]
-      scores_C.append(sc)
-      over["steps"].append(steps)
-      over["mean_score"].append(float(sc.mean()))
-      over["bucket_counts"].append(dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist())
-      over["loss"].append(float(losses[0]))
-      _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "
-                     f"{sc.mean():.3f}, buckets {over['bucket_counts'][-1]}")
-
-    t_model = time.time()
-    state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
-                                 [settings.data.seed], settings.checkpoints, on_segment)
-    params_M = state.params
-    params = train_lib.model_slice(params_M, 0)
-    scores_CxB = np.stack(scores_C)
-    buckets_CxB = dynamics.score_buckets(scores_CxB)
-    over["transitions"] = dynamics.transition_matrices(buckets_CxB).tolist()
-    final_scores, final_buckets = scores_CxB[-1], buckets_CxB[-1]
-
-    grid = []
-    for cc in settings.contexts:
-      for kk in settings.continuations:
-        if cc + kk > s:
-          grid.append({"context": cc, "continuation": kk, "status": "skipped",
-                       "reason": f"context + continuation = {cc + kk} > seq_len = {s}"})
-          continue
-        sc = dynamics.memorization_scores(cfg, params_M, samples, cc, kk, settings.batch_size,
-                                          tcfg.vocab_chunk)[0]
-        arrays[f"{label}/grid_c{cc}_k{kk}"] = sc
-        grid.append({"context": cc, "continuation": kk, "status": "ok",
-                     "mean_score": float(sc.mean()),
-                     "bucket_counts": dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()})
-
-    emb = dynamics.sample_embeddings(cfg, params, samples, c)
-    proj, ratio = dynamics.pca_2d(emb)
-    cent = dynamics.centroid_distances(emb, final_buckets)
-    embeddings = {"pca_explained": ratio.tolist(), "centroid_distances": cent["distances"],
-                  "relative_centroid_distances": cent["relative"], "spread": cent["spread"],
-                  "bucket_counts": cent["counts"], "empty_buckets": cent["empty"]}
-
-    gen = dynamics.greedy_generations(cfg, params_M, samples, c, k, settings.batch_size,
-                                      tcfg.vocab_chunk)[0]
-    steps_out = dynamics.step_dynamics(cfg, params, gen, c, index, settings.ngram_n)
-    div = dynamics.divergence_points(gen, samples, c)
-    effect = dynamics.boundary_effect(steps_out["entropy"], steps_out["count"], div, final_scores,
-                                      settings.window, settings.memorized_threshold)
-    effect["ngram_n"] = settings.ngram_n
-
-    tr, te = dynamics.split_train_test(len(samples), settings.test_fraction, settings.data.seed)
-    module, pparams, plosses = dynamics.train_predictor(
-        samples[tr, :c], final_buckets[tr], vocab, pcfg=settings.predictor)
-    pred = dynamics.predict(module, pparams, samples[te, :c])
-    predictor = dynamics.classification_report(final_buckets[te], pred, final_buckets[tr])
-    predictor.update(train_samples=int(len(tr)), final_train_loss=float(plosses[-20:].mean()))
-
-    arrays.update({f"{label}/scores_per_checkpoint": scores_CxB, f"{label}/pca": proj,
-                   f"{label}/final_buckets": final_buckets,
-                   f"{label}/entropy_steps": steps_out["entropy"],
-                   f"{label}/ngram_count_steps": steps_out["count"], f"{label}/divergence": div})
-    results["models"].append({
-        "label": label, "layers": settings.layers, "d_model": d,
-        "n_params": model_lib.n_params(cfg), "train_loss": over["loss"][-1],
-        "mean_score": float(final_scores.mean()), "over_training": over, "grid": grid,
-        "embeddings": embeddings, "decoding_dynamics": effect, "predictor": predictor,
-        "seconds": round(time.time() - t_model, 1)})
-    _log(settings, f"{label}: {model_lib.n_params(cfg):,} params, mean score "
-                   f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
-                   f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
+    key = width_key(settings, d, train_NxS)
+    stored = stored_width(store, label, key)
+    if stored is not None:
+      result, width_arrays = stored
+      results["widths_reused"].append(label)
+      _log(settings, f"{label}: stored in {store}, not trained again")
+    else:
+      result, width_arrays = run_width(settings, cfg, label, train_NxS, samples, index)
+      store_width(store, label, key, result, width_arrays)
+    results["models"].append(result)
+    arrays.update(width_arrays)
   results["seconds"] = round(time.time() - t0, 1)
   jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   np.savez(os.path.join(workdir, "scores.npz"), **arrays)

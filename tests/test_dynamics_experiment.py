@@ -160,3 +160,54 @@ def test_empty_buckets_are_marked():
   out = dynamics.centroid_distances(np.eye(3), [4, 4, 4])
   assert out["empty"] == list(dynamics.BUCKET_LABELS[:4])
   assert np.isnan(out["distances"][:4]).all() and out["distances"][4, 4] == 0
+
+
+def _settings(module, args, **overrides):
+  """Validated settings of a TINY_* argument list (plus overrides), as memjax.main builds them."""
+  import ast
+  fields = {}
+  for a in args[1:]:
+    name, value = a[len("--config."):].split("=", 1)
+    try:
+      fields[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      fields[name] = value
+  fields.update(overrides)
+  return module.validate(_config(args[0].split("=", 1)[1], **fields))
+
+
+@pytest.mark.parametrize("module,args", [(dyn_exp, TINY_DYNAMICS),
+                                         (dist_exp, TINY_DISTRIBUTIONAL)],
+                         ids=["dynamics", "distributional"])
+def test_a_rerun_after_a_kill_trains_only_the_widths_not_stored(module, args, tmp_path,
+                                                                monkeypatch, capsys):
+  settings = _settings(module, args, **{"sweep.d_model": (16, 24)})
+  trained = []
+  real_run_width = module.run_width
+
+  def run_width(settings, cfg, *rest):
+    trained.append(cfg.d_model)
+    if cfg.d_model == 24 and len(trained) == 2:
+      raise KeyboardInterrupt  # the first run is killed while training its second width
+    return real_run_width(settings, cfg, *rest)
+
+  monkeypatch.setattr(module, "run_width", run_width)
+  with pytest.raises(KeyboardInterrupt):
+    module.main(settings, str(tmp_path))
+  assert not (tmp_path / "results.json").exists()
+  module.main(settings, str(tmp_path))
+  assert trained == [16, 24, 24]  # the rerun trained d24 only
+  first = json.loads((tmp_path / "results.json").read_text())
+  assert first["widths_reused"] == ["L1_d16"]
+
+  module.main(settings, str(tmp_path))  # everything stored: nothing trained, the same results
+  assert trained == [16, 24, 24]
+  again = json.loads((tmp_path / "results.json").read_text())
+  assert again["widths_reused"] == ["L1_d16", "L1_d24"]
+  part = "models" if module is dyn_exp else "rows"
+  assert json.dumps(again[part]) == json.dumps(first[part])
+
+  module.main(_settings(module, args, **{"sweep.d_model": (16, 24), "train.steps": 20}),
+              str(tmp_path))  # another training budget: both widths train again
+  assert trained == [16, 24, 24, 16, 24]
+  capsys.readouterr()
