@@ -60,6 +60,7 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
                                      else None),
         "train_loss": float(evaluation["train_loss"][i]),
         "test_loss": float(evaluation["test_loss"][i]),
+        "test_size": settings.test_size,  # held-out sequences behind test_loss
         "data_bits": n_seq * shape.seq_len * bits_per_token,
         "memorizable_bits": n_seq * (shape.seq_len - 1) * bits_per_token,
         "mem_bits": mem,
@@ -149,19 +150,41 @@ def _process():
   return jax.process_index(), jax.process_count()
 
 
-def _cleanup_checkpoints(root, mine, live_ids):
-  """Remove checkpoint directories of this process's chunks that no longer have work to do."""
+def _warn_other_test_size(rows, test_size):
+  """The evaluation settings are not part of a model's key: say so when finished rows that a
+  rerun keeps were scored on another number of held-out sequences."""
+  other = sorted({r["test_size"] for r in rows if r.get("test_size", test_size) != test_size})
+  if other:
+    logging.warning("models already in the results were scored on eval.test_size=%s held-out "
+                    "sequences, not %d; their test_loss is kept as it was (a fresh --workdir "
+                    "scores every model anew)", "/".join(map(str, other)), test_size)
+
+
+def _cleanup_checkpoints(root, mine, live_ids, done_keys):
+  """Remove this process's chunk checkpoints whose models all have rows in the results (a kill
+  between writing the rows and deleting the checkpoint leaves one). A checkpoint of models that
+  this sweep does not train (the config changed since) is kept, with a warning: the config it
+  came from continues it."""
   if not os.path.isdir(root):
     return
-  for name in os.listdir(root):
+  for name in sorted(os.listdir(root)):
     if not name.startswith("chunk") or name in live_ids:
       continue
     try:
       index = int(name[5:10])
     except ValueError:
       continue
-    if index in mine:
-      checkpoint.ChunkCheckpoints(os.path.join(root, name)).delete()
+    if index not in mine:
+      continue
+    ckpts = checkpoint.ChunkCheckpoints(os.path.join(root, name))
+    keys = ckpts.model_keys()
+    if (keys is not None and set(keys) <= done_keys) or not os.listdir(ckpts.directory):
+      ckpts.delete()
+    else:
+      logging.warning(
+          "%s holds a partly trained chunk of models that this sweep does not train (was the "
+          "config changed?); kept: rerun the config it came from to finish it, or delete it",
+          ckpts.directory)
   try:
     os.rmdir(root)  # only when empty
   except OSError:
@@ -179,7 +202,8 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   sharding = train_lib.model_sharding()
   plan = sweep.plan_chunks(settings, list(sharding.mesh.devices.flat))
   results = sweep.ResultsFile(sweep.results_path(workdir, pid, nproc))
-  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
+  done_rows = sweep.read_all_rows(workdir)
+  done = {r.get("key") for r in done_rows}
   ckpt_root = os.path.join(workdir, "checkpoints")
   all_keys = []
   mine = {c.index for c in plan.chunks if c.index % nproc == pid}
@@ -190,11 +214,12 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
     todo = [(s, k) for s, k in zip(chunk.specs, keys) if k not in done]
     if chunk.index in mine and todo:
       work.append((chunk, [s for s, _ in todo], sweep.chunk_id(chunk, [k for _, k in todo])))
-  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work})
+  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done)
   skipped = sum(len(c.specs) for c in plan.chunks if c.index in mine) - sum(
       len(w[1]) for w in work)
   if skipped:
     logging.info("%d models of this sweep are already done, skipping them", skipped)
+    _warn_other_test_size(sweep.rows_for(done_rows, set(all_keys)), settings.test_size)
 
   trained = 0
   sweep_start = time.time()
@@ -238,7 +263,8 @@ def dry_run(settings, workdir):
   """Print the plan (buckets, chunks, models, memory, tokens) and train nothing."""
   pid, nproc = _process()
   plan = sweep.plan_chunks(settings, jax.local_devices())
-  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
+  done_rows = sweep.read_all_rows(workdir)
+  done = {r.get("key") for r in done_rows}
   print(sweep.format_plan(plan, settings, done, pid, nproc))
 
 

@@ -174,6 +174,19 @@ class ChunkCheckpoints:
     logging.warning("no usable checkpoint in %s; starting the chunk afresh", self.directory)
     return None
 
+  def model_keys(self) -> list | None:
+    """The model keys saved with the newest checkpoint (None if there is none or it cannot be
+    read): which models the chunk was training, without restoring its arrays."""
+    ocp = _ocp()
+    try:
+      step = max(self._open().all_steps())
+      restored = self._open().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      return list(restored["meta"]["keys"])
+    except Exception:  # noqa: BLE001 - no step, an unreadable or foreign directory
+      return None
+    finally:
+      self.close()
+
   def _drop(self, step):
     self.close()
     shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)

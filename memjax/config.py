@@ -94,6 +94,15 @@ def _int_list(config, field, minimum=1, allow_empty=False, maximum=MAX_INT32):
   for v in values:
     if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
       _fail(field, f"must be integers in [{minimum}, {maximum}], got {values!r}")
+  return _no_repeats(field, values)
+
+
+def _no_repeats(field, values):
+  """A list field's values, refused if one is given twice: each value is a run of its own (a
+  seed twice would train and report the same models twice)."""
+  repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+  if repeated:
+    _fail(field, f"lists {', '.join(map(repr, repeated))} more than once, got {values!r}")
   return values
 
 
@@ -104,7 +113,7 @@ def _float_list(config, field, allow_empty=True):
   for v in values:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
       _fail(field, f"must be positive finite numbers, got {values!r}")
-  return tuple(float(v) for v in values)
+  return _no_repeats(field, tuple(float(v) for v in values))
 
 
 def _str(config, field, allowed=None, allow_empty=True):
@@ -125,7 +134,7 @@ def _str_list(config, field):
   values = _as_tuple(config, field)
   if any(not isinstance(v, str) or not v for v in values):
     _fail(field, f"must be a list of non-empty strings, got {values!r}")
-  return tuple(values)
+  return _no_repeats(field, tuple(values))
 
 
 def _bool(config, field):
@@ -163,6 +172,7 @@ def validate(config) -> CapacitySettings:
   precisions = _as_tuple(config, "sweep.precisions")
   if not precisions or any(p not in PRECISIONS for p in precisions):
     _fail("sweep.precisions", f"must be a list of {', '.join(PRECISIONS)}, got {precisions!r}")
+  _no_repeats("sweep.precisions", precisions)
 
   train = train_config(config)
 
@@ -239,6 +249,8 @@ def check_workdir(workdir: str):
   """Fail early, with the path, if results cannot be written there."""
   if not workdir:
     raise ConfigError("--workdir: must be given (a directory for results)")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir: {workdir!r} is a file, not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir):
@@ -255,17 +267,42 @@ def to_jsonable(value: Any):
   return value
 
 
+def _load_config_file(path):
+  """get_config() of the config file at `path` (raises what loading it raises)."""
+  import importlib.util
+  if not os.path.isfile(path):
+    raise FileNotFoundError("no such file")
+  spec = importlib.util.spec_from_file_location("memjax_user_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError("it defines no get_config()")
+  return module.get_config()
+
+
+def config_file_error(path) -> str | None:
+  """Why the config file at `path` cannot be loaded, in one line (None if it loads)."""
+  try:
+    _load_config_file(path)
+  except SyntaxError as e:
+    return f"SyntaxError: {e.msg} (line {e.lineno})"
+  except FileNotFoundError as e:
+    return str(e)
+  except Exception as e:  # noqa: BLE001 - whatever get_config() raises
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+  return None
+
+
 def explain_override_error(argv, error) -> str:
   """One line for a failed --config.* override: which field, and what exists there."""
-  import importlib.util
   config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   try:
-    spec = importlib.util.spec_from_file_location("memjax_user_config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-  except Exception:  # the config file itself is broken: report the original error
+    config = _load_config_file(config_path)
+  except Exception:  # the config file itself is broken: say why
+    problem = config_file_error(config_path) if config_path else None
+    if problem:
+      return f"--config: cannot load {config_path!r}: {problem}"
     return " ".join(str(error).replace("\\n", " ").split())
   for name in overrides:
     node = config

@@ -43,12 +43,10 @@ EXPERIMENTS = {
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/capacity.py")
   try:
+    if len(argv) > 1:
+      raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _load_config()
     name = config.get("experiment")
     if name not in EXPERIMENTS:
       raise config_lib.ConfigError(
@@ -78,6 +76,23 @@ def main(argv):
   except config_lib.ConfigError as e:  # found while planning (e.g. memory), still before compiling
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:  # Ctrl-C outside a training loop (those stop at a checkpoint)
+    print(f"memjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "
+          "command continues from it", file=sys.stderr)
+    sys.exit(130)
+
+
+def _load_config():
+  """The --config file's config, or a ConfigError saying in one line why it cannot be loaded."""
+  if _CONFIG.value is None:
+    raise config_lib.ConfigError("--config: required, e.g. --config=configs/capacity.py")
+  try:
+    _CONFIG.value.keys()  # ml_collections loads the file lazily: make it load here
+    return _CONFIG.value
+  except Exception as e:  # noqa: BLE001 - a missing file, a syntax error, an error in get_config
+    path = flags.FLAGS["config"].config_filename
+    raise config_lib.ConfigError(
+        f"--config: cannot load {path!r}: {config_lib.config_file_error(path) or e}") from None
 
 
 def _check_process_flags():
@@ -94,14 +109,16 @@ def _check_process_flags():
 
 
 def parse_flags(argv):
-  """absl's parser, but a bad --config.* override is one line naming the field, not a traceback."""
+  """absl's parser, but a bad flag or --config.* override is one line (naming the field), not a
+  traceback."""
   try:
     return flags.FLAGS(argv)
-  except Exception as e:  # ml_collections raises several types for bad overrides
-    if not any(a.startswith("--config.") for a in argv):
-      raise
-    print(f"memjax: error: {config_lib.explain_override_error(argv, e)}", file=sys.stderr)
-    sys.exit(2)
+  except flags.UnrecognizedFlagError as e:
+    message = f"{e}; python -m memjax.main --helpfull lists the flags"
+  except Exception as e:  # ml_collections raises several types: a bad override, a broken file
+    message = config_lib.explain_override_error(argv, e)
+  print(f"memjax: error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":

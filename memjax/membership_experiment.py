@@ -143,8 +143,6 @@ def validate(config) -> MembershipSettings:
   precision = _str(config, "sweep.precision", config_lib.PRECISIONS)
   sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
   seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
-  if len(set(seeds)) != len(seeds):
-    _fail("sweep.seeds", f"must be distinct, got {seeds!r}")
   eval_size = _int(config, "eval.eval_size", minimum=2)
   if eval_size % 2:
     _fail("eval.eval_size", f"must be even (half members, half non-members), got {eval_size}")

@@ -203,13 +203,12 @@ def validate(config) -> TextSettings:
   if not precisions or any(p not in config_lib.PRECISIONS for p in precisions):
     _fail("sweep.precisions",
           f"must be a list of {', '.join(config_lib.PRECISIONS)}, got {precisions!r}")
+  config_lib._no_repeats("sweep.precisions", precisions)
   sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
   if train_pool and sizes[-1] > train_pool:
     _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
                                  f"data.train_pool={train_pool}; lower it or raise the pool")
   seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
-  if len(set(seeds)) != len(seeds):
-    _fail("sweep.seeds", f"must be distinct, got {seeds!r}")
   test_size = _int(config, "eval.test_size")
   if test_size > heldout:
     _fail("eval.test_size", f"{test_size} test sequences do not fit the held-out pool "

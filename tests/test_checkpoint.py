@@ -98,6 +98,27 @@ def test_corrupt_or_foreign_checkpoints_are_reported_and_skipped(tmp_path, caplo
   assert "no usable checkpoint" in caplog.text
 
 
+def test_stale_chunk_checkpoints_are_removed_only_when_their_models_are_done(tmp_path, caplog):
+  from memjax import capacity
+  state = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
+  root = tmp_path / "checkpoints"
+  for name, keys in (("chunk00000-done", ["a", "b"]), ("chunk00001-other", ["c"]),
+                     ("chunk00002-live", ["d"]), ("chunk00003-notmine", ["e"])):
+    checkpoint.ChunkCheckpoints(str(root / name)).save(10, state, len(keys), {"keys": keys})
+  assert checkpoint.ChunkCheckpoints(str(root / "chunk00001-other")).model_keys() == ["c"]
+  (root / "chunk00004-empty").mkdir()
+  (root / "chunk00004-unreadable").mkdir()
+  (root / "chunk00004-unreadable" / "10").write_text("not a checkpoint")
+  caplog.set_level("WARNING")
+  capacity._cleanup_checkpoints(str(root), mine={0, 1, 2, 4}, live_ids={"chunk00002-live"},
+                                done_keys={"a", "b", "x"})
+  # Done models and an empty directory: removed. Another config's partly trained chunk, an
+  # unreadable one, the live one and another process's: kept, the first two with a warning.
+  assert sorted(os.listdir(root)) == ["chunk00001-other", "chunk00002-live",
+                                      "chunk00003-notmine", "chunk00004-unreadable"]
+  assert caplog.text.count("this sweep does not train") == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # The CLI, killed and run again.
 

@@ -54,6 +54,13 @@ def test_cli_writes_results_summary_and_figures_and_resumes(tmp_path):
   assert again == rows
   assert "0 models trained, 8 already done" in proc.stdout
 
+  # The eval settings are not part of a model's key: finished rows stay, with a warning.
+  assert {r["test_size"] for r in rows} == {16}
+  proc = run_main(TINY + ["--config.eval.test_size=8"], workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "0 models trained, 8 already done" in proc.stdout
+  assert "scored on eval.test_size=16 held-out sequences, not 8" in proc.stderr
+
 
 def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
   cases = [
@@ -74,3 +81,26 @@ def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
   blocker.write_text("")
   proc = run_main(TINY, blocker / "sub")
   assert proc.returncode == 2 and "--workdir: cannot write to" in proc.stderr
+  proc = run_main(TINY, blocker)
+  assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr
+
+
+def test_cli_bad_flags_and_config_files_fail_in_one_line(tmp_path):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n  pass\n")
+  raising = tmp_path / "raising.py"
+  raising.write_text("def get_config():\n  raise ValueError('no such dataset')\n")
+  cases = [
+      (["--config=configs/missing.py"], "--config: cannot load 'configs/missing.py': no such file"),
+      ([f"--config={broken}"], "SyntaxError: invalid syntax (line 1)"),
+      ([f"--config={broken}", "--config.train.steps=3"], "SyntaxError: invalid syntax (line 1)"),
+      ([f"--config={raising}"], "ValueError: no such dataset"),
+      ([], "--config: required"),
+      (["--config=configs/capacity.py", "--bogus"], "Unknown command line flag 'bogus'"),
+      (["--config=configs/capacity.py", "stray"], "unexpected arguments: stray"),
+  ]
+  for args, needle in cases:
+    proc = run_main(args, tmp_path / "w")
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr[-2000:])
+    assert lines[0].startswith("memjax: error: ") and needle in lines[0], (args, lines)

@@ -43,6 +43,10 @@ def test_default_and_paper_configs_validate():
     ("train.learning_rate", 0.0, "config.train.learning_rate: must be a finite number > 0"),
     ("train.b2", 1.5, "config.train.b2: must be a finite number >= 0"),
     ("eval.test_size", 0, "config.eval.test_size: must be an integer in [1,"),
+    ("sweep.seeds", (0, 1, 0), "config.sweep.seeds: lists 0 more than once, got (0, 1, 0)"),
+    ("sweep.learning_rates", (1e-3, 1e-3), "config.sweep.learning_rates: lists 0.001 more than"),
+    ("sweep.d_model", (16, 16), "config.sweep.d_model: lists 16 more than once"),
+    ("sweep.precisions", ("bf16", "bf16"), "config.sweep.precisions: lists 'bf16' more than"),
 ])
 def test_bad_values_name_the_field(field, value, needle):
   config = load_config("capacity")

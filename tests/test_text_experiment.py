@@ -100,7 +100,7 @@ def test_the_cpu_config_validates_and_the_paper_config_names_its_missing_files(t
     ("extraction.nonmember_samples", 5000, "config.extraction.nonmember_samples: 5000"),
     ("reference.primary", "best", "config.reference.primary: must be one of same_size, oracle"),
     ("sweep.d_model", (16, 33), "config.sweep.d_model: each d_model must be divisible"),
-    ("sweep.seeds", (0, 0), "config.sweep.seeds: must be distinct"),
+    ("sweep.seeds", (0, 0), "config.sweep.seeds: lists 0 more than once"),
 ])
 def test_bad_values_name_the_field(field, value, needle):
   config = load_config("text")
