@@ -51,7 +51,6 @@ import subprocess
 import time
 
 import jax
-import numpy as np
 
 from memjax import devices as devices_lib
 from memjax import likelihood

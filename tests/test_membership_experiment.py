@@ -114,7 +114,7 @@ def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_pat
                                                              np.array([False, True]))}}]
 
   design = {}
-  first = me.cached_stack(settings, str(tmp_path), "targets L1 d8", design, None, compute)
+  me.cached_stack(settings, str(tmp_path), "targets L1 d8", design, None, compute)
   design_again, counts = {}, {}
   second = me.cached_stack(settings, str(tmp_path), "targets L1 d8", design_again, counts,
                            compute)

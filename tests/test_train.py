@@ -2,7 +2,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import likelihood
 from memjax import memorization
 from memjax import model as model_lib
 from memjax import train as train_lib
