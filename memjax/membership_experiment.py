@@ -367,7 +367,7 @@ def cached_stack(settings, workdir, name, design, counts, compute):
   if os.path.exists(path):
     try:
       rows, part = _load_stack(path)
-    except (OSError, ValueError, KeyError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
       logging.warning("%s: the stored stack %s does not load (%s); training it again", name,
                       path, e)
     else:

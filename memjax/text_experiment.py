@@ -457,6 +457,22 @@ def _load_params(path, template_M):
   return jax.tree_util.tree_unflatten(treedef, new)
 
 
+def _load_trained(stack_dir, template_M, label):
+  """(steps, diverged, params) of a stack trained by an earlier run, or None: none stored, or a
+  stored file that does not load (reported; the stack is trained again)."""
+  params_path = stack_dir + ".params.npz"
+  if not os.path.exists(params_path):
+    return None
+  try:
+    with np.load(stack_dir + ".train_state.npz") as meta:
+      steps_M, diverged_M = meta["steps"], meta["diverged"]
+    return steps_M, diverged_M, _load_params(params_path, template_M)
+  except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
+    logging.warning("%s: the stored parameters %s do not load (%s); training the stack again",
+                    label, params_path, e)
+    return None
+
+
 def _save_npz(path, arrays):
   tmp = path + ".tmp.npz"
   np.savez(tmp, **arrays)
@@ -483,11 +499,10 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
   state = train_lib.init_stack_from_specs(
       shape, tcfg, train_lib.padded_to(specs, sharding.num_devices),
       train_lib.padded_to(member_rows, sharding.num_devices), sharding=sharding)
-  trained = not os.path.exists(params_path)
+  stored = _load_trained(stack_dir, state.params, label)
+  trained = stored is None
   if not trained:
-    with np.load(stack_dir + ".train_state.npz") as meta:
-      steps_M, diverged_M = meta["steps"], meta["diverged"]
-    params_M = _load_params(params_path, state.params)
+    steps_M, diverged_M, params_M = stored
     logging.info("%s: loaded trained parameters from %s", label, params_path)
   else:
     tokens_per_step = tcfg.batch_size * shape.seq_len * n
@@ -557,8 +572,14 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
 
 
 def _load_scores(path):
-  with np.load(path) as f:
-    arrays = {k: f[k] for k in f.files}
+  """A stack's stored scores, or None: of another format, or a file that does not load
+  (reported; the stack is scored again)."""
+  try:
+    with np.load(path) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # noqa: BLE001 - a truncated zip, a foreign file
+    logging.warning("the stored scores %s do not load (%s); scoring the stack again", path, e)
+    return None
   if int(arrays.get("format", -1)) != _STACK_FORMAT:
     return None
   return arrays

@@ -128,13 +128,15 @@ def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_pat
   other = me.validate(_config(**{"train.steps": 7}))
   me.cached_stack(other, str(tmp_path), "targets L1 d8", {}, None, compute)
   assert len(calls) == 2
-  # A damaged file is reported and the stack computed again.
-  with open(me.stack_path(settings, str(tmp_path), "targets L1 d8"), "wb") as f:
-    f.write(b"not an npz")
-  counts = {}
-  me.cached_stack(settings, str(tmp_path), "targets L1 d8", {}, counts, compute)
-  assert len(calls) == 3 and counts == {"trained": 1}
-  assert "does not load" in caplog.text
+  # A damaged file (not an npz; a truncated copy) is reported and the stack computed again.
+  path = me.stack_path(settings, str(tmp_path), "targets L1 d8")
+  for damaged in (b"not an npz", open(path, "rb").read()[:100]):
+    with open(path, "wb") as f:
+      f.write(damaged)
+    counts = {}
+    me.cached_stack(settings, str(tmp_path), "targets L1 d8", {}, counts, compute)
+    assert counts == {"trained": 1}
+  assert len(calls) == 4 and caplog.text.count("does not load") == 2
 
 
 def test_cli_bad_input_fails_in_one_line(tmp_path):

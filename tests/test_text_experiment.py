@@ -311,6 +311,18 @@ def test_cli_runs_a_tiny_text_sweep_end_to_end_and_resumes(tmp_path):
   assert [set(r["extraction"]) for r in rescored] == [{"6"}] * 6
   assert [r["mem_bits_oracle"] for r in rescored] == [r["mem_bits_oracle"] for r in rows]
 
+  # Damaged stored files (a truncated copy, say) are reported and redone, not a crash: the
+  # first stack's scores and parameters, and the second stack's scores.
+  stacks = workdir / "text_stacks"
+  newest = sorted(stacks.glob("*.scores.npz"), key=os.path.getmtime)[-2:]
+  first_params = stacks / ("-".join(newest[0].name.split("-")[:2]) + ".params.npz")
+  for path in (*newest, first_params):
+    path.write_bytes(path.read_bytes()[:300])
+  proc = run_main(config, workdir, "--config.extraction.prefix_lengths=(6,)")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "3 models trained, 3 rescored from stored parameters, 0 already done" in proc.stdout
+  assert proc.stderr.count("do not load") == 3
+
 
 def test_cli_bad_data_fails_in_one_line_before_training(tmp_path):
   corpus = write_corpus(tmp_path / "corpus", num_files=2, words=40)
