@@ -25,7 +25,10 @@ def get_config():
   # text only:
   config.data.corpus = "stdlib_docs"  # txt, jsonl, parquet, tfds or stdlib_docs (embedded)
   config.data.paths = ()
-  config.data.text_field = "text"
+  config.data.text_field = "text"  # jsonl/parquet field or TFDS feature holding the text
+  config.data.tfds_name = ""  # corpus="tfds": e.g. "wiki40b/en", prepared under tfds_data_dir
+  config.data.tfds_split = "train"
+  config.data.tfds_data_dir = ""  # "": TFDS's default (~/tensorflow_datasets)
   config.data.max_documents = 0  # 0: all
   config.data.tokenizer = "bpe"  # bpe (trained, cached), file or bytes
   config.data.tokenizer_path = ""

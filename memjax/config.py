@@ -245,6 +245,39 @@ def dataset_sizes_for(s: CapacitySettings, shape: model_lib.ModelConfig):
   return tuple(sorted({max(1, round(f * expected_n)) for f in s.dataset_size_factors}))
 
 
+# Words of a data-pipeline error message (memjax.data) -> the config field to change; the first
+# match wins.
+_DATA_ERROR_FIELDS = (
+    ("tokenizer file", "data.tokenizer_path"),
+    ("vocab_size", "data.vocab_size"),
+    ("tokens long", "data.seq_len"),
+    ("seq_len", "data.seq_len"),
+    ("text_field", "data.text_field"),
+    ("has no split", "data.tfds_split"),
+    ("TFDS", "data.tfds_name"),
+    ("tfds", "data.tfds_name"),
+)
+
+
+def data_error(error: Exception, reads_files: bool, source_field="data.source",
+               fields=_DATA_ERROR_FIELDS) -> ConfigError:
+  """A data-pipeline error as a ConfigError naming the field to change: by the words of its
+  message, else the source's paths (a file source) or the source itself."""
+  message = str(error).strip("'\"")
+  field = next((f for words, f in fields if words in message), None)
+  if field is None:
+    field = "data.paths" if reads_files else source_field
+  return ConfigError(f"config.{field}: {message}")
+
+
+def refuse_unused_paths(config, kind, source_field="data.source", file_kinds=()):
+  """data.paths given with a source that reads no files would be silently ignored: refuse."""
+  paths = _as_tuple(config, "data.paths") if "paths" in config.data.keys() else ()
+  if kind not in file_kinds and any(paths):
+    _fail("data.paths", f"{source_field}={kind!r} reads no files, so data.paths={paths!r} "
+                        f"would be ignored; clear data.paths or change {source_field}")
+
+
 def check_workdir(workdir: str):
   """Fail early, with the path, if results cannot be written there."""
   if not workdir:

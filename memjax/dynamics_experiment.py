@@ -112,6 +112,7 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
   _int = config_lib._int
   source = _str(config, "data.source", DATA_SOURCES)
   paths = tuple(os.path.expanduser(p) for p in _str_tuple(config, "data.paths"))
+  config_lib.refuse_unused_paths(config, source, file_kinds=("txt", "jsonl"))
   if source in ("txt", "jsonl"):
     if not paths:
       _fail("data.paths", f"data.source={source!r} reads files: give files, directories or globs")
@@ -217,12 +218,15 @@ def load_tokens(d: DataSettings, workdir: str):
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
                                      cache_dir=d.cache_dir or os.path.join(workdir, "cache"))
   except (ValueError, FileNotFoundError, OSError) as e:
-    field = "data.seq_len" if "tokens long" in str(e) else (
-        "data.paths" if d.source in ("txt", "jsonl") else "data.source")
-    raise ConfigError(f"config.{field}: {e}") from e
+    raise config_lib.data_error(e, d.source in ("txt", "jsonl")) from e
   need = d.num_samples + d.heldout
   if ds.num_sequences < need:
-    field = "data.num_samples" if d.num_samples > ds.num_sequences // 2 else "data.max_documents"
+    if d.heldout > d.num_samples:
+      field = "data.heldout"
+    elif d.max_documents and ds.num_documents >= d.max_documents:
+      field = "data.max_documents"  # the corpus was cut short: more documents, more sequences
+    else:
+      field = "data.num_samples"
     raise ConfigError(
         f"config.{field}: the corpus ({corpus_lib.describe_source(source)}) has "
         f"{ds.num_sequences:,} distinct sequences of {d.seq_len} tokens, but {need:,} are asked "

@@ -5,6 +5,7 @@ Fields of the config can be overridden on the command line, e.g.
 """
 
 import importlib
+import os
 import sys
 
 from absl import app
@@ -77,9 +78,27 @@ def main(argv):
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:  # Ctrl-C outside a training loop (those stop at a checkpoint)
-    print(f"memjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "
+    print(f"\nmemjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "
           "command continues from it", file=sys.stderr)
-    sys.exit(130)
+    _exit_now(130)
+  except Exception as e:  # noqa: BLE001 - only device out-of-memory is turned into one line
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    first = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e))
+    print(f"\nmemjax: error: out of device memory ({' '.join(first.split())[:300]}); lower "
+          "train.batch_size, eval.batch_size, the dataset sizes or the model widths; what is "
+          f"written in {_WORKDIR.value} stays valid", file=sys.stderr)
+    _exit_now(1)
+
+
+def _exit_now(status):
+  """Exit without Python's interpreter teardown: after an interrupt, XLA's threads may still be
+  compiling or running, and tearing down under them can crash (a segfault seen after Ctrl-C
+  during a first compile). Every result file is written whole before this, so nothing is lost."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.flush()
+  os._exit(status)
 
 
 def _load_config():

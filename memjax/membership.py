@@ -644,6 +644,10 @@ def cli(argv=None) -> int:
       if not getattr(args, field) > least:
         raise ValueError(f"--{field} must be > {least}, got {getattr(args, field)}")
     constants = load_constants(args.constants) if args.constants else PUBLISHED
+    if args.constants and constants.get("x_form", "tokens") != "tokens":
+      raise ValueError(
+          f"--constants: {args.constants} is a fit with x_form={constants['x_form']!r}; predict "
+          "and solve use x = S log2(V) N / params, the x_form 'tokens' fit (law_fit_tokens.json)")
     shape = (args.seq_len, args.vocab_size)
     if args.command == "predict":
       result = {"f1": float(predict_f1(args.n_params, args.dataset_size, *shape, constants))}

@@ -46,7 +46,6 @@ from memjax import config as config_lib
 from memjax import jsonio
 from memjax import report
 from memjax import membership as mi
-from memjax.config import ConfigError
 from memjax.train import TrainConfig
 
 SOURCES = ("synthetic", "text")
@@ -83,8 +82,8 @@ def fit_law(x, f1, x_form):
 ALLOWED = {
     "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "lira", "law"},
     "data": {"source", "vocab_size", "seq_len", "seed", "corpus", "paths", "text_field",
-             "max_documents", "tokenizer", "tokenizer_path", "train_pool", "heldout_pool",
-             "reference_pool", "cache_dir"},
+             "tfds_name", "tfds_split", "tfds_data_dir", "max_documents", "tokenizer",
+             "tokenizer_path", "train_pool", "heldout_pool", "reference_pool", "cache_dir"},
     "model": {"num_heads"},
     "sweep": {"layers", "d_model", "dataset_sizes", "seeds", "precision"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
@@ -157,15 +156,19 @@ def validate(config) -> MembershipSettings:
     _fail("lira.d_model", f"must be divisible by model.num_heads={heads}, got {lira_d}")
   text = {}
   if source == "synthetic":
+    config_lib.refuse_unused_paths(config, source)
     if seq_len * math.log2(vocab) < 20:
       _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
                             "distinct members and non-members; raise data.seq_len or vocab_size")
   else:
     from memjax.data import corpus as corpus_lib
     from memjax.data import tokenize as tokenize_lib
+    corpus = _str(config, "data.corpus", corpus_lib.SOURCE_KINDS)
+    config_lib.refuse_unused_paths(config, corpus, "data.corpus",
+                                   tuple(corpus_lib.FILE_EXTENSIONS))
     text = dict(
-        corpus=_str(config, "data.corpus", corpus_lib.SOURCE_KINDS),
-        paths=tuple(str(p) for p in config_lib._as_tuple(config, "data.paths") if p),
+        corpus=corpus,
+        paths=tuple(os.path.expanduser(p) for p in config_lib._str_list(config, "data.paths")),
         text_field=_str(config, "data.text_field"),
         max_documents=_int(config, "data.max_documents", minimum=0),
         tokenizer=_str(config, "data.tokenizer", tokenize_lib.TOKENIZER_KINDS),
@@ -174,8 +177,22 @@ def validate(config) -> MembershipSettings:
         heldout_pool=_int(config, "data.heldout_pool"),
         reference_pool=_int(config, "data.reference_pool", minimum=0),
         cache_dir=_str(config, "data.cache_dir"))
-    if text["corpus"] in corpus_lib.FILE_EXTENSIONS and not text["paths"]:
-      _fail("data.paths", f"data.corpus={text['corpus']!r} reads files: give files or globs")
+    if corpus in corpus_lib.FILE_EXTENSIONS:
+      if not text["paths"]:
+        _fail("data.paths", f"data.corpus={corpus!r} reads files: give files or globs")
+      try:
+        corpus_lib.resolve_paths(text["paths"], corpus_lib.FILE_EXTENSIONS[corpus])
+      except FileNotFoundError as e:
+        _fail("data.paths", str(e))
+    if corpus == "tfds":  # only then: the stored stacks of other corpora keep their keys
+      text.update(
+          tfds_name=config_lib._optional(config, "data.tfds_name", "", _str),
+          tfds_split=config_lib._optional(config, "data.tfds_split", "train", _str,
+                                          allow_empty=False),
+          tfds_data_dir=os.path.expanduser(
+              config_lib._optional(config, "data.tfds_data_dir", "", _str)))
+      if not text["tfds_name"]:
+        _fail("data.tfds_name", "data.corpus='tfds' needs the dataset name, e.g. 'wiki40b/en'")
     if text["tokenizer"] == "file" and not os.path.isfile(text["tokenizer_path"]):
       _fail("data.tokenizer_path", f"the tokenizer file {text['tokenizer_path']!r} does not exist")
     if text["tokenizer"] == "bpe" and not (
@@ -221,9 +238,13 @@ class TextData:
 
 
 def load_text(settings: MembershipSettings, workdir: str) -> TextData:
+  from memjax.data import corpus as corpus_lib
   from memjax.data import text as text_lib
   t = settings.text
   source = text_lib.SourceConfig(kind=t["corpus"], paths=t["paths"], text_field=t["text_field"],
+                                 name=t.get("tfds_name") or None,
+                                 split=t.get("tfds_split", "train"),
+                                 data_dir=t.get("tfds_data_dir") or None,
                                  max_documents=t["max_documents"] or None)
   tok = text_lib.TokenizerConfig(kind=t["tokenizer"], path=t["tokenizer_path"] or None,
                                  vocab_size=settings.vocab_size if t["tokenizer"] == "bpe" else None)
@@ -234,8 +255,9 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
                                      cache_dir=t["cache_dir"] or os.path.join(workdir, "cache"),
                                      workdir=workdir)
   except (ValueError, FileNotFoundError, OSError) as e:
-    field = "data.train_pool" if "pool" in str(e) else "data.corpus"
-    raise ConfigError(f"config.{field}: {str(e).strip()}") from e
+    raise config_lib.data_error(
+        e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
+        (("pools ask for", "data.train_pool"), *config_lib._DATA_ERROR_FIELDS)) from e
   return TextData(np.asarray(ds.tokens), ds.vocab_size, ds.train_idx, ds.heldout_idx,
                   ds.reference_idx)
 
@@ -762,8 +784,11 @@ def run(settings: MembershipSettings, workdir: str):
   summary["stacks_already_done"] = counts.get("loaded", 0)
   jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
   for form, fit in summary["law_fits"].items():  # for `python -m memjax.membership --constants`
+    path = os.path.join(workdir, f"law_fit_{form}.json")
     if fit.get("valid"):
-      mi.save_constants(os.path.join(workdir, f"law_fit_{form}.json"), fit)
+      mi.save_constants(path, fit)
+    elif os.path.exists(path):  # an earlier run's fit: not this run's result
+      os.remove(path)
   write_figures(rows, summary, roc, workdir)
   return rows, summary
 

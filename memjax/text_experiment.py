@@ -149,6 +149,7 @@ def validate(config) -> TextSettings:
 
   kind = _str(config, "data.source", corpus_lib.SOURCE_KINDS)
   paths = tuple(_path(p) for p in _str_list(config, "data.paths"))
+  config_lib.refuse_unused_paths(config, kind, file_kinds=tuple(corpus_lib.FILE_EXTENSIONS))
   tfds_name = _str(config, "data.tfds_name")
   max_documents = _int(config, "data.max_documents", minimum=0)
   source = text_lib.SourceConfig(
@@ -250,24 +251,8 @@ def validate(config) -> TextSettings:
 # ---------------------------------------------------------------------------------------------
 # Data.
 
-# Words of a data-pipeline error message -> the config field to change.
-_ERROR_FIELDS = (
-    ("tokenizer file", "data.tokenizer_path"),
-    ("vocab_size", "data.vocab_size"),
-    ("tokens long", "data.seq_len"),
-    ("seq_len", "data.seq_len"),
-    ("text_field", "data.text_field"),
-    ("TFDS", "data.tfds_name"),
-    ("tfds", "data.tfds_name"),
-)
-
-
 def _data_error(settings: TextSettings, error: Exception) -> ConfigError:
-  message = str(error).strip("'\"")
-  field = next((f for words, f in _ERROR_FIELDS if words in message), None)
-  if field is None:
-    field = "data.paths" if settings.source.kind in corpus_lib.FILE_EXTENSIONS else "data.source"
-  return ConfigError(f"config.{field}: {message}")
+  return config_lib.data_error(error, settings.source.kind in corpus_lib.FILE_EXTENSIONS)
 
 
 @dataclasses.dataclass

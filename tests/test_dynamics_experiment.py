@@ -140,6 +140,8 @@ def test_correlation_rows_mark_too_few_pairs():
      "config.distributional.context:"),
     ("configs/distributional.py", {"distributional.denominator": "x"},
      "config.distributional.denominator: must be one of context, continuation"),
+    ("configs/dynamics.py", {"data.paths": ("notes.txt",)},
+     "config.data.paths: data.source='stdlib_docs' reads no files"),
 ])
 def test_bad_configs_fail_naming_the_field(path, overrides, needle):
   module = dyn_exp if "dynamics" in path else dist_exp
@@ -147,6 +149,19 @@ def test_bad_configs_fail_naming_the_field(path, overrides, needle):
   with pytest.raises(config_lib.ConfigError) as e:
     module.validate(_config(path, **overrides))
   assert str(e.value).startswith(needle), str(e.value)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"data.heldout": 100_000}, "data.heldout"),
+    ({"data.num_samples": 100_000, "data.max_documents": 0}, "data.num_samples"),
+    ({"data.num_samples": 400, "data.heldout": 300, "data.max_documents": 3,
+      "sweep.dataset_sizes": (64, 400)}, "data.max_documents"),
+])
+def test_a_corpus_too_small_names_the_field_that_asks_too_much(overrides, field, tmp_path):
+  settings = dist_exp.validate(_config("configs/distributional.py", **{
+      "data.tokenizer": "bytes", "data.vocab_size": 256, "data.max_documents": 40, **overrides}))
+  with pytest.raises(config_lib.ConfigError, match=f"^config.{field}: the corpus"):
+    dyn_exp.load_tokens(settings.data, str(tmp_path))
 
 
 def test_cli_bad_input_is_one_line(tmp_path):

@@ -292,8 +292,16 @@ def test_predict_solve_round_trip_and_range(tmp_path):
       mb.predict_f1(1e6, 1e4, 64, 2048, low))
 
 
-def test_cli(capsys):
+def test_cli(capsys, tmp_path):
   assert mb.cli(["predict", "--n_params", "704000", "--dataset_size", "33140"]) == 0
+  assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(0.835)
+  # A fit over x = capacity / N is not for predict's x = S log2(V) N / params.
+  fit = mb.save_constants(tmp_path / "law_fit_capacity.json", (1.3, -0.5, -2.0), x_form="capacity")
+  assert mb.cli(["predict", "--n_params", "1e6", "--dataset_size", "1e4", "--constants", fit]) == 2
+  assert "x_form='capacity'" in capsys.readouterr().err
+  fit = mb.save_constants(tmp_path / "law_fit_tokens.json", mb.PUBLISHED, x_form="tokens")
+  assert mb.cli(["predict", "--n_params", "704000", "--dataset_size", "33140", "--constants",
+                 fit]) == 0
   assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(0.835)
   assert mb.cli(["solve", "--n_params", "1e6", "--target_f1", "0.3"]) == 2
   assert "outside the law's range" in capsys.readouterr().err

@@ -52,6 +52,41 @@ def test_validate_rejects_bad_values(field, value, needle):
   assert str(e.value).startswith(needle), str(e.value)
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    ({"data.source": "text", "data.corpus": "tfds"}, "config.data.tfds_name: data.corpus='tfds'"),
+    ({"data.source": "text", "data.paths": ("a.txt",)},
+     "config.data.paths: data.corpus='stdlib_docs' reads no files"),
+    ({"data.paths": ("a.txt",)}, "config.data.paths: data.source='synthetic' reads no files"),
+    ({"data.source": "text", "data.corpus": "txt", "data.paths": ("/nonexistent/a.txt",)},
+     "config.data.paths: the source file '/nonexistent/a.txt' does not exist"),
+])
+def test_text_sources_are_checked_naming_the_field(overrides, needle):
+  with pytest.raises(ConfigError) as e:
+    me.validate(_config(**overrides))
+  assert str(e.value).startswith(needle), str(e.value)
+
+
+def test_a_tfds_corpus_gives_members_and_nonmembers_and_its_errors_name_the_field(tmp_path):
+  from test_text import prepare_tiny_tfds  # pytest puts tests/ on sys.path
+  docs = [f"document {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(12))
+          for i in range(60)]
+  name = prepare_tiny_tfds(str(tmp_path / "tfds"), {"train": docs})
+  text = {"data.source": "text", "data.corpus": "tfds", "data.tfds_name": name,
+          "data.tfds_data_dir": str(tmp_path / "tfds"), "data.tokenizer": "bytes",
+          "data.seq_len": 8, "data.train_pool": 40, "data.heldout_pool": 20,
+          "data.reference_pool": 0, "sweep.dataset_sizes": (8, 32), "eval.eval_size": 16,
+          "lira.candidates": 16}
+  data = me.load_text(me.validate(_config(**text)), str(tmp_path / "w"))
+  assert data.vocab_size == 256 and data.train_idx.size == 40 and data.heldout_idx.size == 20
+  assert not set(data.train_idx) & set(data.heldout_idx)
+  for bad, field in (({"data.tfds_split": "validation"}, "config.data.tfds_split: "),
+                     ({"data.train_pool": 10**6}, "config.data.train_pool: "),
+                     ({"data.tfds_name": "nothing_here"}, "config.data.tfds_name: ")):
+    overrides = {**text, **bad, "sweep.dataset_sizes": (8,)}
+    with pytest.raises(ConfigError, match="^" + field):
+      me.load_text(me.validate(_config(**overrides)), str(tmp_path / "w"))
+
+
 def run_main(args, workdir):
   return subprocess.run([sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -147,6 +182,22 @@ def test_cli_bad_input_fails_in_one_line(tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("memjax: error: config."), proc.stderr
   assert needle in lines[0]
+
+
+def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path):
+  import resource
+  limit = 12 * 2**30  # address space: the 228 GB batch below cannot be allocated
+  proc = subprocess.run(
+      [sys.executable, "-m", "memjax.main", *TINY, "--config.sweep.d_model=(256,)",
+       "--config.sweep.dataset_sizes=(1024,)", "--config.train.batch_size=200000",
+       "--config.lira.num_models=0", f"--workdir={tmp_path / 'w'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("memjax: error: out of device memory (RESOURCE_EXHAUSTED")
+  assert "lower train.batch_size" in lines[0]
 
 
 def test_untrained_model_is_at_chance():

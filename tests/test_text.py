@@ -118,6 +118,10 @@ def test_tfds_source_loads_a_prepared_dataset_by_name_and_data_dir(tmp_path):
   assert any("array_record" in f["path"] for f in fingerprint["files"])
   with pytest.raises(FileNotFoundError, match=r"'not_prepared_here'.*data_dir"):
     docs_of(SourceConfig(kind="tfds", name="not_prepared_here", data_dir=str(tmp_path)))
+  assert len(docs_of(SourceConfig(kind="tfds", name=name, split="train[:3]+test",
+                                  data_dir=str(tmp_path)))) == 4
+  with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train'\]"):
+    docs_of(SourceConfig(kind="tfds", name=name, split="validation", data_dir=str(tmp_path)))
 
 
 def test_stdlib_docs_gives_over_a_million_characters_of_docstrings_in_a_fixed_order():

@@ -273,6 +273,7 @@ def _read_tfds(cfg: SourceConfig) -> Iterator[str]:
   if cfg.text_field not in features:
     raise ValueError(f"TFDS dataset {cfg.name!r} has no feature {cfg.text_field!r} "
                      f"(it has {features}); set text_field.")
+  _check_tfds_split(builder, cfg)
   if _tfds_is_random_access(builder):
     examples = _tfds_array_record_examples(builder, cfg.split)
   else:
@@ -280,6 +281,16 @@ def _read_tfds(cfg: SourceConfig) -> Iterator[str]:
   for example in examples:
     text = example[cfg.text_field]
     yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _check_tfds_split(builder, cfg: SourceConfig):
+  """Each split named in cfg.split ("train", "train[:10%]", "train+test") must exist."""
+  splits = sorted(builder.info.splits.keys())
+  for part in cfg.split.split("+"):
+    name = part.split("[", 1)[0].strip()
+    if name not in splits:
+      raise ValueError(f"TFDS dataset {cfg.name!r} has no split {name!r} (it has {splits}); "
+                       "fix the split.")
 
 
 def _tfds_is_random_access(builder) -> bool:

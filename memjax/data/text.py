@@ -352,7 +352,7 @@ def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
         f"the corpus has {num_sequences} distinct sequences, but the pools ask for "
         f"{num_requested} (train {pool_sizes.train if pool_sizes.train is not None else 'rest'}, "
         f"heldout {pool_sizes.heldout}, reference {pool_sizes.reference}, train at least 1); "
-        "lower pool_sizes, lower seq_len or use a larger corpus.")
+        "lower the pools, lower seq_len or use a larger corpus.")
   permutation = np.random.default_rng(seed).permutation(num_sequences).astype(np.int32)
   heldout_end = pool_sizes.heldout
   reference_end = heldout_end + pool_sizes.reference
