@@ -221,7 +221,7 @@ def validate(config) -> TextSettings:
       _fail("extraction.prefix_lengths",
             f"each prefix must be shorter than data.seq_len={seq_len}, got {p}")
   nonmembers = _int(config, "extraction.nonmember_samples", minimum=0)
-  if nonmembers > heldout:
+  if prefixes and nonmembers > heldout:  # without prefixes nothing is extracted
     _fail("extraction.nonmember_samples",
           f"{nonmembers} non-members do not fit the held-out pool data.heldout_pool={heldout}; "
           "lower it or raise the pool")
