@@ -150,6 +150,20 @@ def _process():
   return jax.process_index(), jax.process_count()
 
 
+def _wait_for_every_process(name, hours=24):
+  """A barrier of all processes that waits as long as the slowest one trains. The processes'
+  chunks can take very different times (3 chunks over 2 processes, or a resume where one has
+  nothing left): a device collective (sync_global_devices) gives up after Gloo's 30 s on CPUs,
+  so this uses the coordination service's barrier with its own timeout."""
+  from jax._src import distributed  # the client jax.distributed.initialize() made
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, timeout_in_ms=int(hours * 3600 * 1000))
+
+
 def _warn_other_test_size(rows, test_size):
   """The evaluation settings are not part of a model's key: say so when finished rows that a
   rerun keeps were scored on another number of held-out sequences."""
@@ -244,8 +258,7 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
     pass
 
   if nproc > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("memjax: every chunk trained")
+    _wait_for_every_process("memjax: every chunk trained")
   complete = sweep.merge_results(workdir, all_keys, writer=pid)
   if not complete:
     logging.warning("results.jsonl not merged: some models of the sweep have no row yet")
