@@ -276,8 +276,7 @@ def dry_run(settings, workdir):
   """Print the plan (buckets, chunks, models, memory, tokens) and train nothing."""
   pid, nproc = _process()
   plan = sweep.plan_chunks(settings, jax.local_devices())
-  done_rows = sweep.read_all_rows(workdir)
-  done = {r.get("key") for r in done_rows}
+  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
   print(sweep.format_plan(plan, settings, done, pid, nproc))
 
 

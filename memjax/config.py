@@ -137,6 +137,14 @@ def _str_list(config, field):
   return _no_repeats(field, tuple(values))
 
 
+def precision_list(config, field):
+  """A non-empty list of distinct precisions (PRECISIONS)."""
+  values = _as_tuple(config, field)
+  if not values or any(p not in PRECISIONS for p in values):
+    _fail(field, f"must be a list of {', '.join(PRECISIONS)}, got {values!r}")
+  return _no_repeats(field, values)
+
+
 def _bool(config, field):
   value = _get(config, field)
   if not isinstance(value, bool):
@@ -169,10 +177,7 @@ def validate(config) -> CapacitySettings:
   for d in d_model:
     if d % heads:
       _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precisions = _as_tuple(config, "sweep.precisions")
-  if not precisions or any(p not in PRECISIONS for p in precisions):
-    _fail("sweep.precisions", f"must be a list of {', '.join(PRECISIONS)}, got {precisions!r}")
-  _no_repeats("sweep.precisions", precisions)
+  precisions = precision_list(config, "sweep.precisions")
 
   train = train_config(config)
 
@@ -260,10 +265,12 @@ _DATA_ERROR_FIELDS = (
 
 
 def data_error(error: Exception, reads_files: bool, source_field="data.source",
-               fields=_DATA_ERROR_FIELDS) -> ConfigError:
+               extra_fields=()) -> ConfigError:
   """A data-pipeline error as a ConfigError naming the field to change: by the words of its
-  message, else the source's paths (a file source) or the source itself."""
+  message (`extra_fields`, an experiment's own (words, field) pairs, first), else the source's
+  paths (a file source) or the source itself."""
   message = str(error).strip("'\"")
+  fields = (*extra_fields, *_DATA_ERROR_FIELDS)
   field = next((f for words, f in fields if words in message), None)
   if field is None:
     field = "data.paths" if reads_files else source_field

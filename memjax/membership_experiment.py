@@ -257,7 +257,7 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(
         e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
-        (("pools ask for", "data.train_pool"), *config_lib._DATA_ERROR_FIELDS)) from e
+        extra_fields=(("pools ask for", "data.train_pool"),)) from e
   return TextData(np.asarray(ds.tokens), ds.vocab_size, ds.train_idx, ds.heldout_idx,
                   ds.reference_idx)
 

@@ -200,11 +200,7 @@ def validate(config) -> TextSettings:
   for d in d_model:
     if d % heads:
       _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precisions = config_lib._as_tuple(config, "sweep.precisions")
-  if not precisions or any(p not in config_lib.PRECISIONS for p in precisions):
-    _fail("sweep.precisions",
-          f"must be a list of {', '.join(config_lib.PRECISIONS)}, got {precisions!r}")
-  config_lib._no_repeats("sweep.precisions", precisions)
+  precisions = config_lib.precision_list(config, "sweep.precisions")
   sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
   if train_pool and sizes[-1] > train_pool:
     _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
