@@ -1,14 +1,20 @@
-"""Checkpoints of a chunk's stacked training state, with orbax.
+"""Checkpoints of a chunk's stacked training state, as one numpy archive a step.
 
 A chunk (sweep.Chunk) saves its whole stacked state, the loop step it reached and the models it
-trains under <workdir>/checkpoints/<chunk id>/<step>/: every leaf of the StackState (parameters,
+trains as <workdir>/checkpoints/<chunk id>/<step>.npz: every leaf of the StackState (parameters,
 optimizer state, per-model step, data position, data key, saturation tracking) as a numpy array,
-padding copies left out, so a checkpoint restores on any number of devices. The data position and
-the data key (the only RNG) are part of the state, so training continues exactly where it stopped.
+padding copies left out, so a checkpoint restores on any number of devices, plus a JSON metadata
+string. The data position and the data key (the only RNG) are part of the state, so training
+continues exactly where it stopped.
+
+Why not orbax: a chunk's state lives on one process, and each process of a multi-process run
+checkpoints its own chunks. Orbax checkpoints are global: it writes numpy leaves and JSON items on
+process 0 only and refuses host-local jax.Arrays in a multi-process run, so the chunks of the other
+processes could not be restored. A process-local file needs nothing of its machinery.
 
 Safety against kills and bad files:
-- orbax writes a step to a temporary directory and commits it at the end; a step killed
-  mid-write is never listed and its leftovers are cleaned up when the chunk is opened again;
+- a step is written to a hidden temporary file, flushed to disk and renamed into place, so a step
+  killed mid-write is never listed; leftover temporary files are removed when the chunk is opened;
 - the metadata holds a CRC32 of every leaf; a step that fails to load, or whose arrays do not
   match their checksums, is reported (a log warning), deleted and skipped for the previous one;
 - the last `keep` steps are kept (2 by default), so there is a previous good one to fall back on.
@@ -16,8 +22,9 @@ Safety against kills and bad files:
 
 from __future__ import annotations
 
-import logging as py_logging
+import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -28,22 +35,9 @@ import jax
 import numpy as np
 from absl import logging
 
-FORMAT = 1
-
-
-class _QuietOrbax(py_logging.Filter):
-  """Orbax logs every save at INFO; keep its warnings, drop its chatter."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "orbax" not in (record.pathname or "")
-
-
-logging.get_absl_logger().addFilter(_QuietOrbax())
-
-
-def _ocp():
-  import orbax.checkpoint as ocp  # imported lazily: it is slow to import
-  return ocp
+FORMAT = 2
+_STEP_FILE = re.compile(r"^(\d+)\.npz$")
+_TMP_PREFIX = ".tmp-"
 
 
 def _is_key(x) -> bool:
@@ -85,56 +79,59 @@ def _checksum(x: np.ndarray) -> int:
 
 
 class ChunkCheckpoints:
-  """The checkpoints of one chunk, in `directory` (one orbax step directory per save)."""
+  """The checkpoints of one chunk, in `directory` (one <step>.npz file per save)."""
 
   def __init__(self, directory: str, keep: int = 2):
     self.directory = os.path.abspath(directory)
     self.keep = keep
-    self._manager = None
-
-  def _open(self):
-    if self._manager is None:
-      ocp = _ocp()
-      pid = jax.process_index()
-      os.makedirs(self.directory, exist_ok=True)
-      # Each process checkpoints its own chunks alone: no barriers with the other processes.
-      options = ocp.CheckpointManagerOptions(
-          max_to_keep=self.keep, create=False, cleanup_tmp_directories=True,
-          enable_async_checkpointing=False,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              primary_host=pid, active_processes={pid},
-              barrier_sync_key_prefix=f"memjax-{pid}-{os.path.basename(self.directory)}"))
-      self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=("state", "meta"))
-    return self._manager
+    self._cleaned = False
 
   def close(self):
-    if self._manager is not None:
-      self._manager.close()
-      self._manager = None
+    """Nothing is held open between calls; kept so callers can say when they are done."""
 
   def exists(self) -> bool:
     return os.path.isdir(self.directory)
 
-  def steps(self) -> list[int]:
+  def _path(self, step: int) -> str:
+    return os.path.join(self.directory, f"{step}.npz")
+
+  def _names(self) -> list[str]:
     if not self.exists():
       return []
-    return sorted(self._open().all_steps())
+    names = os.listdir(self.directory)
+    if not self._cleaned:  # a save killed mid-write left its temporary file
+      for name in names:
+        if name.startswith(_TMP_PREFIX):
+          _remove(os.path.join(self.directory, name))
+      self._cleaned = True
+      names = os.listdir(self.directory)
+    return names
+
+  def steps(self) -> list[int]:
+    return sorted(int(m.group(1)) for m in map(_STEP_FILE.match, self._names()) if m)
 
   def save(self, step: int, state, n_models: int, meta: dict):
     """Save the first `n_models` models of `state` at loop step `step` (replacing that step)."""
     leaves = state_to_host(state, n_models)
-    manager = self._open()
-    if step in manager.all_steps():
-      manager.delete(step)
     meta = {**meta, "format": FORMAT, "step": step, "n_models": n_models,
             "shapes": [list(x.shape) for x in leaves], "dtypes": [str(x.dtype) for x in leaves],
             "crc32": [_checksum(x) for x in leaves]}
-    ocp = _ocp()
-    tree = {f"{i:04d}": x for i, x in enumerate(leaves)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
-    manager.wait_until_finished()
+    os.makedirs(self.directory, exist_ok=True)
+    self._names()
+    tmp = os.path.join(self.directory, f"{_TMP_PREFIX}{step}-{os.getpid()}.npz")
+    # bfloat16 has no numpy file type: every leaf is stored as unsigned ints of its width.
+    arrays = {f"{i:04d}": _as_uint(x) for i, x in enumerate(leaves)}
+    with open(tmp, "wb") as f:
+      np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self._path(step))
+    _sync_directory(self.directory)
+    for old in self.steps()[:-self.keep]:
+      _remove(self._path(old))
+
+  def _read_meta(self, archive) -> dict:
+    return json.loads(str(archive["meta"]))
 
   def restore(self, template, n_models: int, expect: dict | None = None):
     """The newest good checkpoint as (step, leaves, meta), or None.
@@ -143,16 +140,17 @@ class ChunkCheckpoints:
     dtypes); `expect` holds metadata that must match (e.g. the chunk's model keys). A step that
     cannot be read or does not match is reported, deleted, and the previous one tried.
     """
-    if not self.exists():
-      return None
-    ocp = _ocp()
     try:
-      steps = sorted(self._open().all_steps(), reverse=True)
-    except Exception as e:  # the directory itself is unreadable
+      steps = sorted(self.steps(), reverse=True)
+    except OSError as e:  # the directory itself is unreadable
       logging.warning("checkpoints in %s cannot be listed (%s); starting the chunk afresh",
                       self.directory, _short(e))
-      self.close()
       shutil.rmtree(self.directory, ignore_errors=True)
+      return None
+    if not steps:
+      if any(n.isdigit() for n in self._names()):
+        logging.warning("%s holds checkpoints in the orbax format of an earlier memjax, which "
+                        "this version does not read; starting the chunk afresh", self.directory)
       return None
     wanted = []
     for x in jax.tree.leaves(template):
@@ -160,41 +158,65 @@ class ChunkCheckpoints:
       wanted.append(np.zeros((n_models, *spec.shape[1:]), spec.dtype))
     for step in steps:
       try:
-        restored = self._open().restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore({f"{i:04d}": x for i, x in enumerate(wanted)}),
-            meta=ocp.args.JsonRestore()))
-        meta = dict(restored["meta"])
-        leaves = [np.asarray(restored["state"][f"{i:04d}"]) for i in range(len(wanted))]
+        with np.load(self._path(step), allow_pickle=False) as archive:
+          meta = self._read_meta(archive)
+          if len(meta.get("dtypes", ())) != len(wanted):
+            raise ValueError(f"checkpoint has {len(meta.get('dtypes', ()))} arrays, the state "
+                             f"has {len(wanted)}")
+          leaves = [_from_uint(archive[f"{i:04d}"], w.dtype) for i, w in enumerate(wanted)]
         _verify(meta, leaves, wanted, step, expect)
         return step, leaves, meta
-      except Exception as e:  # orbax, tensorstore, JSON and our checks all land here
-        logging.warning("checkpoint %s/%d is corrupt or incomplete (%s); skipping it for the "
-                        "previous one", self.directory, step, _short(e))
-        self._drop(step)
+      except Exception as e:  # zip, numpy, JSON and our checks all land here
+        logging.warning("checkpoint %s is corrupt or incomplete (%s); skipping it for the "
+                        "previous one", self._path(step), _short(e))
+        _remove(self._path(step))
     logging.warning("no usable checkpoint in %s; starting the chunk afresh", self.directory)
     return None
 
   def model_keys(self) -> list | None:
     """The model keys saved with the newest checkpoint (None if there is none or it cannot be
-    read): which models the chunk was training, without restoring its arrays."""
-    ocp = _ocp()
+    read): which models the chunk was training, without reading its arrays."""
     try:
-      step = max(self._open().all_steps())
-      restored = self._open().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      return list(restored["meta"]["keys"])
+      with np.load(self._path(self.steps()[-1]), allow_pickle=False) as archive:
+        return list(self._read_meta(archive)["keys"])
     except Exception:  # noqa: BLE001 - no step, an unreadable or foreign directory
       return None
-    finally:
-      self.close()
-
-  def _drop(self, step):
-    self.close()
-    shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
 
   def delete(self):
     """Remove every checkpoint of the chunk (once its rows are written)."""
-    self.close()
     shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _as_uint(x: np.ndarray) -> np.ndarray:
+  return x.view(np.dtype(f"u{x.dtype.itemsize}"))
+
+
+def _from_uint(x: np.ndarray, dtype) -> np.ndarray:
+  dtype = np.dtype(dtype)
+  if x.dtype != np.dtype(f"u{dtype.itemsize}"):
+    raise ValueError(f"an array stored as {x.dtype} cannot hold {dtype}")
+  return x.view(dtype)
+
+
+def _remove(path: str):
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def _sync_directory(directory: str):
+  """Make the rename durable (a crash right after it keeps the new file)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
 
 
 def _short(e: Exception) -> str:

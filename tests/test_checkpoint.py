@@ -63,39 +63,53 @@ def test_round_trip_of_a_bf16_stack_with_padding_and_keys(tmp_path):
   assert not os.path.exists(tmp_path / "c")
 
 
-# Orbax's restore leaves an asyncio callback behind when tensorstore reports bad data; harmless.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_or_foreign_checkpoints_are_reported_and_skipped(tmp_path, caplog):
   state = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
-  ckpts = checkpoint.ChunkCheckpoints(str(tmp_path / "c"), keep=4)
-  for step in (10, 20, 30, 40):
+  ckpts = checkpoint.ChunkCheckpoints(str(tmp_path / "c"), keep=5)
+  for step in (10, 20, 30, 40, 50):
     ckpts.save(step, state, 1, {"keys": ["a"]})
-  # 40: garbled array data (tensorstore reports the loss).
-  data = [f for f in glob.glob(str(tmp_path / "c" / "40" / "state" / "**" / "d" / "*"),
-                               recursive=True) if os.path.isfile(f)]
-  assert data
-  for f in data:
-    raw = bytearray(open(f, "rb").read())
-    raw[len(raw) // 2] ^= 0xFF
-    open(f, "wb").write(bytes(raw))
-  # 30: arrays that read back fine but are not what was saved (our CRC32s catch it).
-  meta_path = glob.glob(str(tmp_path / "c" / "30" / "meta" / "*"))[0]
-  meta = json.load(open(meta_path))
+  path = lambda step: str(tmp_path / "c" / f"{step}.npz")
+  # 50: one flipped byte in the middle of the array data (the archive's or our CRC32 catches it).
+  raw = bytearray(open(path(50), "rb").read())
+  raw[len(raw) // 2] ^= 0xFF
+  open(path(50), "wb").write(bytes(raw))
+  # 40: arrays that read back fine but are not what was saved (our CRC32s catch it).
+  with np.load(path(40)) as archive:
+    arrays = dict(archive)
+  meta = json.loads(str(arrays["meta"]))
   meta["crc32"][0] ^= 1
-  json.dump(meta, open(meta_path, "w"))
-  # 20: truncated metadata.
-  open(glob.glob(str(tmp_path / "c" / "20" / "meta" / "*"))[0], "w").write('{"step": 2')
+  arrays["meta"] = np.array(json.dumps(meta))
+  np.savez(path(40), **arrays)
+  # 30: a truncated file; 20: metadata of another state (one array fewer).
+  open(path(30), "r+b").truncate(os.path.getsize(path(30)) // 2)
+  meta["crc32"], meta["dtypes"] = meta["crc32"][1:], meta["dtypes"][1:]
+  arrays["meta"] = np.array(json.dumps({**meta, "step": 20}))
+  np.savez(path(20), **arrays)
+  # A save killed mid-write leaves a temporary file: never listed, removed on the next open.
+  open(tmp_path / "c" / ".tmp-60-123.npz", "wb").write(b"partial")
   caplog.set_level("WARNING")
+  ckpts = checkpoint.ChunkCheckpoints(str(tmp_path / "c"), keep=5)
   step, _, _ = ckpts.restore(state, 1, expect={"keys": ["a"]})
   assert step == 10
   text = caplog.text
-  for bad in (40, 30, 20):
-    assert f"/{bad} is corrupt or incomplete" in text
+  for bad in (50, 40, 30, 20):
+    assert f"/{bad}.npz is corrupt or incomplete" in text
   assert "does not match its checksum" in text
-  assert ckpts.steps() == [10]  # the bad ones are gone: new saves at 20..40 can be made
+  assert ckpts.steps() == [10]  # the bad ones are gone: new saves at 20..50 can be made
+  assert sorted(os.listdir(tmp_path / "c")) == ["10.npz"]
   # A checkpoint of other models is not used.
   assert ckpts.restore(state, 1, expect={"keys": ["b"]}) is None
   assert "no usable checkpoint" in caplog.text
+
+
+def test_checkpoints_of_the_earlier_orbax_format_are_reported_not_read(tmp_path, caplog):
+  state = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
+  (tmp_path / "c" / "20" / "meta").mkdir(parents=True)
+  (tmp_path / "c" / "20" / "commit_success.txt").write_text("done")
+  caplog.set_level("WARNING")
+  ckpts = checkpoint.ChunkCheckpoints(str(tmp_path / "c"))
+  assert ckpts.restore(state, 1) is None and ckpts.model_keys() is None
+  assert "orbax format of an earlier memjax" in caplog.text
 
 
 def test_stale_chunk_checkpoints_are_removed_only_when_their_models_are_done(tmp_path, caplog):
@@ -174,10 +188,10 @@ def reference(tmp_path_factory, env):
 def committed_steps(workdir):
   """{chunk dir: sorted committed steps} of the checkpoints on disk now."""
   found = {}
-  for path in glob.glob(os.path.join(workdir, "checkpoints", "chunk*", "*", "commit_success.txt")):
-    step_dir = os.path.dirname(path)
-    if os.path.basename(step_dir).isdigit():
-      found.setdefault(os.path.dirname(step_dir), []).append(int(os.path.basename(step_dir)))
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "chunk*", "*.npz")):
+    name = os.path.basename(path)
+    if name[:-len(".npz")].isdigit():
+      found.setdefault(os.path.dirname(path), []).append(int(name[:-len(".npz")]))
   return {k: sorted(v) for k, v in found.items()}
 
 
@@ -217,13 +231,11 @@ def test_sigterm_saves_and_a_corrupt_latest_checkpoint_falls_back(tmp_path, env,
   found = committed_steps(workdir)
   chunk_dir, steps = next((d, s) for d, s in found.items() if len(s) >= 2)
   latest, previous = steps[-1], steps[-2]
-  # Corrupt every file of the latest checkpoint.
-  for f in glob.glob(os.path.join(chunk_dir, str(latest), "**", "*"), recursive=True):
-    if os.path.isfile(f) and not f.endswith("commit_success.txt"):
-      with open(f, "r+b") as fh:
-        fh.write(b"\x00garbage\x00")
+  # Corrupt the latest checkpoint.
+  with open(os.path.join(chunk_dir, f"{latest}.npz"), "r+b") as fh:
+    fh.write(b"\x00garbage\x00")
   proc = run(workdir, env)
-  assert f"{latest} is corrupt or incomplete" in proc.stderr, proc.stderr[-3000:]
+  assert f"{latest}.npz is corrupt or incomplete" in proc.stderr, proc.stderr[-3000:]
   assert f"resuming from its checkpoint at step {previous}" in proc.stderr
   assert_same_results(read_rows(workdir), reference)
   assert not (workdir / "checkpoints").exists()

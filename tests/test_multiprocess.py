@@ -2,8 +2,13 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,3 +57,71 @@ def test_two_processes_split_the_chunks_and_merge_every_model_once(tmp_path):
   assert "0 models trained, 8 already done" in proc.stdout
   again = read(workdir / "results.jsonl")
   assert sorted(r["key"] for r in again) == sorted(keys)
+
+
+# Chunks long enough (1000 steps, a checkpoint every 50) to be killed in the middle of training.
+LONG = [a for a in ARGS if not a.startswith(("--config.train.steps", "--config.quiet"))] + [
+    "--config.train.steps=1000", "--config.train.steps_per_call=10",
+    "--config.train.checkpoint_every=50"]
+TIMING_FIELDS = {"wall_s_per_chunk"}
+
+
+def checkpointed_chunks(workdir):
+  """Indices of the chunks that have a committed checkpoint on disk now."""
+  found = set()
+  for name in os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else ():
+    try:
+      if any(f.endswith(".npz") and f[0].isdigit() for f in
+             os.listdir(workdir / "checkpoints" / name)):
+        found.add(int(name[5:10]))
+    except FileNotFoundError:  # the chunk finished and removed its checkpoints meanwhile
+      pass
+  return found
+
+
+def test_both_processes_resume_their_own_chunks_after_a_kill(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  # The reference: the same sweep in one process, uninterrupted.
+  ref_dir = tmp_path / "ref"
+  proc = subprocess.run([sys.executable, "-m", "memjax.main", *LONG, "--config.quiet=True",
+                         f"--workdir={ref_dir}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  reference = {r["key"]: r for r in read(ref_dir / "results.jsonl")}
+
+  # Two processes, killed (SIGKILL, no chance to save) once chunk 0 (process 0) and chunk 1
+  # (process 1) both have a checkpoint.
+  workdir = tmp_path / "w"
+  command = ["bash", os.path.join(ROOT, "launch", "local_2proc.sh"), *LONG,
+             "--config.quiet=True", f"--workdir={workdir}"]
+  first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+  deadline = time.time() + 240
+  while not {0, 1} <= checkpointed_chunks(workdir):
+    assert first.poll() is None, "the run ended before it was killed: " + first.stderr.read()[-2000:]
+    assert time.time() < deadline
+    time.sleep(0.01)
+  os.killpg(first.pid, signal.SIGKILL)
+  first.wait(timeout=60)
+  assert not (workdir / "results.jsonl").exists()
+
+  # The rerun resumes each process's chunk from that process's checkpoint (logged unless quiet).
+  proc = subprocess.run(command[:-2] + command[-1:], cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for chunk in (0, 1):
+    assert re.search(rf"chunk {chunk} \([^)]*\): resuming from its checkpoint at step [1-9]",
+                     proc.stderr), proc.stderr[-3000:]
+  assert "orbax" not in proc.stderr and "corrupt" not in proc.stderr
+  rows = read(workdir / "results.jsonl")
+  assert sorted(r["key"] for r in rows) == sorted(reference)
+  for row in rows:
+    ref = reference[row["key"]]
+    for name, value in row.items():
+      if name in TIMING_FIELDS:
+        continue
+      if isinstance(value, float):
+        np.testing.assert_allclose(value, ref[name], rtol=1e-6, atol=1e-9, err_msg=name)
+      else:
+        assert value == ref[name], name
+  assert not (workdir / "checkpoints").exists()
