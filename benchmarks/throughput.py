@@ -193,6 +193,12 @@ class _Timer:
     self.best = min(self.best, time.perf_counter() - start)
 
 
+def _layout_name(layout, models, devices):
+  if models == devices:  # one model a device: lax.map over one model is the one-model program
+    return "one-model program"
+  return "lax.map in each device" if layout.sequential else "vmap"
+
+
 def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=math.inf,
                        use_torch=True):
   """One training row. For each stack size M the stack is compiled, then `calls` rounds each
@@ -270,7 +276,7 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
     stacks.append({
         "models": m,
         "devices": n_dev,
-        "layout": "lax.map in each device" if layout.sequential else "vmap",
+        "layout": _layout_name(layout, m, n_dev),
         "seconds_per_step": stack_s,
         "tokens_per_s": tokens_s,
         "model_steps_per_s": m / stack_s,
@@ -280,6 +286,8 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
     })
   # The ratios use the best single-model and PyTorch times over the whole row (conservative).
   single_s = single.best / k
+  if not math.isfinite(single_s):  # every stack size was skipped: nothing was timed
+    single_s = None
   torch_s = torch_timer.best / preset.torch_steps if torch_timer is not None else None
   if torch_timer is not None and not math.isfinite(torch_s):
     torch_s = None
@@ -296,8 +304,8 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
       "flops_per_token": flops, "peak_tflops": peak,
       "one_after_another": {"extrapolated_from": "1 model, time x M",
                             "seconds_per_model_step": single_s,
-                            "tokens_per_s": tokens_per_model_step / single_s,
-                            "model_steps_per_s": 1 / single_s},
+                            "tokens_per_s": tokens_per_model_step / single_s if single_s else None,
+                            "model_steps_per_s": 1 / single_s if single_s else None},
       "torch": {"note": torch_note, "seconds_per_model_step": torch_s,
                 "tokens_per_s": tokens_per_model_step / torch_s if torch_s else None,
                 "model_steps_per_s": 1 / torch_s if torch_s else None},
@@ -385,6 +393,9 @@ def print_training(r):
             + (f" ({s['one_device_ratio_vs_one_after_another']:.2f})"
                if s["one_device_ratio_vs_one_after_another"] else ""))
   one, tor = r["one_after_another"], r["torch"]
+  if one["tokens_per_s"] is None:
+    print(f"{'':>20} one model alone: not timed (no stack size of this row ran)", flush=True)
+    return
   print(f"{'':>20} one model alone: memjax single path {one['tokens_per_s']:.3g} tokens/s "
         f"({one['model_steps_per_s']:.4g} steps/s; M models one after another = this / M, "
         f"extrapolated from 1 model); torch {fmt(tor['tokens_per_s'])} tokens/s [{tor['note']}]",
@@ -453,29 +464,70 @@ def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes
   return report
 
 
+def positive(kind):
+  """An argparse type: a number of `kind` above 0, refused with its value otherwise."""
+  def parse(text):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+    if not value > 0 or not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+  return parse
+
+
+def non_negative_int(text):
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+  return value
+
+
+def check_out_path(parser, path):
+  """Fail before any timing if the report could not be written at the end."""
+  if path is None:
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    parser.error(f"--out {path} is a directory; give a file name")
+  if not os.path.isdir(directory):
+    parser.error(f"--out {path}: directory {directory} does not exist")
+  if not os.access(directory, os.W_OK):
+    parser.error(f"--out {path}: directory {directory} is not writable")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--gpu", action="store_true", help="the issue-8 GPU preset (H100/H200)")
   parser.add_argument("--out", help="write the report as JSON here")
-  parser.add_argument("--peak_tflops", type=float, help="device peak for MFU, overriding the table")
-  parser.add_argument("--calls", type=int, help="timed calls per measurement")
-  parser.add_argument("--steps_per_call", type=int, help="steps fused into one timed call")
-  parser.add_argument("--max_minutes", type=float, default=None,
+  parser.add_argument("--peak_tflops", type=positive(float),
+                      help="device peak for MFU, overriding the table")
+  parser.add_argument("--calls", type=positive(int), help="timed calls per measurement")
+  parser.add_argument("--steps_per_call", type=positive(int),
+                      help="steps fused into one timed call")
+  parser.add_argument("--max_minutes", type=positive(float), default=None,
                       help="stop starting new stack sizes after this (GPU default 5)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
-  parser.add_argument("--cpu_devices", type=int, default=0,
+  parser.add_argument("--cpu_devices", type=non_negative_int, default=0,
                       help="CPU devices the stacks are sharded over (0: one per core, as "
                            "memjax.main does); the single-model path uses one")
   args = parser.parse_args(argv)
+  check_out_path(parser, args.out)
   devices_lib.use_cpu_devices(args.cpu_devices)
   if args.gpu:
     # Allocate on demand: the PyTorch baseline shares the GPU, and out-of-memory must mean the
     # stack itself no longer fits.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   preset = GPU if args.gpu else CPU
-  preset = dataclasses.replace(preset, calls=args.calls or preset.calls,
-                               steps_per_call=args.steps_per_call or preset.steps_per_call)
-  max_minutes = args.max_minutes or (5.0 if args.gpu else math.inf)
+  preset = dataclasses.replace(
+      preset, calls=preset.calls if args.calls is None else args.calls,
+      steps_per_call=preset.steps_per_call if args.steps_per_call is None else args.steps_per_call)
+  max_minutes = args.max_minutes if args.max_minutes is not None else (
+      5.0 if args.gpu else math.inf)
   return run(preset, "gpu" if args.gpu else "cpu", args.peak_tflops, args.out, max_minutes,
              not args.no_torch)
 

@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import throughput
 from memjax import likelihood
 from memjax import model as model_lib
 from memjax import train as train_lib
@@ -193,13 +194,22 @@ CPU_PLAN = [
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--gpu", action="store_true")
-  parser.add_argument("--budget_s", type=float, default=150.0)
-  parser.add_argument("--calls", type=int, default=3)
+  parser.add_argument("--gpu", action="store_true", help="the issue's GPU shapes")
+  parser.add_argument("--budget_s", type=throughput.positive(float), default=150.0,
+                      help="start no new row after this many seconds")
+  parser.add_argument("--calls", type=throughput.positive(int), default=3,
+                      help="timed calls per variant (each reports its best)")
   parser.add_argument("--out", help="write the results as JSON here")
   args = parser.parse_args(argv)
+  throughput.check_out_path(parser, args.out)
   start = time.perf_counter()
-  print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}", flush=True)
+  header = {"device": throughput.device_kind(), "devices_used": 1, "jax": jax.__version__,
+            "commit": throughput.git_commit(), "date": time.strftime("%Y-%m-%d"),
+            "calls": args.calls, "units": {"train": "tokens/s of the stack, best call",
+                                           "single": "tokens/s of one model, best call",
+                                           "score": "sequences/s, best call"}}
+  print(f"device: {header['device']} (one device)  jax {header['jax']}  commit "
+        f"{header['commit']}", flush=True)
   results = []
   for label, kind, shape, batch, models, steps, variants in (GPU_PLAN if args.gpu else CPU_PLAN):
     for variant in variants:
@@ -219,16 +229,19 @@ def main(argv=None):
                                     layout=variant.get("layout"))
           unit = "tok/s"
         line = f"{rate:.4g} {unit}  ({seconds * 1e3:.3f} ms a {'call' if kind == 'score' else 'step'})"
-        results.append({"row": label, "variant": variant, "seconds": seconds, "rate": rate})
+        results.append({"row": label, "kind": kind, "models": models, "variant": variant,
+                        "seconds": seconds, "rate": rate, "unit": unit})
       except Exception as e:  # noqa: BLE001 - report and go on with the next variant
         line = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        results.append({"row": label, "variant": variant, "error": line})
+        results.append({"row": label, "kind": kind, "models": models, "variant": variant,
+                        "error": line})
       print(f"{label:>20} M={models:<4} {json.dumps(variant):<32} {line}  "
             f"[{time.perf_counter() - t0:.1f}s]", flush=True)
   set_variant({})
   if args.out:
     with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump({**header, "seconds": time.perf_counter() - start, "results": results}, f,
+                indent=2)
   return results
 
 

@@ -103,3 +103,36 @@ def test_variant_layouts_time_the_same_training():
     seconds, tokens_s = variants.train_row(cfg, batch=4, models=2, steps=2, calls=1,
                                            layout=layout)
     assert seconds > 0 and tokens_s == pytest.approx(2 * 4 * 8 / seconds)
+
+
+@pytest.mark.parametrize("flag", ["--calls=0", "--steps_per_call=0", "--max_minutes=0",
+                                  "--calls=-1", "--peak_tflops=-5", "--cpu_devices=-1",
+                                  "--calls=two", "--max_minutes=nan"])
+def test_throughput_flags_out_of_range_are_refused_with_the_flag(flag, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    throughput.main([flag])
+  assert exit_info.value.code == 2
+  name = flag.split("=")[0]
+  assert f"argument {name}:" in capsys.readouterr().err
+
+
+def test_variants_flags_and_a_bad_out_path_fail_before_any_timing(tmp_path, capsys):
+  from benchmarks import variants
+  for argv, words in ((["--budget_s=0"], "argument --budget_s: must be above 0"),
+                      (["--calls=0"], "argument --calls: must be above 0"),
+                      ([f"--out={tmp_path}/missing/v.json"], "does not exist"),
+                      ([f"--out={tmp_path}"], "is a directory")):
+    with pytest.raises(SystemExit):
+      variants.main(argv)
+    assert words in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    throughput.main([f"--out={tmp_path}/missing/report.json"])
+  assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_row_whose_stacks_were_all_skipped_reports_nothing_timed(capsys):
+  report = throughput.run(TINY, "tiny", use_torch=False, max_minutes=1e-9)
+  (row,) = report["training"]
+  assert all(s.get("skipped") for s in row["stacks"])
+  assert row["one_after_another"]["tokens_per_s"] is None
+  assert "one model alone: not timed" in capsys.readouterr().out
