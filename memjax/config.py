@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Any
 
+from absl import logging
+
 from memjax import model as model_lib
 from memjax.train import TrainConfig
 
@@ -233,7 +235,14 @@ def train_config(config) -> TrainConfig:
       train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
     else:
       train_fields[f.name] = _float(config, field)
-  return TrainConfig(**train_fields)
+  tcfg = TrainConfig(**train_fields)
+  if tcfg.warmup_steps >= tcfg.steps:
+    logging.warning(
+        "train.warmup_steps (%d) >= train.steps (%d): the learning rate is still warming up when "
+        "training ends (it never reaches train.learning_rate nor decays)%s", tcfg.warmup_steps,
+        tcfg.steps, "; saturation is checked only after the warmup, so never" if tcfg.saturation
+        else "")
+  return tcfg
 
 
 def model_shapes(s: CapacitySettings):
@@ -285,12 +294,15 @@ def refuse_unused_paths(config, kind, source_field="data.source", file_kinds=())
                         f"would be ignored; clear data.paths or change {source_field}")
 
 
-def check_workdir(workdir: str):
-  """Fail early, with the path, if results cannot be written there."""
+def check_workdir(workdir: str, create: bool = True):
+  """Fail early, with the path, if results cannot be written there (made unless `create` is
+  False: a dry run writes nothing)."""
   if not workdir:
     raise ConfigError("--workdir: must be given (a directory for results)")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir: {workdir!r} is a file, not a directory")
+  if not create:
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir):

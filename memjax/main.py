@@ -54,7 +54,7 @@ def main(argv):
           f"config.experiment: must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
     experiment = importlib.import_module(EXPERIMENTS[name])
     settings = experiment.validate(config)
-    config_lib.check_workdir(_WORKDIR.value)
+    config_lib.check_workdir(_WORKDIR.value, create=not _DRY_RUN.value)
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
     _check_process_flags()

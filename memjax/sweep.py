@@ -277,14 +277,19 @@ def chunk_id(chunk: Chunk, keys: Sequence[str]) -> str:
   return f"chunk{chunk.index:05d}-{digest}"
 
 
+def _count(n: int, word: str, plural: str | None = None) -> str:
+  return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
 def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
                 process_count=1) -> str:
   """The --dry_run report: buckets, chunks, models, memory and tokens."""
   tcfg = settings.train
   tokens_per_model = tcfg.steps * tcfg.batch_size * settings.seq_len
   n_models = sum(len(c.specs) for c in plan_.chunks)
-  lines = [f"plan: {len(plan_.buckets)} buckets, {len(plan_.chunks)} chunks, {n_models} models "
-           f"on {plan_.n_devices} device(s) a process x {process_count} process(es); "
+  lines = [f"plan: {_count(len(plan_.buckets), 'bucket')}, {_count(len(plan_.chunks), 'chunk')}, "
+           f"{_count(n_models, 'model')} on {_count(plan_.n_devices, 'device')} a process x "
+           f"{_count(process_count, 'process', 'processes')}; "
            f"{_gib(plan_.device_memory)} a device ({plan_.memory_source})"]
   mode = (f"until saturated (tolerance {tcfg.saturation_tolerance:g} over windows of "
           f"{tcfg.saturation_window} steps), at most {tcfg.steps:,} steps" if tcfg.saturation
@@ -297,7 +302,8 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
     chunks = [c for c in plan_.chunks if c.bucket == b]
     mem = chunks[0].memory
     lines.append(f"bucket {b}: {chunks[0].label}, {model_lib.n_params(bucket.shape):,} params, "
-                 f"{len(bucket.specs)} models in {len(chunks)} chunk(s); one model ~"
+                 f"{_count(len(bucket.specs), 'model')} in {_count(len(chunks), 'chunk')}; one "
+                 f"model ~"
                  f"{_gib(mem.total)} (optimizer state {_gib(mem.state)}, activations "
                  f"{_gib(mem.activations)}, likelihood {_gib(mem.likelihood)}, scoring "
                  f"{_gib(mem.eval)})")
@@ -309,14 +315,16 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
       owner = c.index % process_count
       status = "done" if not todo else (f"{todo} to train" if todo < len(keys) else "to train")
       lines.append(
-          f"  chunk {c.index}: {len(c.specs)} models (padded to {c.padded_size}, {per_device} a "
-          f"device, ~{_gib(per_device * mem.total)} a device), N {sizes[0]:,}..{sizes[-1]:,}, "
+          f"  chunk {c.index}: {_count(len(c.specs), 'model')} (padded to {c.padded_size}, "
+          f"{per_device} a device, ~{_gib(per_device * mem.total)} a device), N "
+          f"{sizes[0]:,}{f'..{sizes[-1]:,}' if len(sizes) > 1 else ''}, "
           f"{c.padded_size * tokens_per_model:,} tokens at most; process {owner}"
           f"{' (this one)' if owner == process_index and process_count > 1 else ''}; {status}")
       if todo:
         total_tokens += c.padded_size * tokens_per_model
         todo_models += todo
-  lines.append(f"total: {todo_models} of {n_models} models to train, at most {total_tokens:,} "
+  lines.append(f"total: {todo_models} of {_count(n_models, 'model')} to train, at most "
+               f"{total_tokens:,} "
                "tokens (fewer when models saturate)")
   return "\n".join(lines)
 

@@ -83,3 +83,13 @@ def test_unwritable_workdir_is_refused(tmp_path):
     config_lib.check_workdir(str(blocker / "sub"))
   config_lib.check_workdir(str(tmp_path / "fine"))
   assert (tmp_path / "fine").is_dir()
+
+
+def test_a_warmup_as_long_as_training_is_warned_about(caplog):
+  config = load_config("capacity")
+  caplog.set_level("WARNING")
+  config_lib.validate(config)
+  assert "warmup" not in caplog.text
+  config.train.steps = config.train.warmup_steps
+  config_lib.validate(config)
+  assert f"train.warmup_steps ({config.train.warmup_steps}) >= train.steps" in caplog.text

@@ -141,16 +141,16 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
   out = dry_run(1)
-  assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 1 device(s)"), out
-  assert "bucket 0: L1 d8 fp32, 1,080 params, 6 models in 2 chunk(s); one model ~" in out
+  assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 1 device a process x 1 process;"), out
+  assert "bucket 0: L1 d8 fp32, 1,080 params, 6 models in 2 chunks; one model ~" in out
   assert "  chunk 3: 3 models (padded to 3, 3 a device" in out
   # The host split into 2 CPU devices: chunks are padded to a multiple of 2.
   out = dry_run(2)
-  assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 2 device(s)"), out
+  assert out.startswith("plan: 2 buckets, 4 chunks, 12 models on 2 devices"), out
   assert "  chunk 3: 3 models (padded to 4, 2 a device" in out
   assert "total: 12 of 12 models to train, at most " in out
   assert f"{4000 * 64 * 8:,} tokens a model" in out
-  assert not (tmp_path / "w" / "results.jsonl").exists()
+  assert not (tmp_path / "w").exists()  # a dry run creates nothing
   # A model too big for the memory: one line naming the field, before anything is compiled.
   proc = run_main(TINY + ["--dry_run", "--config.sweep.device_memory_gib=0.001",
                           "--config.train.batch_size=4096"], tmp_path / "w")
