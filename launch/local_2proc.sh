@@ -5,14 +5,15 @@
 #
 # Chunk i of the sweep runs on process i % 2; each process appends to results.<process>.jsonl and
 # results.jsonl is merged once every model is there. MEMJAX_PORT picks the coordinator's port
-# (default: a free one); MEMJAX_DEVICES_PER_PROCESS simulates that many CPU devices a process.
+# (default: a free one); MEMJAX_DEVICES_PER_PROCESS is the number of CPU devices a process (default:
+# half the cores each, so that the two processes do not oversubscribe the machine).
 set -uo pipefail
 
 PORT="${MEMJAX_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export JAX_PLATFORMS=cpu
-if [[ -n "${MEMJAX_DEVICES_PER_PROCESS:-}" ]]; then
-  export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${MEMJAX_DEVICES_PER_PROCESS}"
-fi
+half=$(( $(nproc) / 2 ))
+per_process="${MEMJAX_DEVICES_PER_PROCESS:-$(( half > 8 ? 8 : (half < 1 ? 1 : half) ))}"
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${per_process}"
 
 pids=()
 for i in 0 1; do

@@ -80,12 +80,13 @@ def checkpointed_chunks(workdir):
 
 
 def test_both_processes_resume_their_own_chunks_after_a_kill(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  # One CPU device a process, and one for the reference: the same compiled program everywhere.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "MEMJAX_DEVICES_PER_PROCESS": "1"}
   env.pop("XLA_FLAGS", None)
   # The reference: the same sweep in one process, uninterrupted.
   ref_dir = tmp_path / "ref"
   proc = subprocess.run([sys.executable, "-m", "memjax.main", *LONG, "--config.quiet=True",
-                         f"--workdir={ref_dir}"], cwd=ROOT, capture_output=True, text=True,
+                         "--cpu_devices=1", f"--workdir={ref_dir}"], cwd=ROOT, capture_output=True, text=True,
                         timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   reference = {r["key"]: r for r in read(ref_dir / "results.jsonl")}
