@@ -17,7 +17,7 @@ from absl import logging
 from memjax import model as model_lib
 from memjax.train import TrainConfig
 
-PRECISIONS = tuple(model_lib.DTYPES)
+PRECISIONS = tuple(model_lib.PRECISIONS)
 MAX_INT32 = 2**31 - 1
 
 
@@ -140,8 +140,13 @@ def _str_list(config, field):
 
 
 def precision_list(config, field):
-  """A non-empty list of distinct precisions (PRECISIONS)."""
+  """A non-empty list of distinct precisions (PRECISIONS).
+
+  An override `--config.sweep.precisions=bf16,fp32` (or `(bf16,fp32)`) reaches the config as one
+  string, since bare words are not Python literals: it is split at its commas."""
   values = _as_tuple(config, field)
+  if len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
+    values = tuple(p.strip(" '\"") for p in values[0].strip(" ()[]").split(","))
   if not values or any(p not in PRECISIONS for p in values):
     _fail(field, f"must be a list of {', '.join(PRECISIONS)}, got {values!r}")
   return _no_repeats(field, values)

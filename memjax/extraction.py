@@ -79,12 +79,12 @@ def _greedy_full_forward(cfg, params, prompts_BxP, total_len, vocab_chunk):
 
 
 def _dense(cfg, params, x):
-  return nn.Dense(params["kernel"].shape[-1], dtype=cfg.dtype, param_dtype=cfg.dtype).apply(
+  return nn.Dense(params["kernel"].shape[-1], dtype=cfg.dtype, param_dtype=cfg.param_dtype).apply(
       {"params": params}, x)
 
 
 def _layer_norm(cfg, params, x):
-  return nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype).apply(
+  return nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype).apply(
       {"params": params}, x)
 
 
@@ -144,8 +144,8 @@ _METHODS = {"kv_cache": _greedy_kv_cache, "full_forward": _greedy_full_forward}
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _greedy_stack(cfg, params_M, prompts, total_len, vocab_chunk, method):
-  one = lambda params, prompts_BxP: _METHODS[method](cfg, params, prompts_BxP, total_len,
-                                                     vocab_chunk)
+  one = lambda params, prompts_BxP: _METHODS[method](
+      cfg, model_lib.compute_params(cfg, params), prompts_BxP, total_len, vocab_chunk)
   if prompts.ndim == 2:
     return jax.vmap(one, in_axes=(0, None))(params_M, prompts)
   return jax.vmap(one)(params_M, prompts)

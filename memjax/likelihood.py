@@ -156,6 +156,7 @@ def target_logprobs(h_NxD, w_VxD, targets_N, chunk=DEFAULT_VOCAB_CHUNK):
 def token_logprobs(cfg: model_lib.ModelConfig, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   """log2 p of every token of every sequence under one model: [B, S] fp32 (position 0: -log2 V)."""
   b, s = tokens_BxS.shape
+  params = model_lib.compute_params(cfg, params)
   h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), -1)
   targets_N = tokens_BxS[:, 1:].reshape(-1)
@@ -233,6 +234,7 @@ def next_token_stats(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   distribution after position t) and `argmax` (the greedy next token after position t).
   """
   b, s = tokens_BxS.shape
+  params = model_lib.compute_params(cfg, params)
   h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD.reshape(b * s, -1)
   w_VxD = model_lib.output_embedding(params)

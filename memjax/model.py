@@ -16,7 +16,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# precision -> (compute dtype, parameter dtype). "bf16" is pure bf16: parameters and optimizer
+# state are bf16 too, so an Adam update below half a weight's bf16 spacing rounds away
+# (docs/results.md). "bf16-mixed" computes in bf16 from bf16 casts of fp32 parameters, which the
+# optimizer updates in fp32 (PyTorch autocast's and Lightning's "bf16-mixed"): the trained model
+# is its parameters cast to bf16, and every estimate is read from that cast.
+PRECISIONS = {
+    "fp32": (jnp.float32, jnp.float32),
+    "bf16": (jnp.bfloat16, jnp.bfloat16),
+    "bf16-mixed": (jnp.bfloat16, jnp.float32),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +36,17 @@ class ModelConfig:
   layers: int
   d_model: int
   num_heads: int
-  precision: str = "fp32"  # "fp32" or "bf16" (pure bf16 parameters and activations)
+  precision: str = "fp32"  # a key of PRECISIONS
 
   @property
   def dtype(self):
-    return DTYPES[self.precision]
+    """The dtype of activations, of the parameters as the model uses them, and of matmuls."""
+    return PRECISIONS[self.precision][0]
+
+  @property
+  def param_dtype(self):
+    """The dtype parameters are stored and optimized in."""
+    return PRECISIONS[self.precision][1]
 
 
 def n_params(cfg: ModelConfig) -> int:
@@ -145,11 +160,12 @@ class Block(nn.Module):
     cfg = self.cfg
     d, h = cfg.d_model, cfg.num_heads
     dense = lambda n, name, std=0.02: nn.Dense(
-        n, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name,
+        n, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
         kernel_init=nn.initializers.normal(std), dot_general=dense_dot_general)
     # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2L).
     resid_std = 0.02 / math.sqrt(2 * cfg.layers)
-    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype, name=name)
+    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                   name=name)
 
     b, s, _ = x_BxSxD.shape
     y = ln("ln_1")(x_BxSxD)
@@ -169,18 +185,28 @@ class GPT2(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxS):
     cfg = self.cfg
-    wte = self.param("wte", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model), cfg.dtype)
-    wpe = self.param("wpe", nn.initializers.normal(0.01), (cfg.seq_len, cfg.d_model), cfg.dtype)
+    wte = self.param("wte", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
+                     cfg.param_dtype).astype(cfg.dtype)
+    wpe = self.param("wpe", nn.initializers.normal(0.01), (cfg.seq_len, cfg.d_model),
+                     cfg.param_dtype).astype(cfg.dtype)
     s = tokens_BxS.shape[1]
     x_BxSxD = jnp.take(wte, tokens_BxS, axis=0) + wpe[None, :s]
     for i in range(cfg.layers):
       x_BxSxD = Block(cfg, name=f"h_{i}")(x_BxSxD)
-    return nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.dtype, name="ln_f")(x_BxSxD)
+    return nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        name="ln_f")(x_BxSxD)
 
 
 def output_embedding(params):
-  """The [V, d] matrix of the tied output layer."""
+  """The [V, d] matrix of the tied output layer (of parameters already in compute dtype)."""
   return params["wte"]
+
+
+def compute_params(cfg: ModelConfig, params):
+  """The parameters as the model computes with them: cast to `cfg.dtype` (bf16 casts of the fp32
+  parameters of a "bf16-mixed" model; unchanged otherwise). Gradients flow back through the cast
+  to the stored parameters. Every entry point that reads parameters calls it first."""
+  return jax.tree.map(lambda a: a.astype(cfg.dtype), params)
 
 
 def init_params(cfg: ModelConfig, key):
@@ -191,4 +217,4 @@ def init_params(cfg: ModelConfig, key):
 
 def hidden_states(cfg: ModelConfig, params, tokens_BxS):
   """Final hidden states [B, S, d] of one model (in the model's dtype)."""
-  return GPT2(cfg).apply({"params": params}, tokens_BxS)
+  return GPT2(cfg).apply({"params": compute_params(cfg, params)}, tokens_BxS)

@@ -17,10 +17,11 @@ def pyplot():
 
 
 def capacity_table_text(summary) -> str:
-  lines = [f"{'layers':>6} {'d_model':>7} {'prec':>5} {'params':>10} {'capacity_bits':>14} "
+  w = max([5] + [len(t["precision"]) for t in summary["models"]])
+  lines = [f"{'layers':>6} {'d_model':>7} {'prec':>{w}} {'params':>10} {'capacity_bits':>14} "
            f"{'+-seeds':>9} {'bits/param':>10} {'best_N':>8}"]
   for t in summary["models"]:
-    lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>5} {t['n_params']:>10,} "
+    lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>{w}} {t['n_params']:>10,} "
                  f"{t['capacity_bits']:>14,.0f} {t['capacity_std']:>9,.0f} "
                  f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}")
   for prec, fit in summary["by_precision"].items():

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
@@ -132,7 +133,8 @@ MEMORY_HEADROOM = 0.85
 class MemoryEstimate:
   """Bytes one model of a stack needs on its device: a simple, documented upper estimate.
 
-  - state: parameters, gradients and Adam's two moments, all in the parameter dtype (4 copies);
+  - state: parameters, gradients and Adam's two moments, all in the parameter dtype (4 copies),
+    and for mixed precision the parameters' copy in the compute dtype;
   - activations: B*S*(layers*k*d) values in the compute dtype (k = ACTIVATION_FLOATS_PER_LAYER),
     plus the fp32 attention scores and probabilities, B*heads*S*S per layer;
   - likelihood: the kernel's [B*S, vocab_chunk] fp32 logits chunk and its exponentials (2 x);
@@ -158,16 +160,19 @@ class MemoryEstimate:
 
 def model_memory(shape: model_lib.ModelConfig, tcfg: TrainConfig,
                  eval_batch: int) -> MemoryEstimate:
-  nbytes = 2 if shape.precision == "bf16" else 4
+  nbytes = np.dtype(shape.dtype).itemsize  # activations
+  param_bytes = np.dtype(shape.param_dtype).itemsize
   b, s, d, l, h = tcfg.batch_size, shape.seq_len, shape.d_model, shape.layers, shape.num_heads
   chunk = min(tcfg.vocab_chunk, shape.vocab_size)
-  params = model_lib.n_params(shape) * nbytes
+  n = model_lib.n_params(shape)
+  # Mixed precision also holds the parameters' compute-dtype copy while a step runs.
+  state = 4 * n * param_bytes + (n * nbytes if nbytes != param_bytes else 0)
   attention = l * b * h * s * s * (4 + nbytes)
   activations = b * s * l * ACTIVATION_FLOATS_PER_LAYER * d * nbytes + attention
   likelihood = 2 * b * s * chunk * 4
   eval_bytes = (eval_batch * s * 8 * d * nbytes + eval_batch * h * s * s * (4 + nbytes)
                 + 2 * eval_batch * s * chunk * 4)
-  return MemoryEstimate(state=4 * params, activations=activations, likelihood=likelihood,
+  return MemoryEstimate(state=state, activations=activations, likelihood=likelihood,
                         eval=eval_bytes)
 
 

@@ -25,14 +25,40 @@ def test_param_count_matches_formula_and_tree(v, s, l, d, h, expected):
   assert model_lib.count_params(shapes) == formula
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_parameters_have_the_requested_dtype(precision):
+@pytest.mark.parametrize("precision,param_dtype,compute_dtype", [
+    ("fp32", jnp.float32, jnp.float32), ("bf16", jnp.bfloat16, jnp.bfloat16),
+    ("bf16-mixed", jnp.float32, jnp.bfloat16)])
+def test_parameters_have_the_requested_dtype(precision, param_dtype, compute_dtype):
   cfg = model_lib.ModelConfig(64, 8, 1, 16, 2, precision)
   params = model_lib.init_params(cfg, jax.random.key(0))
-  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(cfg.dtype)}
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  assert model_lib.hidden_states(cfg, params, tokens).dtype == compute_dtype
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_mixed_precision_model_is_the_bf16_model_of_its_cast_parameters():
+  # Every estimate of a "bf16-mixed" model must be that of the bf16 model whose parameters are
+  # the casts of its fp32 ones: likelihoods, next-token statistics and greedy decoding.
+  from memjax import extraction
+  mixed = model_lib.ModelConfig(50, 12, 2, 32, 4, "bf16-mixed")
+  bf16 = model_lib.ModelConfig(50, 12, 2, 32, 4, "bf16")
+  params_M = jax.vmap(lambda k: model_lib.init_params(mixed, k))(
+      jax.random.split(jax.random.key(0), 2))
+  params_M = jax.tree.map(lambda x: x * 3 + 1e-3, params_M)  # off the bf16 grid
+  cast_M = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params_M)
+  tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, 50)
+  one = lambda tree: jax.tree.map(lambda a: a[0], tree)
+  np.testing.assert_array_equal(likelihood.token_logprobs(mixed, one(params_M), tokens),
+                                likelihood.token_logprobs(bf16, one(cast_M), tokens))
+  for key, value in likelihood.next_token_stats(mixed, one(params_M), tokens).items():
+    np.testing.assert_array_equal(value, likelihood.next_token_stats(bf16, one(cast_M), tokens)[key])
+  for method in ("kv_cache", "full_forward"):
+    np.testing.assert_array_equal(
+        extraction.greedy_continue(mixed, params_M, tokens[:, :4], method=method),
+        extraction.greedy_continue(bf16, cast_M, tokens[:, :4], method=method))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
 def test_causality_logprob_of_token_t_ignores_later_tokens(precision):
   cfg = model_lib.ModelConfig(50, 12, 2, 32, 4, precision)
   params = model_lib.init_params(cfg, jax.random.key(0))

@@ -97,6 +97,11 @@ def test_memory_estimate_terms():
   assert mem.likelihood == 2 * 32 * 64 * 1024 * 4  # the fp32 [B*S, vocab_chunk] chunk, twice
   k = sweep.ACTIVATION_FLOATS_PER_LAYER
   assert mem.activations == 32 * 64 * 2 * k * 128 * 2 + 2 * 32 * 4 * 64 * 64 * (4 + 2)
+  # Mixed precision: fp32 state plus the bf16 copy of the parameters; bf16 activations.
+  mixed = sweep.model_memory(dataclasses.replace(shape, precision="bf16-mixed"), tcfg, 64)
+  assert mixed.state == 4 * 4 * 667_136 + 2 * 667_136
+  assert (mixed.activations, mixed.likelihood, mixed.eval) == (mem.activations, mem.likelihood,
+                                                               mem.eval)
 
 
 @pytest.mark.parametrize("field,value,needle", [
