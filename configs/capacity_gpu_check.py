@@ -1,22 +1,24 @@
-"""A reduced paper grid for a first check on one GPU (H100): about 8 minutes.
+"""A reduced paper grid for a check on one GPU (H100): about 12 minutes from scratch.
 
-Layers (1, 2) x d_model (32, 64) x bf16 and fp32 = 8 buckets, V=2048, S=64 (704 bits a sequence)
-as in the paper, each on 5 dataset sizes through its expected capacity (factors 0.25..4 of
-3.6 bits/param / 704 bits a sequence: about 100 to 4,800 sequences), 2 seeds: 80 models, 10 a
-bucket, trained to saturation (estimated memorization changing by less than 0.5% between windows
-of 500 steps, twice in a row) or at most 6,000 steps.
+Layers (1, 2) x d_model (32, 64) x bf16, bf16-mixed and fp32 = 12 buckets, V=2048, S=64 (704 bits
+a sequence) as in the paper, each on 5 dataset sizes through its expected capacity (factors
+0.25..4 of 3.6 bits/param / 704 bits a sequence: about 100 to 4,800 sequences), 2 seeds: 120
+models, 10 a bucket, trained to saturation (estimated memorization changing by less than 0.5%
+between windows of 500 steps, twice in a row) or at most 6,000 steps.
 
 Batch: 256 sequences a step (16K tokens a model, 164K a bucket). The paper's 2048 would make each
-step up to 8x dearer, and 6,000 steps at 2048 would not fit 8 minutes; for these 80K-235K parameter
-models the run is limited by steps (dispatch and small kernels), not by memory: one model needs
-about 0.6 GiB by the estimate (mostly the likelihood kernel's [B*S, V] fp32 chunk, in training
-and in scoring 512 sequences a batch), so each bucket's 10 models train as one chunk. Budget,
-from an estimate of 2-5 ms a step for a bucket of 10 models (bf16 faster than fp32), not a
-measurement: 8 buckets x (6,000 steps x ~5 ms + compile and scoring ~15 s) is about 6 minutes.
-Lower train.steps if the first bucket's progress bar says otherwise. The largest datasets
-(factor 4) may stop at the step limit before saturating: their rows then have
-saturated_step = null. Results go in docs/results.md.
+step up to 8x dearer; for these 80K-235K parameter models the run is limited by steps (dispatch
+and small kernels), not by memory: one model needs about 0.6 GiB by the estimate (mostly the
+likelihood kernel's [B*S, V] fp32 chunk, in training and in scoring 512 sequences a batch), so
+each bucket's 10 models train as one chunk. Measured on an H100 (docs/results.md): 46-69 s a
+chunk. The largest datasets (factor 4) may stop at the step limit before saturating: their rows
+then have saturated_step = null. Results go in docs/results.md.
 
+The first H100 run measured the bf16 and fp32 buckets but L2 d64 fp32; its rows are kept in
+docs/gpu_check_results.jsonl. Copied into the workdir first, they are skipped, and what is left
+is 5 chunks (L2 d64 fp32 and the four bf16-mixed buckets), about 6 minutes:
+
+  mkdir -p runs/gpu_check && cp docs/gpu_check_results.jsonl runs/gpu_check/results.jsonl
   python -m memjax.main --config=configs/capacity_gpu_check.py --workdir=runs/gpu_check --dry_run
   python -m memjax.main --config=configs/capacity_gpu_check.py --workdir=runs/gpu_check
 """
@@ -40,7 +42,7 @@ def get_config():
   config.sweep.dataset_sizes = ()
   config.sweep.dataset_size_factors = (0.25, 0.5, 1.0, 2.0, 4.0)
   config.sweep.seeds = (0, 1)
-  config.sweep.precisions = ("bf16", "fp32")
+  config.sweep.precisions = ("bf16", "bf16-mixed", "fp32")
   config.train.steps = 6000
   config.train.batch_size = 256
   config.train.learning_rate = 2e-3

@@ -62,6 +62,23 @@ def test_cli_writes_results_summary_and_figures_and_resumes(tmp_path):
   assert "scored on eval.test_size=16 held-out sequences, not 8" in proc.stderr
 
 
+def test_cli_trains_mixed_and_pure_bf16_stacks_from_a_comma_list(tmp_path):
+  # `--config.sweep.precisions=a,b` arrives as one string; it is split, and each precision is a
+  # bucket of its own whose rows, table and alpha carry its name.
+  workdir = tmp_path / "run"
+  args = [a for a in TINY if not a.startswith(("--config.sweep.d_model", "--config.sweep.seeds"))]
+  proc = run_main(args + ["--config.sweep.d_model=(8,)", "--config.sweep.seeds=(0,)",
+                          "--config.sweep.precisions=bf16-mixed,bf16"], workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
+  assert sorted((r["precision"], r["dataset_size"]) for r in rows) == [
+      ("bf16", 4), ("bf16", 32), ("bf16-mixed", 4), ("bf16-mixed", 32)]
+  assert len({r["n_params"] for r in rows}) == 1 and all(r["status"] == "ok" for r in rows)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert set(summary["by_precision"]) == {"bf16", "bf16-mixed"}
+  assert "alpha (bf16-mixed)" in proc.stdout and " bf16-mixed " in proc.stdout
+
+
 def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
   cases = [
       (["--config.train.stepz=3"], "config.train.stepz: unknown field"),

@@ -20,7 +20,7 @@ def test_default_and_paper_configs_validate():
   assert s.vocab_size == 128 and s.layers == (1,)
   paper = config_lib.validate(load_config("capacity_paper"))
   assert paper.layers == (1, 2, 4, 8) and paper.d_model == (32, 64, 128, 256)
-  assert paper.precisions == ("bf16", "fp32") and len(paper.seeds) == 5
+  assert paper.precisions == ("bf16-mixed", "fp32") and len(paper.seeds) == 5
   shapes = config_lib.model_shapes(paper)
   assert len(shapes) == 32
   # A log grid through each model's capacity: 3.6 bits/param / 704 bits a sequence.
