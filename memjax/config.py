@@ -350,6 +350,21 @@ def config_file_error(path) -> str | None:
   return None
 
 
+def repeated_list_override(argv, config) -> str | None:
+  """A list field overridden more than once: ml_collections joins the tuples (`seeds=(0,1)` then
+  `seeds=(2,)` gives (0, 1, 2)) where a user expects the last to win. The one-line error, or None."""
+  names = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  for name in sorted({n for n in names if names.count(n) > 1}):
+    try:
+      value = _get(config, name.split(".", 1)[1])
+    except (KeyError, AttributeError):
+      continue
+    if isinstance(value, (list, tuple)):
+      return (f"{name}: overridden {names.count(name)} times, which joins the lists into "
+              f"{tuple(value)!r}; give it once")
+  return None
+
+
 def explain_override_error(argv, error) -> str:
   """One line for a failed --config.* override: which field, and what exists there."""
   config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)

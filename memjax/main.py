@@ -131,7 +131,10 @@ def parse_flags(argv):
   """absl's parser, but a bad flag or --config.* override is one line (naming the field), not a
   traceback."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    message = config_lib.repeated_list_override(argv, _CONFIG.value)
+    if message is None:
+      return rest
   except flags.UnrecognizedFlagError as e:
     message = f"{e}; python -m memjax.main --helpfull lists the flags"
   except Exception as e:  # ml_collections raises several types: a bad override, a broken file

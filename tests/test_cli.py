@@ -82,14 +82,19 @@ def test_cli_trains_mixed_and_pure_bf16_stacks_from_a_comma_list(tmp_path):
 def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
   cases = [
       (["--config.train.stepz=3"], "config.train.stepz: unknown field"),
-      (["--config.sweep.d_model=(0,)"], "config.sweep.d_model: must be integers in [1,"),
+      (["--config.sweep.layers=(0,)"], "config.sweep.layers: must be integers in [1,"),
       (["--config.experiment=nope"], "config.experiment: must be one of capacity"),
       (["--config.data.vocab_size=2", "--config.data.seq_len=3", "--config.sweep.dataset_sizes=(9,)"],
        "config.sweep.dataset_sizes: dataset size 9 is too large"),
       (["--cpu_devices=-2"], "--cpu_devices: must be >= 0, got -2"),
+      # TINY sets seeds too: ml_collections would join the two tuples into (0, 1, 2).
+      (["--config.sweep.seeds=(2,)"],
+       "config.sweep.seeds: overridden 2 times, which joins the lists into (0, 1, 2)"),
   ]
   for extra, needle in cases:
-    proc = run_main(TINY + extra, tmp_path / "w")
+    # A field given in `extra` replaces TINY's (the seeds case repeats one on purpose).
+    fields = {a.split("=")[0] for a in extra if "sweep.seeds" not in a}
+    proc = run_main([a for a in TINY if a.split("=")[0] not in fields] + extra, tmp_path / "w")
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert lines == [f"memjax: error: {lines[-1][len('memjax: error: '):]}"], proc.stderr

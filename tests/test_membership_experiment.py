@@ -188,7 +188,9 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path):
   import resource
   limit = 12 * 2**30  # address space: the 228 GB batch below cannot be allocated
   proc = subprocess.run(
-      [sys.executable, "-m", "memjax.main", *TINY, "--config.sweep.d_model=(256,)",
+      [sys.executable, "-m", "memjax.main",
+       *[a for a in TINY if not a.startswith(("--config.sweep.d_model", "--config.sweep.data"))],
+       "--config.sweep.d_model=(256,)",
        "--config.sweep.dataset_sizes=(1024,)", "--config.train.batch_size=200000",
        "--config.lira.num_models=0", f"--workdir={tmp_path / 'w'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
