@@ -3,9 +3,10 @@
 Trains one small model in bf16 on N uniform sequences, as memjax trains it, and after every call
 of `--steps_per_call` steps takes one more optimizer step by hand: of the parameter entries whose
 update is not zero, the fraction for which `bf16(p + u) == p` (the step is rounded away), next to
-the training loss. Run the same model in fp32 for the memorization it would reach.
+the training loss. The same model in bf16-mixed (bf16 compute, fp32 parameters: no update is
+rounded away) and in fp32 shows the loss it would reach.
 
-  python -m benchmarks.bf16_rounding                      # CPU, about 1 minute
+  python -m benchmarks.bf16_rounding                      # CPU, about 2 minutes
   python -m benchmarks.bf16_rounding --lr 2e-3 --steps 2000 --dataset_size 128
 """
 
@@ -56,7 +57,7 @@ def main():
   args = ap.parse_args()
   print(f"device: {jax.devices()[0].device_kind}; L1 d{args.d_model} V={args.vocab_size} "
         f"S={args.seq_len} N={args.dataset_size}, AdamW lr {args.lr} (warmup 100, cosine to 0.1x)")
-  for precision in ("bf16", "fp32"):
+  for precision in ("bf16", "bf16-mixed", "fp32"):
     cfg = model_lib.ModelConfig(args.vocab_size, args.seq_len, 1, args.d_model, 2, precision)
     tcfg = dataclasses.replace(train_lib.TrainConfig(), steps=args.steps, batch_size=64,
                                learning_rate=args.lr, steps_per_call=args.steps_per_call)
@@ -69,7 +70,7 @@ def main():
       done += k
       lr_now = float(train_lib.lr_schedule(args.lr, tcfg)(jnp.asarray(done)))
       lost = f"{lost_fraction(cfg, tcfg, state):7.1%}" if precision == "bf16" else "    n/a"
-      print(f"{precision} step {done:6d}  lr {lr_now:.2e}  train loss {float(losses[-1, 0]):.4f} "
+      print(f"{precision:>10} step {done:6d}  lr {lr_now:.2e}  train loss {float(losses[-1, 0]):.4f} "
             f"nats  updates rounded away {lost}")
 
 

@@ -51,6 +51,7 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 
 from memjax import devices as devices_lib
 from memjax import likelihood
@@ -135,11 +136,13 @@ def device_kind():
 
 
 def peak_tflops(precision, override=None):
+  """The device's dense peak for the precision's matmuls ("bf16-mixed" computes in bf16)."""
   if override:
     return override
+  compute = "bf16" if model_lib.PRECISIONS[precision][0] == jnp.bfloat16 else "fp32"
   for name, peaks in PEAK_TFLOPS.items():
     if name in device_kind():
-      return peaks[precision]
+      return peaks[compute]
   return None
 
 
@@ -512,6 +515,10 @@ def main(argv=None):
   parser.add_argument("--max_minutes", type=positive(float), default=None,
                       help="stop starting new stack sizes after this (GPU default 5)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+  parser.add_argument("--precision", choices=tuple(model_lib.PRECISIONS),
+                      help="train and score every row in this precision instead of the "
+                           "preset's (GPU: bf16, CPU: fp32); bf16-mixed keeps fp32 parameters "
+                           "like the PyTorch baseline's autocast")
   parser.add_argument("--cpu_devices", type=non_negative_int, default=0,
                       help="CPU devices the stacks are sharded over (0: one per core, as "
                            "memjax.main does); the single-model path uses one")
@@ -526,6 +533,10 @@ def main(argv=None):
   preset = dataclasses.replace(
       preset, calls=preset.calls if args.calls is None else args.calls,
       steps_per_call=preset.steps_per_call if args.steps_per_call is None else args.steps_per_call)
+  if args.precision is not None:
+    preset = dataclasses.replace(
+        preset, rows=tuple(dataclasses.replace(r, precision=args.precision) for r in preset.rows),
+        scoring=tuple(dataclasses.replace(r, precision=args.precision) for r in preset.scoring))
   max_minutes = args.max_minutes if args.max_minutes is not None else (
       5.0 if args.gpu else math.inf)
   return run(preset, "gpu" if args.gpu else "cpu", args.peak_tflops, args.out, max_minutes,

@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import throughput
@@ -69,6 +70,17 @@ def test_peak_table_and_flops_formula():
   assert throughput.PEAK_TFLOPS["H100"]["bf16"] == 989.0
   cfg = model_lib.ModelConfig(2048, 64, 8, 256, 4, "bf16")
   assert throughput.train_flops_per_token(cfg) == 6 * 6_859_264 + 6 * 8 * 64 * 256
+
+
+def test_peak_follows_the_compute_dtype_and_precision_flag_rewrites_every_row(monkeypatch):
+  monkeypatch.setattr(throughput, "device_kind", lambda: "NVIDIA H200")
+  assert [throughput.peak_tflops(p) for p in ("bf16", "bf16-mixed", "fp32")] == [989, 989, 494]
+  seen = {}
+  monkeypatch.setattr(throughput, "run", lambda preset, *a, **k: seen.setdefault("p", preset))
+  throughput.main(["--precision=bf16-mixed", "--no_torch"])
+  rows = seen["p"].rows + seen["p"].scoring
+  assert rows and {r.precision for r in rows} == {"bf16-mixed"}
+  assert {r.cfg.param_dtype for r in rows} == {jnp.float32}
 
 
 def test_torch_baseline_has_the_same_parameter_count():
