@@ -21,6 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from memjax import fused_logprobs
 from memjax import model as model_lib
 
 LN2 = math.log(2.0)
@@ -143,12 +144,27 @@ def _target_logprobs_bwd(chunk, residuals, g_N):
 _target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
 
 
+# Which kernel computes target log-probabilities in training and scoring: "xla" (the chunked
+# kernel above) or "pallas" (`fused_logprobs`: the logits stay on chip; a GPU kernel, d_model a
+# power of two >= 16, interpreted and slow elsewhere). Both give the same log-probabilities up to
+# float rounding; the choice is speed only. Read at trace time.
+KERNEL = "xla"
+
+
 def target_logprobs(h_NxD, w_VxD, targets_N, chunk=DEFAULT_VOCAB_CHUNK):
   """Natural-log probability of each target token under softmax(h @ w.T), in fp32.
 
-  Walks the vocabulary in chunks of `effective_chunk(N, V, chunk)` columns (one chunk, with no
-  scan, when that covers V); the backward pass recomputes each chunk's softmax.
+  With KERNEL "xla", walks the vocabulary in chunks of `effective_chunk(N, V, chunk)` columns
+  (one chunk, with no scan, when that covers V); the backward pass recomputes each chunk's
+  softmax. With KERNEL "pallas", `fused_logprobs.target_logprobs` (`chunk` unused).
   """
+  if KERNEL == "pallas":
+    if not fused_logprobs.supported(h_NxD.shape[1]):
+      raise ValueError(f"likelihood.KERNEL='pallas' needs a d_model that is a power of two >= 16, "
+                       f"got {h_NxD.shape[1]}")
+    return fused_logprobs.target_logprobs(h_NxD, w_VxD, targets_N)
+  if KERNEL != "xla":
+    raise ValueError(f"likelihood.KERNEL must be xla or pallas, got {KERNEL!r}")
   chunk = effective_chunk(h_NxD.shape[0], w_VxD.shape[0], chunk)
   return _target_logprobs(h_NxD, w_VxD, targets_N, chunk)
 
