@@ -374,7 +374,8 @@ def gib(x):
 
 def print_header(report):
   print(f"device: {report['device']} x{report['local_devices']}  jax {report['jax']}  "
-        f"commit {report['commit']}  {report['date']}  ({report['preset']} preset)")
+        f"commit {report['commit']}  {report['date']}  ({report['preset']} preset, "
+        f"{report['likelihood_kernel']} likelihood kernel)")
   print(f"{'shape':>20} {'B':>5} {'M':>4} {'tokens/s':>9} {'model-steps/s':>13} "
         f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}  devices, layout "
         f"(x 1-by-1 of the stack on one device)", flush=True)
@@ -433,6 +434,7 @@ def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes
   report = {"preset": name, "device": device_kind(), "local_devices": jax.local_device_count(),
             "cpu_cores": devices_lib.cpu_cores(), "platform": platform.platform(),
             "jax": jax.__version__, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+            "likelihood_kernel": likelihood.KERNEL,
             "flops_formula": "per trained token 6*n_params + 6*L*S*d; scored: a third",
             "steps_per_call": preset.steps_per_call, "calls": preset.calls,
             "training": [], "scoring": [], "scoring_vs_training": []}
@@ -515,6 +517,9 @@ def main(argv=None):
   parser.add_argument("--max_minutes", type=positive(float), default=None,
                       help="stop starting new stack sizes after this (GPU default 5)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+  parser.add_argument("--kernel", choices=("xla", "pallas"), default="xla",
+                      help="the likelihood kernel of every memjax row (likelihood.KERNEL): the "
+                           "chunked XLA one or the fused Pallas one (GPU; d_model a power of 2)")
   parser.add_argument("--precision", choices=tuple(model_lib.PRECISIONS),
                       help="train and score every row in this precision instead of the "
                            "preset's (GPU: bf16, CPU: fp32); bf16-mixed keeps fp32 parameters "
@@ -533,6 +538,7 @@ def main(argv=None):
   preset = dataclasses.replace(
       preset, calls=preset.calls if args.calls is None else args.calls,
       steps_per_call=preset.steps_per_call if args.steps_per_call is None else args.steps_per_call)
+  likelihood.KERNEL = args.kernel
   if args.precision is not None:
     preset = dataclasses.replace(
         preset, rows=tuple(dataclasses.replace(r, precision=args.precision) for r in preset.rows),

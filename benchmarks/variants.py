@@ -3,14 +3,17 @@
 Times a few training and scoring rows under each variant of the knobs that change only speed and
 memory, not results: the attention implementation (`model.ATTENTION`), weight gradients with or
 without written-out transposes (`model.EXPLICIT_TRANSPOSES`, `{"explicit_transposes": false}`;
-the default writes them out on a CPU only), the logits block that
-bounds the vocabulary chunk (`likelihood.LOGITS_BLOCK_ELEMENTS`), the previous likelihood kernel
-as the reference (gather of target rows, scatter-add in the backward pass, a scan even for one
-chunk), and how the stack's step is lifted over models: memjax's choice (`train.stack_layout`),
-`jax.vmap` over all (`{"layout": "vmap"}`), `lax.map` one model after another
-(`{"layout": "map"}`), or `jax.lax.map(..., batch_size=n)` (n models vectorized at a time, the
-groups one after another; `{"map_group": n}`). Stacks here are on one device. Prints one line per (row, variant) as it goes; stops starting new rows once
-`--budget_s` seconds have passed.
+the default writes them out on a CPU only), the fused Pallas kernel of the vocabulary projection
+and log-softmax (`likelihood.KERNEL = "pallas"`: `{"kernel": "pallas"}`, its block sizes as
+`{"pallas_blocks": [rows, vocab]}`; GPU rows only, since off a GPU it is interpreted), the logits
+block that bounds the vocabulary chunk (`likelihood.LOGITS_BLOCK_ELEMENTS`), the previous
+likelihood kernel as the reference (gather of target rows, scatter-add in the backward pass, a
+scan even for one chunk), and how the stack's step is lifted over models: memjax's choice
+(`train.stack_layout`), `jax.vmap` over all (`{"layout": "vmap"}`), `lax.map` one model after
+another (`{"layout": "map"}`), or `jax.lax.map(..., batch_size=n)` (n models vectorized at a
+time, the groups one after another; `{"map_group": n}`). Stacks here are on one device. Prints
+one line per (row, variant) as it goes; stops starting new rows once `--budget_s` seconds have
+passed.
 
   python -m benchmarks.variants            # small CPU rows
   python -m benchmarks.variants --gpu      # the GPU shapes
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import throughput
+from memjax import fused_logprobs
 from memjax import likelihood
 from memjax import model as model_lib
 from memjax import train as train_lib
@@ -108,6 +112,8 @@ def set_variant(variant):
   likelihood.LOGITS_BLOCK_ELEMENTS = variant.get("logits_block")
   likelihood.target_logprobs = (old_target_logprobs if variant.get("kernel") == "old"
                                 else NEW_TARGET_LOGPROBS)
+  likelihood.KERNEL = "pallas" if variant.get("kernel") == "pallas" else "xla"
+  fused_logprobs.BLOCK_ROWS, fused_logprobs.BLOCK_VOCAB = variant.get("pallas_blocks", (64, 128))
   jax.clear_caches()
 
 
@@ -160,21 +166,23 @@ def score_row(cfg, batch, models, calls, vocab_chunk=4096):
   return seconds, models * batch / seconds
 
 
+PALLAS = {"kernel": "pallas"}  # memjax.fused_logprobs, its default blocks
 GPU_PLAN = [
     # (label, kind, (V, S, L, d, heads, precision), batch, models, steps, variants)
-    ("L1 d32 @64", "train", (2048, 64, 1, 32, 4, "bf16"), 64, 256, 20,
-     [{}, {"kernel": "old"}, {"attention": "cudnn"}, {"logits_block": 2**22},
-      {"explicit_transposes": True}]),
-    ("L1 d32 @64 single", "single", (2048, 64, 1, 32, 4, "bf16"), 64, 1, 20, [{}]),
     ("L1 d32 @2048", "train", (2048, 64, 1, 32, 4, "bf16"), 2048, 16, 10,
-     [{}, {"kernel": "old"}, {"logits_block": 2**30}, {"logits_block": 2**26}]),
-    ("L1 d32 @2048 single", "single", (2048, 64, 1, 32, 4, "bf16"), 2048, 1, 10, [{}]),
+     [{}, PALLAS, {**PALLAS, "pallas_blocks": (128, 64)}, {**PALLAS, "pallas_blocks": (32, 256)},
+      {"kernel": "old"}, {"logits_block": 2**30}, {"logits_block": 2**26}]),
+    ("L1 d32 @2048 single", "single", (2048, 64, 1, 32, 4, "bf16"), 2048, 1, 10, [{}, PALLAS]),
+    ("L1 d32 @64", "train", (2048, 64, 1, 32, 4, "bf16"), 64, 256, 20,
+     [{}, PALLAS, {"kernel": "old"}, {"attention": "cudnn"}, {"logits_block": 2**22},
+      {"explicit_transposes": True}]),
+    ("L1 d32 @64 single", "single", (2048, 64, 1, 32, 4, "bf16"), 64, 1, 20, [{}, PALLAS]),
     ("L8 d256 @2048", "train", (2048, 64, 8, 256, 4, "bf16"), 2048, 4, 5,
-     [{}, {"attention": "cudnn"}, {"logits_block": 2**30}]),
+     [{}, PALLAS, {"attention": "cudnn"}, {"logits_block": 2**30}]),
     ("score V=50257", "score", (50257, 64, 1, 32, 4, "bf16"), 1024, 8, 0,
-     [{}, {"logits_block": 2**26}, {"logits_block": 2**28}]),
+     [{}, PALLAS, {"logits_block": 2**26}, {"logits_block": 2**28}]),
     ("score V=2048", "score", (2048, 64, 1, 32, 4, "bf16"), 4096, 64, 0,
-     [{}, {"logits_block": 2**30}]),
+     [{}, PALLAS, {"logits_block": 2**30}]),
 ]
 CPU_PLAN = [
     ("L1 d32 @8", "train", (256, 32, 1, 32, 2, "fp32"), 8, 8, 20,

@@ -72,7 +72,7 @@ def test_peak_table_and_flops_formula():
   assert throughput.train_flops_per_token(cfg) == 6 * 6_859_264 + 6 * 8 * 64 * 256
 
 
-def test_peak_follows_the_compute_dtype_and_precision_flag_rewrites_every_row(monkeypatch):
+def test_peak_follows_the_compute_dtype_and_the_precision_and_kernel_flags_apply(monkeypatch):
   monkeypatch.setattr(throughput, "device_kind", lambda: "NVIDIA H200")
   assert [throughput.peak_tflops(p) for p in ("bf16", "bf16-mixed", "fp32")] == [989, 989, 494]
   seen = {}
@@ -81,6 +81,9 @@ def test_peak_follows_the_compute_dtype_and_precision_flag_rewrites_every_row(mo
   rows = seen["p"].rows + seen["p"].scoring
   assert rows and {r.precision for r in rows} == {"bf16-mixed"}
   assert {r.cfg.param_dtype for r in rows} == {jnp.float32}
+  monkeypatch.setattr(throughput.likelihood, "KERNEL", "xla")  # restored after the test
+  throughput.main(["--kernel=pallas", "--no_torch"])
+  assert throughput.likelihood.KERNEL == "pallas"
 
 
 def test_torch_baseline_has_the_same_parameter_count():
