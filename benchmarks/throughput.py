@@ -522,8 +522,8 @@ def main(argv=None):
                            "chunked XLA one or the fused Pallas one (GPU; d_model a power of 2)")
   parser.add_argument("--precision", choices=tuple(model_lib.PRECISIONS),
                       help="train and score every row in this precision instead of the "
-                           "preset's (GPU: bf16, CPU: fp32); bf16-mixed keeps fp32 parameters "
-                           "like the PyTorch baseline's autocast")
+                           "preset's (GPU: bf16, CPU: fp32); bf16-mixed keeps fp32 master "
+                           "weights, as the PyTorch baseline's autocast does")
   parser.add_argument("--cpu_devices", type=non_negative_int, default=0,
                       help="CPU devices the stacks are sharded over (0: one per core, as "
                            "memjax.main does); the single-model path uses one")
@@ -539,6 +539,9 @@ def main(argv=None):
       preset, calls=preset.calls if args.calls is None else args.calls,
       steps_per_call=preset.steps_per_call if args.steps_per_call is None else args.steps_per_call)
   likelihood.KERNEL = args.kernel
+  if args.kernel == "pallas" and jax.default_backend() != "gpu":
+    print("note: --kernel pallas off a GPU runs the kernels interpreted: these figures time the "
+          "interpreter, not the kernel", flush=True)
   if args.precision is not None:
     preset = dataclasses.replace(
         preset, rows=tuple(dataclasses.replace(r, precision=args.precision) for r in preset.rows),

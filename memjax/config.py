@@ -142,11 +142,16 @@ def _str_list(config, field):
 def precision_list(config, field):
   """A non-empty list of distinct precisions (PRECISIONS).
 
-  An override `--config.sweep.precisions=bf16,fp32` (or `(bf16,fp32)`) reaches the config as one
-  string, since bare words are not Python literals: it is split at its commas."""
+  An override `--config.sweep.precisions=bf16,fp32` (or `(bf16,fp32)`, `(bf16,)`, `(bf16)`)
+  reaches the config as one string, since bare words are not Python literals: it is split at its
+  commas."""
   values = _as_tuple(config, field)
+  if len(values) == 1 and isinstance(values[0], str) and values[0].strip(" ()[]") != values[0]:
+    values = (values[0].strip(" ()[]"),)  # '(bf16)': no comma, so no tuple either
   if len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
-    values = tuple(p.strip(" '\"") for p in values[0].strip(" ()[]").split(","))
+    # A trailing comma, as in '(bf16,)', leaves an empty last item: not a value.
+    items = [p.strip(" '\"") for p in values[0].strip(" ()[]").split(",")]
+    values = tuple(items[:-1] if len(items) > 1 and not items[-1] else items)
   if not values or any(p not in PRECISIONS for p in values):
     _fail(field, f"must be a list of {', '.join(PRECISIONS)}, got {values!r}")
   return _no_repeats(field, values)
@@ -350,25 +355,46 @@ def config_file_error(path) -> str | None:
   return None
 
 
+def command_line_flags(argv) -> list[tuple[str, str | None]]:
+  """(name, value) of every flag of a command line as absl reads it: flagfiles expanded, `-x` as
+  `--x`, `--x value` as `--x=value` (value None when none follows)."""
+  from absl import flags  # absl's own flagfile reader, so nothing is read twice differently
+  try:
+    args = flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+  except Exception:  # a missing flagfile: absl reports it itself
+    args = list(argv[1:])
+  out = []
+  for i, arg in enumerate(args):
+    if not arg.startswith("-") or arg in ("-", "--"):
+      continue
+    name, eq, value = arg.lstrip("-").partition("=")
+    if not eq:
+      nxt = args[i + 1] if i + 1 < len(args) else None
+      value = nxt if nxt is not None and not nxt.startswith("-") else None
+    out.append((name, value))
+  return out
+
+
 def repeated_list_override(argv, config) -> str | None:
   """A list field overridden more than once: ml_collections joins the tuples (`seeds=(0,1)` then
   `seeds=(2,)` gives (0, 1, 2)) where a user expects the last to win. The one-line error, or None."""
-  names = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  names = [n for n, _ in command_line_flags(argv) if n.startswith("config.")]
   for name in sorted({n for n in names if names.count(n) > 1}):
     try:
       value = _get(config, name.split(".", 1)[1])
     except (KeyError, AttributeError):
       continue
     if isinstance(value, (list, tuple)):
-      return (f"{name}: overridden {names.count(name)} times, which joins the lists into "
-              f"{tuple(value)!r}; give it once")
+      return (f"{name}: overridden {names.count(name)} times on the command line; ml_collections "
+              "would join the lists instead of keeping the last; give it once")
   return None
 
 
 def explain_override_error(argv, error) -> str:
   """One line for a failed --config.* override: which field, and what exists there."""
-  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  given = command_line_flags(argv)
+  config_path = next((v for n, v in reversed(given) if n == "config"), None)
+  overrides = [n for n, _ in given if n.startswith("config.")]
   try:
     config = _load_config_file(config_path)
   except Exception:  # the config file itself is broken: say why

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 # precision -> (compute dtype, parameter dtype). "bf16" is pure bf16: parameters and optimizer
 # state are bf16 too, so an Adam update below half a weight's bf16 spacing rounds away
 # (docs/results.md). "bf16-mixed" computes in bf16 from bf16 casts of fp32 parameters, which the
-# optimizer updates in fp32 (PyTorch autocast's and Lightning's "bf16-mixed"): the trained model
-# is its parameters cast to bf16, and every estimate is read from that cast.
+# optimizer updates in fp32 (fp32 master weights, as in PyTorch autocast and Lightning's
+# "bf16-mixed"; unlike autocast, the embeddings, LayerNorms and residual stream are bf16 too): the
+# trained model is its parameters cast to bf16, and every estimate is read from that cast.
 PRECISIONS = {
     "fp32": (jnp.float32, jnp.float32),
     "bf16": (jnp.bfloat16, jnp.bfloat16),

@@ -66,11 +66,12 @@ def plot_capacity(summary, path):
   for prec, fit in summary["by_precision"].items():
     models = [t for t in summary["models"] if t["precision"] == prec]
     params = [t["n_params"] for t in models]
-    ax.errorbar(params, [t["capacity_bits"] for t in models],
-                yerr=[t["capacity_std"] for t in models], fmt="o", label=f"{prec}")
+    points = ax.errorbar(params, [t["capacity_bits"] for t in models],
+                         yerr=[t["capacity_std"] for t in models], fmt="o", label=f"{prec}")
     if params and math.isfinite(fit["alpha_fit"]):
       xs = [0, max(params) * 1.05]
-      ax.plot(xs, [x * fit["alpha_fit"] for x in xs], "--",
+      # The fitted line in its points' colour, so each precision reads as one.
+      ax.plot(xs, [x * fit["alpha_fit"] for x in xs], "--", color=points[0].get_color(),
               label=f"{prec}: {fit['alpha_fit']:.2f} bits/param")
   ax.set_xlabel("parameters")
   ax.set_ylabel("capacity (bits)")

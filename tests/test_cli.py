@@ -80,6 +80,8 @@ def test_cli_trains_mixed_and_pure_bf16_stacks_from_a_comma_list(tmp_path):
 
 
 def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
+  flagfile = tmp_path / "flags.txt"
+  flagfile.write_text("--config.sweep.seeds=(2,)\n")
   cases = [
       (["--config.train.stepz=3"], "config.train.stepz: unknown field"),
       (["--config.sweep.layers=(0,)"], "config.sweep.layers: must be integers in [1,"),
@@ -87,13 +89,24 @@ def test_cli_bad_inputs_fail_in_one_line_before_compiling(tmp_path):
       (["--config.data.vocab_size=2", "--config.data.seq_len=3", "--config.sweep.dataset_sizes=(9,)"],
        "config.sweep.dataset_sizes: dataset size 9 is too large"),
       (["--cpu_devices=-2"], "--cpu_devices: must be >= 0, got -2"),
-      # TINY sets seeds too: ml_collections would join the two tuples into (0, 1, 2).
-      (["--config.sweep.seeds=(2,)"],
-       "config.sweep.seeds: overridden 2 times, which joins the lists into (0, 1, 2)"),
+      # TINY sets seeds too: ml_collections would join the two tuples into (0, 1, 2), also when
+      # the second is given with one dash, with a space, or in a flagfile.
+      (["--config.sweep.seeds=(2,)"], "config.sweep.seeds: overridden 2 times on the command"),
+      (["-config.sweep.seeds", "(2,)"], "config.sweep.seeds: overridden 2 times on the command"),
+      ([f"--flagfile={flagfile}"], "config.sweep.seeds: overridden 2 times on the command"),
+      # A misspelt field after `--config PATH` (space form) is named too.
+      (["--config", "configs/capacity.py", "--config.sweep.seedz=(1,)"],
+       "config.sweep.seedz: unknown field; allowed here:"),
+      # Precision lists written as a one-item tuple or in parentheses.
+      (["--config.sweep.precisions=(bf16,fp16,)"],
+       "config.sweep.precisions: must be a list of fp32, bf16, bf16-mixed, got ('bf16', 'fp16')"),
+      (["--config.sweep.precisions=(fp16)"],
+       "config.sweep.precisions: must be a list of fp32, bf16, bf16-mixed, got ('fp16',)"),
   ]
   for extra, needle in cases:
     # A field given in `extra` replaces TINY's (the seeds case repeats one on purpose).
-    fields = {a.split("=")[0] for a in extra if "sweep.seeds" not in a}
+    fields = {a.split("=")[0] for a in extra if a.startswith("--config.sweep.")
+              and "sweep.seeds" not in a}
     proc = run_main([a for a in TINY if a.split("=")[0] not in fields] + extra, tmp_path / "w")
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
