@@ -68,7 +68,7 @@ def get_config():
   config.eval.min_k = 0.2  # the k of Min-K% and Min-K%++
 
   config.lira = ml_collections.ConfigDict()
-  config.lira.num_models = 8  # shadow models (even, >= 2); 0: no LiRA
+  config.lira.num_models = 8  # shadow models (even, >= 6); 0: no LiRA
   config.lira.candidates = 128  # each a member of exactly half of the shadows
   config.lira.layers = 1
   config.lira.d_model = 16

@@ -272,6 +272,28 @@ def _shadow_inputs(target_score_B, shadow_scores_MxB, shadow_in_MxB):
   return target_B, shadow_MxB, in_MxB
 
 
+def balanced_shadows(shadow_in_MxB, seed) -> np.ndarray:
+  """bool [M, B]: the shadows kept for each sample so that its IN and OUT groups are equally large
+  (random ones of the larger group are dropped; seed: anything np.random.default_rng takes).
+
+  Why: in a leave-one-out attack on a stack where every sample is IN for exactly half the models,
+  a target's members have one IN shadow fewer than OUT shadows and its non-members one more. Fits
+  from unequal counts score the two classes differently even when the scores carry no membership
+  signal (null AUC 0.45 with 8 models, online per-sample); with equal counts it is 0.5.
+  """
+  in_MxB = np.asarray(shadow_in_MxB)
+  if in_MxB.dtype != bool or in_MxB.ndim != 2:
+    raise ValueError(f"shadow_in must be a bool [M, B] array, got {in_MxB.dtype} {in_MxB.shape}")
+  keep_k_B = np.minimum(in_MxB.sum(0), (~in_MxB).sum(0))
+  priority_MxB = np.random.default_rng(seed).random(in_MxB.shape)
+  keep_MxB = np.ones(in_MxB.shape, bool)
+  for group_MxB in (in_MxB, ~in_MxB):
+    # Rank of each shadow within its group (others rank after it); keep the keep_k lowest.
+    rank_MxB = np.where(group_MxB, priority_MxB, np.inf).argsort(0).argsort(0)
+    keep_MxB &= ~group_MxB | (rank_MxB < keep_k_B)
+  return keep_MxB
+
+
 def _gaussian_fit(shadow_MxB, mask_MxB, global_variance: bool, group: str):
   """Per-sample mean and standard deviation of the shadow scores selected by mask."""
   count_B = mask_MxB.sum(0)
@@ -296,39 +318,56 @@ def _gaussian_fit(shadow_MxB, mask_MxB, global_variance: bool, group: str):
   return mean_B, np.maximum(sd_B, _SD_FLOOR)
 
 
+def _used_shadows(in_MxB, used_MxB):
+  if used_MxB is None:
+    return np.ones(in_MxB.shape, bool)
+  used_MxB = np.asarray(used_MxB)
+  if used_MxB.dtype != bool or used_MxB.shape != in_MxB.shape:
+    raise ValueError(f"LiRA: used_shadows must be a bool array of shadow_in's shape {in_MxB.shape}"
+                     f", got {used_MxB.dtype} {used_MxB.shape}")
+  return used_MxB
+
+
 def lira_online(target_score_B, shadow_scores_MxB, shadow_in_MxB,
-                global_variance: bool = False) -> np.ndarray:
+                global_variance: bool = False, used_shadows_MxB=None) -> np.ndarray:
   """Online LiRA: log N(s; mu_in, sd_in) - log N(s; mu_out, sd_out) per sample, in nats: [B].
 
   shadow_scores_MxB: the same statistic of every sample under each shadow model; shadow_in_MxB:
-  whether the shadow trained on it. Every sample needs IN and OUT shadows (>= 2 each unless
+  whether the shadow trained on it; used_shadows_MxB (optional, e.g. balanced_shadows): which
+  shadows each sample's fits use. Every sample needs IN and OUT shadows (>= 2 each unless
   global_variance).
   """
   target_B, shadow_MxB, in_MxB = _shadow_inputs(target_score_B, shadow_scores_MxB, shadow_in_MxB)
-  mu_in, sd_in = _gaussian_fit(shadow_MxB, in_MxB, global_variance, "IN")
-  mu_out, sd_out = _gaussian_fit(shadow_MxB, ~in_MxB, global_variance, "OUT")
+  used_MxB = _used_shadows(in_MxB, used_shadows_MxB)
+  mu_in, sd_in = _gaussian_fit(shadow_MxB, in_MxB & used_MxB, global_variance, "IN")
+  mu_out, sd_out = _gaussian_fit(shadow_MxB, ~in_MxB & used_MxB, global_variance, "OUT")
   return stats.norm.logpdf(target_B, mu_in, sd_in) - stats.norm.logpdf(target_B, mu_out, sd_out)
 
 
 def lira_offline(target_score_B, shadow_scores_MxB, shadow_in_MxB,
-                 global_variance: bool = False) -> np.ndarray:
+                 global_variance: bool = False, used_shadows_MxB=None) -> np.ndarray:
   """Offline LiRA: -log P(OUT score >= s), a one-sided test against the OUT fit only: [B]."""
   target_B, shadow_MxB, in_MxB = _shadow_inputs(target_score_B, shadow_scores_MxB, shadow_in_MxB)
-  mu_out, sd_out = _gaussian_fit(shadow_MxB, ~in_MxB, global_variance, "OUT")
+  used_MxB = _used_shadows(in_MxB, used_shadows_MxB)
+  mu_out, sd_out = _gaussian_fit(shadow_MxB, ~in_MxB & used_MxB, global_variance, "OUT")
   return -stats.norm.logsf((target_B - mu_out) / sd_out)
 
 
-def lira_leave_one_out(scores_MxB, in_MxB, online: bool = True,
-                       global_variance: bool = False) -> np.ndarray:
-  """LiRA scores [M, B] of a stack: each model attacked with the other M - 1 as its shadows."""
+def lira_leave_one_out(scores_MxB, in_MxB, online: bool = True, global_variance: bool = False,
+                       seed=0) -> np.ndarray:
+  """LiRA scores [M, B] of a stack: each model attacked with the other M - 1 as its shadows,
+  balanced per sample to as many IN as OUT shadows (balanced_shadows, seeded by [seed, model])."""
   scores_MxB, in_MxB = np.asarray(scores_MxB, np.float64), np.asarray(in_MxB)
   if scores_MxB.ndim != 2 or scores_MxB.shape[0] < 3:
     raise ValueError("lira_leave_one_out needs >= 3 models (>= 2 shadows each), got scores of "
                      f"shape {scores_MxB.shape}")
   attack = lira_online if online else lira_offline
-  others = lambda m: np.arange(len(scores_MxB)) != m
-  return np.stack([attack(scores_MxB[m], scores_MxB[others(m)], in_MxB[others(m)],
-                          global_variance) for m in range(len(scores_MxB))])
+  rows = []
+  for m in range(len(scores_MxB)):
+    others = np.arange(len(scores_MxB)) != m
+    used = balanced_shadows(in_MxB[others], [seed, m])
+    rows.append(attack(scores_MxB[m], scores_MxB[others], in_MxB[others], global_variance, used))
+  return np.stack(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,19 +516,22 @@ def attack_report(scores, labels, name: str = "scores", fprs: Sequence[float] = 
   """Every metric of one attack with bootstrap CIs (JSON-ready); ValueError on NaN/inf scores.
 
   Keys: name, n_members, n_nonmembers, fpr_resolution (1 / n_nonmembers), auc, f1_median,
-  f1_best, tpr_at_fpr_<fpr> for each fpr, each with <key>_ci = [lo, hi], and alpha, n_boot.
+  f1_best, tpr_at_fpr_<fpr> for each fpr, each with <key>_ci = [lo, hi] (None with n_boot=0),
+  and alpha, n_boot.
   """
   for f in fprs:
     _check_fpr(f)
-  _check_bootstrap(n_boot, alpha)
+  if n_boot != 0:
+    _check_bootstrap(n_boot, alpha)
   s, y = check_scores(scores, labels, name)
   point = _point_metrics(s, y, fprs)
-  boots = [_point_metrics(s[i], y[i], fprs) for i in _bootstrap_indices(y, n_boot, seed)]
+  boots = [_point_metrics(s[i], y[i], fprs) for i in _bootstrap_indices(y, n_boot, seed)
+           ] if n_boot else None
   out = {"name": name, "n_members": int(y.sum()), "n_nonmembers": int((~y).sum()),
          "fpr_resolution": 1.0 / int((~y).sum()), "alpha": alpha, "n_boot": n_boot}
   for key, value in point.items():
     out[key] = value
-    out[f"{key}_ci"] = _percentile_ci([b[key] for b in boots], alpha)
+    out[f"{key}_ci"] = _percentile_ci([b[key] for b in boots], alpha) if boots else None
   return out
 
 

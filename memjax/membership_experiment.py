@@ -17,9 +17,9 @@
    `likelihood.next_token_stats` over each model's evaluation set; metrics with bootstrap CIs.
 4. LiRA (`lira.num_models` > 0): a stack of shadow models of one shape trained on the rows of a
    membership matrix over `lira.candidates` candidate samples (each candidate in exactly half of
-   the models). Each shadow in turn is the target and the others are its shadows (leave one out);
-   online / offline LiRA, per-sample or global variances, against the loss attack on the same
-   balanced set.
+   the models). Each shadow in turn is the target and the others are its shadows (leave one out,
+   with as many IN as OUT shadows for each candidate: mi.balanced_shadows); online / offline
+   LiRA, per-sample or global variances, against the loss attack on the same balanced set.
 5. The law F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))) fitted to the targets' (x, F1 of the loss
    attack at the median threshold), with x = S log2 V N / params and x = capacity / N.
 
@@ -65,7 +65,7 @@ def evaluate_attack(scores, labels, name, n_bootstrap, seed):
   """membership.attack_report marked valid, or {"valid": False, "reason"} for bad scores."""
   try:
     seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-    return {"valid": True, **mi.attack_report(scores, labels, name, n_boot=max(n_bootstrap, 1),
+    return {"valid": True, **mi.attack_report(scores, labels, name, n_boot=n_bootstrap,
                                               seed=seed)}
   except ValueError as e:
     return {"valid": False, "reason": str(e)}
@@ -147,9 +147,11 @@ def validate(config) -> MembershipSettings:
     _fail("eval.eval_size", f"must be even (half members, half non-members), got {eval_size}")
   min_k = _float(config, "eval.min_k", maximum=1.0)
   lira_m = _int(config, "lira.num_models", minimum=0)
-  if lira_m and (lira_m < 2 or lira_m % 2):
-    _fail("lira.num_models", f"must be 0 (no LiRA) or an even number >= 2 (each candidate a "
-                             f"member of exactly half of the shadow models), got {lira_m}")
+  if lira_m and (lira_m < 6 or lira_m % 2):
+    _fail("lira.num_models", f"must be 0 (no LiRA) or an even number >= 6 (each candidate a "
+                             f"member of exactly half of the models; each model is attacked with "
+                             f"num_models/2 - 1 >= 2 IN and as many OUT shadows a candidate), "
+                             f"got {lira_m}")
   lira_c = _int(config, "lira.candidates", minimum=2)
   lira_d = _int(config, "lira.d_model")
   if lira_d % heads:
@@ -533,8 +535,9 @@ def _add_capacity_x(settings, rows):
       cap, how = settings.bits_per_param * rs[0]["n_params"], "bits_per_param"
     else:
       per_n = {}
-      for r in rs:
-        if r["mem_bits_est"] is not None:
+      for r in rs:  # diverged models and undefined estimates say nothing about capacity
+        if (r["status"] == "ok" and r["mem_bits_est"] is not None
+            and math.isfinite(r["mem_bits_est"])):
           per_n.setdefault(r["dataset_size"], []).append(r["mem_bits_est"])
       cap = max((float(np.mean(v)) for v in per_n.values()), default=None)
       how = "measured"
@@ -591,6 +594,8 @@ def run_lira(settings, workdir, text, design):
                         rng.choice(np.flatnonzero(~labels_all), k, replace=False)])
     design[f"lira/target{i}/eval_candidates"] = sel
     labels = labels_all[sel]
+    # As many IN as OUT shadows for every candidate: unequal counts bias the fits by class.
+    used = mi.balanced_shadows(mat[others][:, sel], [settings.lira_seed, i, 17])
     scores = {"loss": loss_MxC[i, sel]}
     for name, online, glob in (("lira_online", True, False), ("lira_offline", False, False),
                                ("lira_online_global", True, True),
@@ -598,7 +603,7 @@ def run_lira(settings, workdir, text, design):
       try:
         attack = mi.lira_online if online else mi.lira_offline
         scores[name] = attack(loss_MxC[i, sel], loss_MxC[others][:, sel], mat[others][:, sel],
-                              global_variance=glob)
+                              global_variance=glob, used_shadows_MxB=used)
       except ValueError as e:
         scores[name] = e
     attacks = {}
@@ -614,7 +619,7 @@ def run_lira(settings, workdir, text, design):
         "d_model": cfg.d_model, "heads": cfg.num_heads, "vocab_size": vocab,
         "seq_len": cfg.seq_len, "precision": cfg.precision, "n_params": model_lib.n_params(cfg),
         "dataset_size": specs[i].dataset_size, "seed": specs[i].seed, "target_index": i,
-        "num_shadow_models": m - 1, "candidates": c, "eval_members": k, "eval_nonmembers": k,
+        "num_shadow_models": m - 1, "shadows_per_group": m // 2 - 1, "candidates": c, "eval_members": k, "eval_nonmembers": k,
         "steps": int(np.asarray(state.step_M)[i]), "train_loss_last": float(losses[i]),
         "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
         "x_tokens": float(mi.tokens_per_param_x(model_lib.n_params(cfg), specs[i].dataset_size,

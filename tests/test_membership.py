@@ -129,10 +129,40 @@ def test_lira_beats_the_plain_score():
 
 def test_lira_leave_one_out_matches_single_attack():
   scores_MxB, in_MxB = _synthetic_lira(num_models=8, num_samples=50)
-  loo = mb.lira_leave_one_out(scores_MxB, in_MxB)
+  loo = mb.lira_leave_one_out(scores_MxB, in_MxB, seed=5)
   assert loo.shape == (8, 50)
+  shadow_in = np.delete(in_MxB, 3, 0)
   np.testing.assert_allclose(loo[3], mb.lira_online(scores_MxB[3], np.delete(scores_MxB, 3, 0),
-                                                    np.delete(in_MxB, 3, 0)))
+                                                    shadow_in, False,
+                                                    mb.balanced_shadows(shadow_in, [5, 3])))
+
+
+def test_balanced_shadows_keep_as_many_in_as_out_shadows_at_random():
+  in_MxB = np.delete(mb.membership_matrix(8, 400, seed=1), 0, 0)  # 3 IN + 4 OUT or 4 IN + 3 OUT
+  used = mb.balanced_shadows(in_MxB, seed=2)
+  assert ((used & in_MxB).sum(0) == 3).all() and ((used & ~in_MxB).sum(0) == 3).all()
+  assert (mb.balanced_shadows(in_MxB, seed=2) == used).all()
+  # Which shadow of the larger group is dropped is spread over all of them.
+  assert ((~used).sum(1) > 20).all()
+  with pytest.raises(ValueError, match="bool"):
+    mb.balanced_shadows(in_MxB.astype(int), seed=0)
+
+
+@pytest.mark.parametrize("online,global_variance", [(True, False), (False, False), (True, True)])
+def test_leave_one_out_lira_is_at_chance_on_scores_without_membership_signal(online,
+                                                                             global_variance):
+  # Every sample is IN for half the models, so a target's members have one IN shadow fewer than
+  # OUT shadows among the others and its non-members one more. Unbalanced, these fits scored
+  # a mean AUC of 0.445 (online) and 0.476 (global) here; balanced, 0.5 within noise.
+  aucs, tprs = [], []
+  for rep in range(3):
+    in_MxB = mb.membership_matrix(8, 4000, seed=rep)
+    scores_MxB = np.random.default_rng(100 + rep).normal(size=in_MxB.shape)
+    loo = mb.lira_leave_one_out(scores_MxB, in_MxB, online, global_variance, seed=rep)
+    aucs += [mb.roc_auc(loo[m], in_MxB[m]) for m in range(8)]
+    tprs += [mb.tpr_at_fpr(loo[m], in_MxB[m], 0.01) for m in range(8)]
+  assert abs(np.mean(aucs) - 0.5) < 0.006, np.mean(aucs)  # 24 AUCs of 4000 samples: sd ~0.001
+  assert 0.006 < np.mean(tprs) < 0.015, np.mean(tprs)
 
 
 def test_lira_minimum_counts():
@@ -223,6 +253,9 @@ def test_attack_report():
   for key in ("auc", "f1_median", "f1_best", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01"):
     lo, hi = report[f"{key}_ci"]
     assert 0 <= lo <= hi <= 1
+  # No resamples: the point estimates alone, no interval made up from one resample.
+  bare = mb.attack_report(HAND_SCORES, HAND_LABELS, name="loss", n_boot=0)
+  assert bare["auc"] == report["auc"] and bare["auc_ci"] is None and bare["n_boot"] == 0
 
 
 def test_nan_scores_raise_naming_the_score():

@@ -17,7 +17,7 @@ TINY = [
     "--config.sweep.d_model=(16,)", "--config.sweep.dataset_sizes=(8,64,512,8192)",
     "--config.train.steps=200", "--config.train.warmup_steps=20",
     "--config.eval.eval_size=64", "--config.eval.bootstrap=20",
-    "--config.lira.num_models=4", "--config.lira.candidates=32", "--config.lira.steps=200",
+    "--config.lira.num_models=6", "--config.lira.candidates=32", "--config.lira.steps=200",
 ]
 
 
@@ -39,7 +39,8 @@ def test_default_config_validates():
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("lira.num_models", 3, "config.lira.num_models: must be 0 (no LiRA) or an even number >= 2"),
+    ("lira.num_models", 3, "config.lira.num_models: must be 0 (no LiRA) or an even number >= 6"),
+    ("lira.num_models", 4, "config.lira.num_models: must be 0 (no LiRA) or an even number >= 6"),
     ("lira.num_models", 1, "config.lira.num_models:"),
     ("eval.eval_size", 33, "config.eval.eval_size: must be even"),
     ("data.source", "web", "config.data.source: must be one of"),
@@ -100,7 +101,7 @@ def test_cli_end_to_end(tmp_path):
   rows = [json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()]
   targets = [r for r in rows if r["role"] == "target"]
   lira = [r for r in rows if r["role"] == "lira_target"]
-  assert [r["dataset_size"] for r in targets] == [8, 64, 512, 8192] and len(lira) == 4
+  assert [r["dataset_size"] for r in targets] == [8, 64, 512, 8192] and len(lira) == 6
   for r in targets:
     assert {"n_params", "seed", "x_tokens", "x_capacity", "capacity_bits"} <= set(r)
     assert set(r["attacks"]) == set(me.ATTACKS)
@@ -111,22 +112,21 @@ def test_cli_end_to_end(tmp_path):
   f1 = [r["attacks"]["loss"]["f1_median"] for r in targets]
   assert f1[0] > 0.9 and targets[0]["attacks"]["loss"]["auc"] > 0.95
   assert f1[-1] < 0.7 and f1[-1] < f1[0]
-  # LiRA: 3 shadows per target cannot give per-sample variances: marked, not wrong.
+  # LiRA: 5 shadows per target, 2 IN and 2 OUT used for each candidate.
   for r in lira:
-    assert r["attacks"]["lira_online"]["valid"] is False
-    assert "global_variance" in r["attacks"]["lira_online"]["reason"]
-    assert r["attacks"]["lira_online_global"]["valid"]
+    assert r["num_shadow_models"] == 5 and r["shadows_per_group"] == 2
+    assert all(a["valid"] for a in r["attacks"].values())
   summary = json.loads((workdir / "summary.json").read_text())
   assert set(summary["law_fits"]) == {"tokens", "capacity"}
   assert summary["law_fits"]["tokens"]["n_points"] == 4
-  assert summary["lira"]["targets"] == 4
+  assert summary["lira"]["targets"] == 6
   design = np.load(workdir / "design.npz")
   mat = design["lira/membership"]
-  assert mat.shape == (4, 32) and (mat.sum(0) == 2).all()
+  assert mat.shape == (6, 32) and (mat.sum(0) == 3).all()
   assert json.loads((workdir / "design.json").read_text())["seeds"]["lira_seed"] == 0
   for png in ("f1_vs_dataset_size.png", "roc.png", "law_fit.png"):
     assert (workdir / png).stat().st_size > 1000
-  assert "law fit (x_form=tokens" in proc.stdout and "LiRA (4 targets" in proc.stdout
+  assert "law fit (x_form=tokens" in proc.stdout and "LiRA (6 targets" in proc.stdout
   assert "2 stacks trained, 0 already done" in proc.stdout
 
   # A rerun loads every stored stack: nothing trains, and the results are the same.
@@ -176,7 +176,7 @@ def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_pat
 
 def test_cli_bad_input_fails_in_one_line(tmp_path):
   # (Other bad values are covered through validate above; each CLI start costs ~10 s.)
-  needle = "config.lira.num_models: must be 0 (no LiRA) or an even number >= 2"
+  needle = "config.lira.num_models: must be 0 (no LiRA) or an even number >= 6"
   proc = run_main(TINY + ["--config.lira.num_models=3"], tmp_path / "w")
   assert proc.returncode == 2, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
