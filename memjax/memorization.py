@@ -99,35 +99,46 @@ def shape_key(row):
 
 
 def capacity_table(rows: Iterable[dict]):
-  """Per model shape and precision: capacity = max over N of the seed-mean memorization.
+  """Per model shape and precision: capacity = max over (N, learning rate) of the seed-mean
+  memorization.
 
-  Rows whose status is not "ok" (diverged models) are left out. Returns a list of dicts sorted by
-  parameter count, each with n_params, capacity_bits, capacity_std (spread over seeds of each
-  seed's own max), bits_per_param, best_dataset_size and the seed-mean curve.
+  Rows whose status is not "ok" (diverged models) or whose mem_bits is not finite are left out.
+  Returns a list of dicts sorted by parameter count, each with n_params, capacity_bits,
+  capacity_std (spread over seeds of each seed's own max), bits_per_param, best_dataset_size,
+  best_learning_rate, num_seeds and the curve over N (at each N, the best learning rate's
+  seed-mean).
   """
   by_shape = collections.defaultdict(list)
   for row in rows:
-    if row.get("status", "ok") == "ok":
+    if row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"]):
       by_shape[shape_key(row)].append(row)
   table = []
   for key, shape_rows in by_shape.items():
-    by_n = collections.defaultdict(list)
+    # Learning rates are settings to choose among, like N, not seeds to average over.
+    by_n_lr = collections.defaultdict(list)
     by_seed = collections.defaultdict(list)
     for r in shape_rows:
-      by_n[r["dataset_size"]].append(r["mem_bits"])
+      by_n_lr[r["dataset_size"], r.get("learning_rate")].append(r["mem_bits"])
       by_seed[r["seed"]].append(r["mem_bits"])
-    curve = {n: float(np.mean(v)) for n, v in sorted(by_n.items())}
-    best_n = max(curve, key=curve.get)
+    # Sorted so that a tie goes to the smallest N (then learning rate).
+    mean_by_n_lr = {k: float(np.mean(by_n_lr[k]))
+                    for k in sorted(by_n_lr, key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))}
+    best_n, best_lr = max(mean_by_n_lr, key=mean_by_n_lr.get)
+    capacity = mean_by_n_lr[best_n, best_lr]
+    curve = {}
+    for (n, _), m in mean_by_n_lr.items():
+      curve[n] = max(curve.get(n, -math.inf), m)
     per_seed = [max(v) for v in by_seed.values()]
     n_params = shape_rows[0]["n_params"]
     table.append({
         **dict(zip(SHAPE_FIELDS, key)),
         "n_params": n_params,
-        "capacity_bits": curve[best_n],
+        "capacity_bits": capacity,
         "capacity_std": float(np.std(per_seed)),
-        "bits_per_param": curve[best_n] / n_params,
+        "bits_per_param": capacity / n_params,
         "bits_per_param_std": float(np.std(per_seed)) / n_params,
         "best_dataset_size": best_n,
+        "best_learning_rate": best_lr,
         "num_seeds": len(by_seed),
         "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
     })
@@ -156,5 +167,6 @@ def summarize(rows):
       prec: fit_alpha([t["n_params"] for t in table if t["precision"] == prec],
                       [t["capacity_bits"] for t in table if t["precision"] == prec])
       for prec in sorted({t["precision"] for t in table})}
+  summary["learning_rates"] = sorted({r["learning_rate"] for r in rows if "learning_rate" in r})
   summary["models"] = table
   return summary

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import collections
 import math
 import os
+
+from memjax import memorization
 
 
 def pyplot():
@@ -18,12 +19,15 @@ def pyplot():
 
 def capacity_table_text(summary) -> str:
   w = max([5] + [len(t["precision"]) for t in summary["models"]])
+  # A learning-rate sweep picks the best rate like the best N; the table then names it.
+  with_lr = len(summary.get("learning_rates", ())) > 1
   lines = [f"{'layers':>6} {'d_model':>7} {'prec':>{w}} {'params':>10} {'capacity_bits':>14} "
-           f"{'+-seeds':>9} {'bits/param':>10} {'best_N':>8}"]
+           f"{'+-seeds':>9} {'bits/param':>10} {'best_N':>8}" + (f" {'best_lr':>8}" * with_lr)]
   for t in summary["models"]:
     lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>{w}} {t['n_params']:>10,} "
                  f"{t['capacity_bits']:>14,.0f} {t['capacity_std']:>9,.0f} "
-                 f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}")
+                 f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}"
+                 + (f" {t['best_learning_rate']:>8.2g}" * with_lr))
   for prec, fit in summary["by_precision"].items():
     lines.append(f"alpha ({prec}): {fit['alpha_fit']:.3f} bits/param fitted through the origin; "
                  f"mean ratio {fit['alpha_mean']:.3f} +- {fit['alpha_std']:.3f} over shapes")
@@ -35,20 +39,22 @@ def _shape_label(row):
 
 
 def plot_memorization(rows, path):
-  """Memorization against dataset size, one line per model shape, with the data-bits diagonal."""
-  by_shape = collections.defaultdict(lambda: collections.defaultdict(list))
-  for r in rows:
-    if r.get("status", "ok") == "ok":
-      by_shape[_shape_label(r)][r["dataset_size"]].append(r["mem_bits"])
+  """Memorization against dataset size, one line per model shape (at each N the seed-mean of the
+  best learning rate, as in the capacity table), with the memorizable-bits diagonal
+  N (S-1) log2 V (the first token of a sequence has no context, so no model can compress it)."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   all_n = sorted({r["dataset_size"] for r in rows})
-  for label, curve in sorted(by_shape.items()):
+  for t in sorted(memorization.capacity_table(rows), key=_shape_label):
+    curve = {int(n): m for n, m in t["mem_bits_by_dataset_size"].items()}
     ns = sorted(curve)
-    ax.plot(ns, [sum(curve[n]) / len(curve[n]) for n in ns], marker="o", label=label)
+    ax.plot(ns, [curve[n] for n in ns], marker="o", label=_shape_label(t))
   if all_n and rows:
-    bits_per_seq = rows[0]["data_bits"] / rows[0]["dataset_size"]
-    ax.plot(all_n, [n * bits_per_seq for n in all_n], "k--", lw=1, label="dataset bits")
+    # Older rows carry only data_bits (N S log2 V).
+    field = "memorizable_bits" if "memorizable_bits" in rows[0] else "data_bits"
+    bits_per_seq = rows[0][field] / rows[0]["dataset_size"]
+    ax.plot(all_n, [n * bits_per_seq for n in all_n], "k--", lw=1,
+            label=field.replace("_", " "))
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("dataset size N (sequences)")

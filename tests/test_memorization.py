@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from memjax import memorization
+from memjax import memorization, report
 
 
 def test_uniform_model_memorizes_zero_bits():
@@ -30,10 +30,26 @@ def test_memorization_is_clipped_per_sample_but_not_in_the_raw_sum():
   assert float((seq_logp - ref).sum()) == 2.0
 
 
-def _row(d, n, seed, mem, params, precision="fp32", status="ok"):
+def _row(d, n, seed, mem, params, precision="fp32", status="ok", lr=1e-3):
   return {"layers": 1, "d_model": d, "heads": 2, "vocab_size": 8, "seq_len": 4,
           "precision": precision, "n_params": params, "dataset_size": n, "seed": seed,
-          "mem_bits": mem, "status": status}
+          "mem_bits": mem, "status": status, "learning_rate": lr}
+
+
+def test_capacity_picks_the_best_learning_rate_instead_of_averaging_over_rates():
+  rows = [_row(16, 128, 0, 2500.0, 50, lr=1e-2), _row(16, 256, 0, 3000.0, 50, lr=1e-2),
+          _row(16, 128, 0, 90.0, 50, lr=1e-4), _row(16, 256, 0, 100.0, 50, lr=1e-4),
+          _row(16, 512, 0, float("nan"), 50, lr=1e-2)]  # not finite: left out
+  summary = memorization.summarize(rows)
+  (t,) = summary["models"]
+  assert t["capacity_bits"] == 3000.0 and t["best_dataset_size"] == 256
+  assert t["best_learning_rate"] == 1e-2 and t["num_seeds"] == 1
+  assert t["mem_bits_by_dataset_size"] == {"128": 2500.0, "256": 3000.0}
+  assert summary["learning_rates"] == [1e-4, 1e-2]
+  text = report.capacity_table_text(summary)
+  assert "best_lr" in text.splitlines()[0] and text.splitlines()[1].endswith("0.01")
+  one_rate = memorization.summarize([r for r in rows if r["learning_rate"] == 1e-2])
+  assert "best_lr" not in report.capacity_table_text(one_rate)
 
 
 def test_capacity_is_max_over_n_of_seed_mean_and_alpha_fits_through_origin():
