@@ -389,6 +389,8 @@ def classification_report(y_true, y_pred, train_labels, num_classes: int = NUM_B
 
 
 def split_train_test(n: int, test_fraction: float, seed: int = 0):
+  if n < 2:
+    raise ValueError(f"a train/test split needs >= 2 samples, got {n}")
   perm = np.random.default_rng(seed).permutation(n)
-  n_test = max(1, int(round(n * test_fraction)))
+  n_test = min(max(1, int(round(n * test_fraction))), n - 1)  # neither side empty
   return perm[n_test:], perm[:n_test]

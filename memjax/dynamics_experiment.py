@@ -176,6 +176,9 @@ def validate(config) -> DynamicsSettings:
   if score_samples > data.num_samples:
     _fail("dynamics.score_samples", f"{score_samples} scored samples do not fit the "
                                     f"{data.num_samples} training samples (data.num_samples)")
+  if (score_samples or data.num_samples) < 2:
+    _fail("dynamics.score_samples", "the score predictor needs >= 2 scored samples (one to train "
+                                    f"on, one to test), got {score_samples or data.num_samples}")
   p_heads = _int(config, "predictor.num_heads")
   p_d = _int(config, "predictor.d_model")
   if p_d % p_heads:

@@ -196,6 +196,9 @@ def extraction_scores(generated, targets, prefix_len: int):
   """
   generated = np.asarray(generated)
   targets = np.asarray(targets)
+  if not 0 <= prefix_len < generated.shape[-1]:
+    raise ValueError(f"prefix_len must be in [0, {generated.shape[-1]}) for sequences of "
+                     f"{generated.shape[-1]} tokens, got {prefix_len}")
   match = generated[..., prefix_len:] == targets[..., prefix_len:]
   return {"exact": match.all(-1), "token_match": match.mean(-1, dtype=np.float64)}
 

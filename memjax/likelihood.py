@@ -174,7 +174,7 @@ def token_logprobs(cfg: model_lib.ModelConfig, params, tokens_BxS, vocab_chunk=D
   b, s = tokens_BxS.shape
   params = model_lib.compute_params(cfg, params)
   h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
-  h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), -1)
+  h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), h_BxSxD.shape[-1])  # S = 1: zero rows
   targets_N = tokens_BxS[:, 1:].reshape(-1)
   logp_N = target_logprobs(h_NxD, model_lib.output_embedding(params), targets_N, vocab_chunk)
   first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)
@@ -254,7 +254,8 @@ def next_token_stats(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   h_BxSxD = model_lib.hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD.reshape(b * s, -1)
   w_VxD = model_lib.output_embedding(params)
-  lse, mean_logp, var_logp, argmax = _next_token_moments(h_NxD, w_VxD, vocab_chunk)
+  chunk = effective_chunk(h_NxD.shape[0], w_VxD.shape[0], vocab_chunk)  # as target_logprobs
+  lse, mean_logp, var_logp, argmax = _next_token_moments(h_NxD, w_VxD, chunk)
   next_N = jnp.concatenate([tokens_BxS[:, 1:], tokens_BxS[:, :1]], axis=1).reshape(-1)
   logp_next_BxS = (_target_logits(h_NxD, w_VxD, next_N) - lse).reshape(b, s) / LN2
   first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)

@@ -3,8 +3,9 @@
 Wang et al. 2024 ("Generalization v.s. Memorization: Tracing Language Models' Capabilities Back
 to Pretraining Data", arXiv 2407.14985) relate a model's output probabilities to n-gram
 statistics of its pretraining corpus: the Spearman rank correlation between the model's
-probabilities and the corpus n-gram probabilities is *distributional memorization*, and the
-Kendall tau on generalization pairs is *distributional generalization*. The same counts feed the
+probabilities and the corpus n-gram probabilities is *distributional memorization*, and a Kendall
+tau is *distributional generalization*. Here both are computed on the same (model, n-gram) pairs;
+a separate set of generalization pairs is not built. The same counts feed the
 decoding-dynamics figure of Chen, Han, Miyao 2024 (corpus frequency of the n-gram ending at each
 generated position).
 
@@ -324,8 +325,10 @@ class NgramIndex:
   def _continuation_counts(self, n: int) -> np.ndarray:
     """For each distinct (n-1)-gram: occurrences followed by a token in the same document."""
     prefix_U = self.sorted_keys[n - 1] // self.vocab_size
+    # minlength >= 1: with no (n-1)-gram at all (every document shorter) the lookups of id -1
+    # still index a (zero) count, and the probability comes out 0/0 = nan as for "context".
     return np.bincount(prefix_U, weights=self.key_counts[n - 1],
-                       minlength=self.sorted_keys[n - 2].size).astype(np.int64)
+                       minlength=max(1, self.sorted_keys[n - 2].size)).astype(np.int64)
 
   def cond_probs(self, contexts_KxC, tokens_K, denominator: str = "context") -> np.ndarray:
     """P(token | context) = count(context + token) / count(context) for K rows, float64 [K].
@@ -544,6 +547,7 @@ def distributional_memorization(model_prob, ngram_prob) -> RankCorrelation:
 def distributional_generalization(model_prob, ngram_prob) -> RankCorrelation:
   """Kendall tau-b of model probabilities with n-gram probabilities (same nan handling).
 
-  Wang et al. 2024's distributional generalization, computed on generalization pairs.
+  Reported as Wang et al. 2024's distributional generalization; the caller chooses the pairs
+  (the distributional experiment passes the same pairs as to the Spearman).
   """
   return _rank_correlation("kendall_tau", scipy.stats.kendalltau, model_prob, ngram_prob)

@@ -140,6 +140,9 @@ def test_predictor_beats_majority_when_the_score_is_a_function_of_the_context():
   # about 60% of the samples, so the majority class is a strong baseline.
   labels = np.where((tokens[:, 0] % 5 != 0) & (tokens[:, 1] < 5), tokens[:, 0] % 5, 0)
   train_idx, test_idx = dynamics.split_train_test(n, 0.25)
+  assert [len(s) for s in dynamics.split_train_test(2, 0.9)] == [1, 1]  # neither side empty
+  with pytest.raises(ValueError, match=">= 2 samples"):
+    dynamics.split_train_test(1, 0.5)
   module, params, losses = dynamics.train_predictor(
       tokens[train_idx], labels[train_idx], vocab,
       pcfg=dynamics.PredictorConfig(d_model=32, steps=400, batch_size=64, learning_rate=3e-3))

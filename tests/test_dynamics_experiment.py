@@ -132,6 +132,8 @@ def test_correlation_rows_mark_too_few_pairs():
      "config.dynamics.contexts: no (context, continuation) pair"),
     ("configs/dynamics.py", {"data.source": "web"}, "config.data.source: must be one of"),
     ("configs/dynamics.py", {"dynamics.score_samples": 5000}, "config.dynamics.score_samples:"),
+    ("configs/dynamics.py", {"dynamics.score_samples": 1},
+     "config.dynamics.score_samples: the score predictor needs >= 2 scored samples"),
     ("configs/distributional.py", {"distributional.orders": (2, 7)},
      "config.distributional.orders: n=7 is larger than the counted order"),
     ("configs/distributional.py", {"sweep.dataset_sizes": (4096,)},
@@ -191,7 +193,9 @@ def _settings(module, args, **overrides):
   return module.validate(_config(args[0].split("=", 1)[1], **fields))
 
 
-@pytest.mark.parametrize("module,args", [(dyn_exp, TINY_DYNAMICS),
+# The dynamics case (about 2 minutes on 2 cores) is left to -m slow: both share the stored-width
+# logic, and the distributional case runs in CI.
+@pytest.mark.parametrize("module,args", [pytest.param(dyn_exp, TINY_DYNAMICS, marks=pytest.mark.slow),
                                          (dist_exp, TINY_DISTRIBUTIONAL)],
                          ids=["dynamics", "distributional"])
 def test_a_rerun_after_a_kill_trains_only_the_widths_not_stored(module, args, tmp_path,

@@ -67,6 +67,9 @@ def test_extraction_scores_count_exact_and_token_matches():
   s = extraction.extraction_scores(generated, targets, prefix_len=2)
   np.testing.assert_array_equal(s["exact"], [[True, False]])
   np.testing.assert_allclose(s["token_match"], [[1.0, 1 / 3]])
+  for bad in (5, 9, -1):  # nothing (or the wrong end) left to score
+    with pytest.raises(ValueError, match=f"prefix_len must be in \\[0, 5\\).*got {bad}"):
+      extraction.extraction_scores(generated, targets, prefix_len=bad)
 
 
 def test_extract_batches_every_prefix_and_matches_unbatched(stack_params):

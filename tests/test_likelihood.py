@@ -50,6 +50,14 @@ def test_custom_backward_equals_autodiff_of_dense(params_and_tokens, chunk):
     np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
 
 
+def test_one_token_sequences_score_only_the_unconditioned_first_token(params_and_tokens):
+  params, _ = params_and_tokens
+  tokens_Bx1 = jnp.zeros((2, 1), jnp.int32)
+  for logp in (likelihood.token_logprobs(CFG, params, tokens_Bx1),
+               likelihood.next_token_stats(CFG, params, tokens_Bx1)["logp"]):
+    np.testing.assert_allclose(logp, np.full((2, 1), -math.log2(CFG.vocab_size)))
+
+
 def test_next_token_stats_match_dense(params_and_tokens):
   params, tokens = params_and_tokens
   dense = dense_logprobs(CFG, params, tokens)
@@ -103,6 +111,9 @@ def test_chunks_narrowed_to_the_logits_block_give_the_same_values_and_grads(
   expected = jnp.take_along_axis(dense[:, :-1], tokens[:, 1:, None], -1)[..., 0]
   got = likelihood.token_logprobs(CFG, params, tokens, 4096)
   np.testing.assert_allclose(got[:, 1:], expected, atol=2e-5)
+  stats = likelihood.next_token_stats(CFG, params, tokens, 4096)  # narrowed the same way
+  np.testing.assert_allclose(stats["entropy"], -(jnp.exp2(dense) * dense).sum(-1), atol=1e-4)
+  np.testing.assert_array_equal(stats["argmax"], dense.argmax(-1))
   g_dense = jax.grad(lambda p: jnp.take_along_axis(
       dense_logprobs(CFG, p, tokens)[:, :-1], tokens[:, 1:, None], -1).sum())(params)
   g_kernel = jax.grad(lambda p: likelihood.token_logprobs(CFG, p, tokens, 4096).sum())(params)

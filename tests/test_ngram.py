@@ -136,6 +136,12 @@ def test_continuation_probabilities_sum_to_one():
   np.testing.assert_allclose(probs[followed].sum(axis=1), 1.0)
 
 
+def test_conditional_probabilities_without_any_context_occurrence_are_undefined():
+  index = ngram.NgramIndex.build([[0]], max_n=3, vocab_size=2)  # no 2-gram anywhere
+  for denominator in ("context", "continuation"):
+    assert np.isnan(index.cond_probs([[0, 0]], [0], denominator)).all()
+
+
 def test_docs_with_both_matches_brute_force():
   rng = np.random.default_rng(4)
   docs = _random_docs(rng, num_docs=30, vocab=4, max_len=12)
