@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config=configs/capacity.py", "--config.quiet=True",
@@ -62,6 +64,7 @@ def test_cli_writes_results_summary_and_figures_and_resumes(tmp_path):
   assert "scored on eval.test_size=16 held-out sequences, not 8" in proc.stderr
 
 
+@pytest.mark.slow  # about 1 minute; bf16-mixed training and reporting are tested without the CLI
 def test_cli_trains_mixed_and_pure_bf16_stacks_from_a_comma_list(tmp_path):
   # `--config.sweep.precisions=a,b` arrives as one string; it is split, and each precision is a
   # bucket of its own whose rows, table and alpha carry its name.

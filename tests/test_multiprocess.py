@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,6 +80,7 @@ def checkpointed_chunks(workdir):
   return found
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores; the 2-process split and merge runs in CI
 def test_both_processes_resume_their_own_chunks_after_a_kill(tmp_path):
   # One CPU device a process, and one for the reference: the same compiled program everywhere.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "MEMJAX_DEVICES_PER_PROCESS": "1"}
