@@ -663,6 +663,7 @@ def summarize(settings, rows, wall_s):
     lira_out = {a: {m: _mean_metric(lira, a, m) for m in METRICS} for a in LIRA_ATTACKS}
     lira_out["targets"] = len(lira)
     lira_out["num_shadow_models"] = lira[0]["num_shadow_models"]
+    lira_out["shadows_per_group"] = lira[0]["shadows_per_group"]
   return {"source": settings.source, "law_published": mi.PUBLISHED, "law_fits": fits,
           "law_points": len(targets), "curves": curve_out, "lira": lira_out,
           "capacity": {r["shape"]: {"capacity_bits": r["capacity_bits"],
@@ -734,7 +735,8 @@ def report_text(rows, summary):
                  f"{aucs}  {_fmt(r['attacks']['loss'].get('f1_median')):>6}")
   if summary["lira"]:
     li = summary["lira"]
-    lines.append(f"LiRA ({li['targets']} targets, {li['num_shadow_models']} shadows each): "
+    lines.append(f"LiRA ({li['targets']} targets, {li['num_shadow_models']} shadows each, "
+                 f"{li['shadows_per_group']} IN + {li['shadows_per_group']} OUT per candidate): "
                  + "; ".join(f"{a} AUC {_fmt(li[a]['auc'])} TPR@1%FPR {_fmt(li[a]['tpr_at_fpr_0.01'])}"
                              for a in LIRA_ATTACKS))
   for form, fit in summary["law_fits"].items():

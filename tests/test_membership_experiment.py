@@ -126,7 +126,7 @@ def test_cli_end_to_end(tmp_path):
   assert json.loads((workdir / "design.json").read_text())["seeds"]["lira_seed"] == 0
   for png in ("f1_vs_dataset_size.png", "roc.png", "law_fit.png"):
     assert (workdir / png).stat().st_size > 1000
-  assert "law fit (x_form=tokens" in proc.stdout and "LiRA (6 targets" in proc.stdout
+  assert "law fit (x_form=tokens" in proc.stdout and "LiRA (6 targets, 5 shadows each, 2 IN + 2 OUT per candidate)" in proc.stdout
   assert "2 stacks trained, 0 already done" in proc.stdout
 
   # A rerun loads every stored stack: nothing trains, and the results are the same.
