@@ -288,7 +288,8 @@ def data_error(error: Exception, reads_files: bool, source_field="data.source",
   """A data-pipeline error as a ConfigError naming the field to change: by the words of its
   message (`extra_fields`, an experiment's own (words, field) pairs, first), else the source's
   paths (a file source) or the source itself."""
-  message = str(error).strip("'\"")
+  # str(KeyError) quotes its message; other messages keep their quotes.
+  message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   fields = (*extra_fields, *_DATA_ERROR_FIELDS)
   field = next((f for words, f in fields if words in message), None)
   if field is None:

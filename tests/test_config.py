@@ -95,3 +95,12 @@ def test_a_warmup_as_long_as_training_is_warned_about(caplog):
   config.train.steps = config.train.warmup_steps
   config_lib.validate(config)
   assert f"train.warmup_steps ({config.train.warmup_steps}) >= train.steps" in caplog.text
+
+
+def test_data_errors_name_the_field_and_keep_the_message_whole():
+  # A KeyError's str() is quoted; the quotes go. Other messages keep theirs, also at the end.
+  e = config_lib.data_error(KeyError("no column 'text' in x.parquet"), reads_files=True)
+  assert str(e) == "config.data.paths: no column 'text' in x.parquet"
+  e = config_lib.data_error(ValueError("'/d/b.jsonl:2' is not valid UTF-8 in 'x'"), True)
+  assert str(e) == "config.data.paths: '/d/b.jsonl:2' is not valid UTF-8 in 'x'"
+  assert str(config_lib.data_error(ValueError("no text"), False)) == "config.data.source: no text"

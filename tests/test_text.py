@@ -57,6 +57,14 @@ def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path)
   assert docs_of(SourceConfig(kind="jsonl", paths=(path,), text_field="body")) == ["hello", "world"]
   with pytest.raises(ValueError, match=r"no field 'text'.*set text_field"):
     docs_of(SourceConfig(kind="jsonl", paths=(path,)))
+  # Bytes that are not UTF-8, and an escaped lone surrogate, are named with file and line.
+  bad_bytes = tmp_path / "b.jsonl"
+  bad_bytes.write_bytes(b'{"text": "ok"}\n{"text": "caf\xff\xfe"}\n')
+  with pytest.raises(ValueError, match=r"b\.jsonl:2 is not valid UTF-8"):
+    docs_of(SourceConfig(kind="jsonl", paths=(str(bad_bytes),)))
+  surrogate = write_text(tmp_path / "s.jsonl", '{"text": "ok"}\n{"text": "x\\ud800"}\n')
+  with pytest.raises(ValueError, match=r"s\.jsonl:2: field 'text' holds a character that is not"):
+    docs_of(SourceConfig(kind="jsonl", paths=(surrogate,)))
 
 
 def write_parquet(path, texts, column="text"):
@@ -173,6 +181,34 @@ def test_tokenizer_json_file_loads_and_round_trips(tmp_path):
   ds = build_text_dataset(source, TokenizerConfig(kind="file", path=path), seq_len=4,
                           pool_sizes=PoolSizes(train=2))
   assert ds.vocab_size == 280 and ds.tokens.dtype == np.uint16
+
+
+def test_a_tokenizer_whose_ids_have_gaps_gets_rows_up_to_its_largest_id(tmp_path):
+  # 5 tokens, the last with id 70000: a model of 5 rows would index past its embedding, and
+  # uint16 storage would wrap 70000 to 4464.
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "c": 2, " ": 3, "[UNK]": 70000},
+                                   unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Split(" ", "isolated")
+  path = str(tmp_path / "gaps.json")
+  tok.save(path)
+  loaded = tokenize_lib.load_tokenizer_file(path)
+  assert loaded.vocab_size == 70001
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "c.txt", "a b c zz a b c zz"),))
+  ds = build_text_dataset(source, TokenizerConfig(kind="file", path=path), seq_len=4,
+                          pool_sizes=PoolSizes(train=2))
+  assert ds.vocab_size == 70001 and ds.tokens.dtype == np.int32
+  assert 70000 in ds.tokens
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+  class Liar(tokenize_lib.TextTokenizer):  # a tokenizer that reports a smaller vocabulary
+    vocab_size = 4
+    def encode_batch(self, texts):
+      return [np.array([1, 2, 7, 3, 1, 2, 3, 0])]
+    decode = to_json = save_to_workdir = lambda *a: None
+  with pytest.raises(ValueError, match="id 7 .*outside its vocabulary of 4 ids"):
+    tokenize_into_sequences(["x"], Liar(), seq_len=4)
 
 
 def test_byte_tokenizer_round_trips_utf8():
@@ -364,3 +400,9 @@ def test_stdlib_docs_dataset_with_a_2048_token_bpe(tmp_path):
   assert ds.tokens.shape == (ds.num_sequences, 64) and ds.vocab_size == 2048
   print(f"stdlib_docs: {ds.num_documents} documents, {ds.num_chars} chars, "
         f"{ds.num_sequences} sequences, {ds.num_duplicates_dropped} duplicates dropped")
+
+
+def test_a_doc_package_that_is_not_installed_is_warned_about():
+  with pytest.warns(UserWarning, match="data.doc_packages: 'numpyy' is not an installed package"):
+    files = corpus_lib.stdlib_doc_files(("numpyy",))
+  assert files == corpus_lib.stdlib_doc_files(())

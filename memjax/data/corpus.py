@@ -204,8 +204,13 @@ def _read_txt(cfg: SourceConfig) -> Iterator[str]:
 
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["jsonl"]):
-    with open(path, encoding="utf-8") as f:
-      for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+      for line_number, raw in enumerate(f, start=1):
+        try:  # decoded line by line, so that an error can say where
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
+                           f"{e.start}); JSON lines must be UTF-8.") from e
         if line.strip():
           yield _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
 
@@ -221,6 +226,11 @@ def _jsonl_text(line: str, text_field: str, where: str) -> str:
   text = record[text_field]
   if not isinstance(text, str):
     raise ValueError(f"{where}: field {text_field!r} holds {type(text).__name__}, not a string.")
+  try:  # JSON can escape a lone surrogate ("\ud800"), which no tokenizer can encode
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise ValueError(f"{where}: field {text_field!r} holds a character that is not valid text "
+                     f"({e.reason} at {e.start}).") from e
   return text
 
 
@@ -333,7 +343,11 @@ def _package_roots(doc_packages: Sequence[str]) -> list[str]:
   for package in doc_packages:
     spec = importlib.util.find_spec(package)  # Locates the package without importing it.
     if spec is None or not spec.submodule_search_locations:
-      continue  # Not installed here: the content hash records what was actually read.
+      # Not installed here (the default list names optional packages): read without it, said
+      # aloud so a misspelt name is noticed; the content hash records what was actually read.
+      warnings.warn(f"data.doc_packages: {package!r} is not an installed package; its docs are "
+                    "not read")
+      continue
     roots.extend(sorted(spec.submodule_search_locations))
   return roots
 

@@ -244,6 +244,9 @@ def tokenize_into_sequences(documents: Iterable[str], tokenizer: TextTokenizer, 
     counts["num_documents"] += len(batch)
     counts["num_chars"] += sum(len(document) for document in batch)
     for ids in tokenizer.encode_batch(batch):
+      if len(ids) and not 0 <= ids.min() <= ids.max() < tokenizer.vocab_size:
+        raise ValueError(f"the tokenizer gave id {int(ids.max())} (or {int(ids.min())}), outside "
+                         f"its vocabulary of {tokenizer.vocab_size} ids")
       counts["num_tokens"] += len(ids)
       chunks_of_rows.append(_cut_into_rows(ids, seq_len).astype(dtype))
   tokens_NxS = (np.concatenate(chunks_of_rows) if chunks_of_rows

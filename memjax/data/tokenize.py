@@ -113,8 +113,10 @@ class HFTokenizer(TextTokenizer):
   def __init__(self, tokenizer, kind: str):
     self.tokenizer = tokenizer
     self.kind = kind
-    # Added tokens (e.g. GPT-2's <|endoftext|>) are real ids, so they count.
-    self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    # Added tokens (e.g. GPT-2's <|endoftext|>) are real ids, so they count. The largest id + 1,
+    # not the number of tokens: a vocabulary with gaps in its ids needs rows up to its largest.
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    self.vocab_size = max(vocab.values()) + 1 if vocab else 0
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     # No special tokens: sequences are plain text, with no BOS (see DESIGN.md).
