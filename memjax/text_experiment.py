@@ -278,12 +278,18 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
                     "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"})
   os.makedirs(workdir, exist_ok=True)
   tokenizer_file = dataset.tokenizer.save_to_workdir(workdir)
+  # Disjoint pools can still share text (a document repeated at another alignment, shared
+  # boilerplate): the held-out baseline of test loss and extraction is only as clean as this.
+  overlap = {f"span_{k}": text_lib.span_overlap(dataset.tokens, heldout_idx, train_idx, k)
+             for k in sorted({max(1, settings.seq_len // 4), max(1, settings.seq_len // 2)})}
+  logging.info("held-out sequences sharing a span with the training pool: %s",
+               ", ".join(f"{v:.1%} ({k.replace('_', ' ')} tokens)" for k, v in overlap.items()))
   jsonio.write_atomic(os.path.join(workdir, "text_dataset.json"), {
       "manifest": dataset.manifest, "source": corpus_lib.describe_source(settings.source),
       "seed": settings.data_seed, "pool_sizes": dataclasses.asdict(pools),
       "num_train": int(train_idx.size), "num_heldout": int(heldout_idx.size),
       "num_reference": int(reference_idx.size), "tokenizer_file": os.path.basename(tokenizer_file),
-      "cache_path": dataset.cache_path})
+      "cache_path": dataset.cache_path, "heldout_overlap_with_train_pool": overlap})
   return Data(dataset, train_idx, heldout_idx, reference_idx, identity)
 
 

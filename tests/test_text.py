@@ -15,7 +15,8 @@ import pytest
 from memjax.data import corpus as corpus_lib
 from memjax.data import tokenize as tokenize_lib
 from memjax.data.text import (PoolSizes, SourceConfig, TokenizerConfig, build_text_dataset,
-                              deduplicate_sequences, split_pools, tokenize_into_sequences)
+                              deduplicate_sequences, span_overlap, split_pools,
+                              tokenize_into_sequences)
 
 BYTES = TokenizerConfig(kind="bytes")
 WORDS = ("memory", "model", "token", "gradient", "capacity", "sample", "bit", "layer", "train",
@@ -400,6 +401,21 @@ def test_stdlib_docs_dataset_with_a_2048_token_bpe(tmp_path):
   assert ds.tokens.shape == (ds.num_sequences, 64) and ds.vocab_size == 2048
   print(f"stdlib_docs: {ds.num_documents} documents, {ds.num_chars} chars, "
         f"{ds.num_sequences} sequences, {ds.num_duplicates_dropped} duplicates dropped")
+
+
+def test_span_overlap_finds_shared_text_at_any_alignment():
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 50_000, (6, 10)).astype(np.int32)
+  tokens[1, 4:10] = tokens[4, 1:7]  # query row 1 shares 6 tokens with pool row 4, shifted
+  tokens[2, 0:3] = tokens[5, 7:10]  # query row 2 shares 3 tokens with pool row 5
+  query, pool = np.array([0, 1, 2]), np.array([3, 4, 5])
+  assert span_overlap(tokens, query, pool, 6) == pytest.approx(1 / 3)
+  assert span_overlap(tokens, query, pool, 7) == 0.0
+  assert span_overlap(tokens, query, pool, 3) == pytest.approx(2 / 3)
+  assert span_overlap(tokens, query, pool, 3, chunk_rows=1) == pytest.approx(2 / 3)
+  assert span_overlap(tokens, query, pool, 10) == 0.0  # whole rows: none equal
+  with pytest.raises(ValueError, match="span must be in"):
+    span_overlap(tokens, query, pool, 11)
 
 
 def test_a_doc_package_that_is_not_installed_is_warned_about():

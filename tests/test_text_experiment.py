@@ -288,6 +288,8 @@ def test_cli_runs_a_tiny_text_sweep_end_to_end_and_resumes(tmp_path):
   assert summary["reference"]["oracle"]["name"] in {r["name"] for r in refs}
   assert [m["d_model"] for m in summary["models"]] == [8, 16]
   assert summary["dataset"]["vocab_size"] == 256 and summary["dataset"]["train_pool"] == 48
+  overlap = json.loads((workdir / "text_dataset.json").read_text())["heldout_overlap_with_train_pool"]
+  assert set(overlap) == {"span_4", "span_8"} and 0 <= overlap["span_8"] <= overlap["span_4"] <= 1
   for png in ("memorization_vs_dataset_size.png", "double_descent.png",
               "extraction_vs_dataset_size.png", "tfidf_vs_memorization.png"):
     assert (workdir / png).stat().st_size > 1000

@@ -365,6 +365,39 @@ def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
   return train_idx, heldout_idx, reference_idx
 
 
+def _window_hashes(tokens_NxS: np.ndarray, span: int) -> np.ndarray:
+  """uint64 polynomial hash of every `span`-token window of every row: [N, S - span + 1]."""
+  tokens = np.asarray(tokens_NxS).astype(np.uint64)
+  num_windows = tokens.shape[1] - span + 1
+  hashes = np.zeros((tokens.shape[0], num_windows), np.uint64)
+  base = np.uint64(1_000_003)
+  for j in range(span):  # arithmetic mod 2^64; a collision between distinct spans is ~2^-64
+    hashes = hashes * base + tokens[:, j:j + num_windows]
+  return hashes
+
+
+def span_overlap(tokens_NxS: np.ndarray, query_idx: np.ndarray, pool_idx: np.ndarray,
+                 span: int, chunk_rows: int = 8192) -> float:
+  """Fraction of the query rows that share at least one contiguous `span`-token window (at any
+  position) with some row of the pool.
+
+  Pools are disjoint by sequence and exact duplicates are dropped, but a document repeated at
+  another token alignment, or boilerplate shared by documents, still puts member text into
+  held-out sequences; this says how much (used for text_dataset.json).
+  """
+  if not 1 <= span <= tokens_NxS.shape[1]:
+    raise ValueError(f"span must be in [1, {tokens_NxS.shape[1]}], got {span}")
+  if len(query_idx) == 0:
+    return float("nan")
+  query_hashes = _window_hashes(tokens_NxS[np.sort(query_idx)], span)
+  found = np.zeros(query_hashes.shape, bool)
+  pool_idx = np.sort(pool_idx)
+  for start in range(0, len(pool_idx), chunk_rows):  # bounded memory for a large pool
+    pool_hashes = _window_hashes(tokens_NxS[pool_idx[start:start + chunk_rows]], span)
+    found |= np.isin(query_hashes, pool_hashes)
+  return float(found.any(axis=1).mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # Workdir and helpers.
 
