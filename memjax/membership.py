@@ -273,24 +273,27 @@ def _shadow_inputs(target_score_B, shadow_scores_MxB, shadow_in_MxB):
 
 
 def balanced_shadows(shadow_in_MxB, seed) -> np.ndarray:
-  """bool [M, B]: the shadows kept for each sample so that its IN and OUT groups are equally large
-  (random ones of the larger group are dropped; seed: anything np.random.default_rng takes).
+  """bool [M, B]: the shadows each sample's fits use, so that every sample's IN fit uses the same
+  number of shadows (the fewest any sample has IN), and every OUT fit too; which ones are left
+  out is drawn at random (seed: anything np.random.default_rng takes).
 
   Why: in a leave-one-out attack on a stack where every sample is IN for exactly half the models,
   a target's members have one IN shadow fewer than OUT shadows and its non-members one more. Fits
-  from unequal counts score the two classes differently even when the scores carry no membership
-  signal (null AUC 0.45 with 8 models, online per-sample); with equal counts it is 0.5.
+  whose sizes depend on the label score the two classes differently even when the scores carry
+  no membership signal (null AUC 0.445 with 8 models, online per-sample; offline, too few
+  non-members pass a low-FPR threshold). With equal counts it is 0.5. For that stack this keeps
+  num_models/2 - 1 IN and as many OUT shadows a sample.
   """
   in_MxB = np.asarray(shadow_in_MxB)
   if in_MxB.dtype != bool or in_MxB.ndim != 2:
     raise ValueError(f"shadow_in must be a bool [M, B] array, got {in_MxB.dtype} {in_MxB.shape}")
-  keep_k_B = np.minimum(in_MxB.sum(0), (~in_MxB).sum(0))
   priority_MxB = np.random.default_rng(seed).random(in_MxB.shape)
   keep_MxB = np.ones(in_MxB.shape, bool)
   for group_MxB in (in_MxB, ~in_MxB):
+    keep_k = int(group_MxB.sum(0).min()) if in_MxB.shape[1] else 0
     # Rank of each shadow within its group (others rank after it); keep the keep_k lowest.
     rank_MxB = np.where(group_MxB, priority_MxB, np.inf).argsort(0).argsort(0)
-    keep_MxB &= ~group_MxB | (rank_MxB < keep_k_B)
+    keep_MxB &= ~group_MxB | (rank_MxB < keep_k)
   return keep_MxB
 
 
@@ -354,9 +357,11 @@ def lira_offline(target_score_B, shadow_scores_MxB, shadow_in_MxB,
 
 
 def lira_leave_one_out(scores_MxB, in_MxB, online: bool = True, global_variance: bool = False,
-                       seed=0) -> np.ndarray:
-  """LiRA scores [M, B] of a stack: each model attacked with the other M - 1 as its shadows,
-  balanced per sample to as many IN as OUT shadows (balanced_shadows, seeded by [seed, model])."""
+                       seed: int = 0) -> np.ndarray:
+  """LiRA scores [M, B] of a stack: each model attacked with the other M - 1 as its shadows, the
+  same number of IN (and of OUT) shadows for every sample (balanced_shadows, seeded by
+  [seed, model]). A stack where every sample is IN for half the models needs M >= 6 (2 IN and 2
+  OUT shadows a sample), per-sample or pooled variances alike."""
   scores_MxB, in_MxB = np.asarray(scores_MxB, np.float64), np.asarray(in_MxB)
   if scores_MxB.ndim != 2 or scores_MxB.shape[0] < 3:
     raise ValueError("lira_leave_one_out needs >= 3 models (>= 2 shadows each), got scores of "
@@ -365,7 +370,7 @@ def lira_leave_one_out(scores_MxB, in_MxB, online: bool = True, global_variance:
   rows = []
   for m in range(len(scores_MxB)):
     others = np.arange(len(scores_MxB)) != m
-    used = balanced_shadows(in_MxB[others], [seed, m])
+    used = balanced_shadows(in_MxB[others], [int(seed), m])
     rows.append(attack(scores_MxB[m], scores_MxB[others], in_MxB[others], global_variance, used))
   return np.stack(rows)
 
@@ -482,8 +487,8 @@ def _bootstrap_indices(y, n_boot: int, seed: int):
     yield np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
 
 
-def _check_bootstrap(n_boot, alpha):
-  _check_count("n_boot", n_boot, 1)
+def _check_bootstrap(n_boot, alpha, minimum: int = 1):
+  _check_count("n_boot", n_boot, minimum)
   if not 0 < alpha < 1:
     raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
@@ -521,8 +526,7 @@ def attack_report(scores, labels, name: str = "scores", fprs: Sequence[float] = 
   """
   for f in fprs:
     _check_fpr(f)
-  if n_boot != 0:
-    _check_bootstrap(n_boot, alpha)
+  _check_bootstrap(n_boot, alpha, minimum=0)  # 0: point estimates only, no intervals
   s, y = check_scores(scores, labels, name)
   point = _point_metrics(s, y, fprs)
   boots = [_point_metrics(s[i], y[i], fprs) for i in _bootstrap_indices(y, n_boot, seed)

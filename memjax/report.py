@@ -27,11 +27,15 @@ def capacity_table_text(summary) -> str:
     lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>{w}} {t['n_params']:>10,} "
                  f"{t['capacity_bits']:>14,.0f} {t['capacity_std']:>9,.0f} "
                  f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}"
-                 + (f" {t['best_learning_rate']:>8.2g}" * with_lr))
+                 + (f" {_rate(t.get('best_learning_rate')):>8}" if with_lr else ""))
   for prec, fit in summary["by_precision"].items():
     lines.append(f"alpha ({prec}): {fit['alpha_fit']:.3f} bits/param fitted through the origin; "
                  f"mean ratio {fit['alpha_mean']:.3f} +- {fit['alpha_std']:.3f} over shapes")
   return "\n".join(lines)
+
+
+def _rate(value) -> str:
+  return "-" if value is None else f"{value:.2g}"  # rows written before rates were recorded
 
 
 def _shape_label(row):

@@ -278,10 +278,7 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
                     "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"})
   os.makedirs(workdir, exist_ok=True)
   tokenizer_file = dataset.tokenizer.save_to_workdir(workdir)
-  # Disjoint pools can still share text (a document repeated at another alignment, shared
-  # boilerplate): the held-out baseline of test loss and extraction is only as clean as this.
-  overlap = {f"span_{k}": text_lib.span_overlap(dataset.tokens, heldout_idx, train_idx, k)
-             for k in sorted({max(1, settings.seq_len // 4), max(1, settings.seq_len // 2)})}
+  overlap = _heldout_overlap(settings, dataset, pools, train_idx, heldout_idx, workdir)
   logging.info("held-out sequences sharing a span with the training pool: %s",
                ", ".join(f"{v:.1%} ({k.replace('_', ' ')} tokens)" for k, v in overlap.items()))
   jsonio.write_atomic(os.path.join(workdir, "text_dataset.json"), {
@@ -291,6 +288,29 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
       "num_reference": int(reference_idx.size), "tokenizer_file": os.path.basename(tokenizer_file),
       "cache_path": dataset.cache_path, "heldout_overlap_with_train_pool": overlap})
   return Data(dataset, train_idx, heldout_idx, reference_idx, identity)
+
+
+def _heldout_overlap(settings, dataset, pools, train_idx, heldout_idx, workdir):
+  """{span_<k>: fraction of held-out sequences sharing k tokens with the training pool}, for k =
+  S/4 and S/2; reused from text_dataset.json when the dataset and pools are the same (it takes
+  about a minute a span for a pool of millions of sequences)."""
+  # Disjoint pools can still share text (a document repeated at another alignment, shared
+  # boilerplate): the held-out baseline of test loss and extraction is only as clean as this.
+  spans = sorted({max(1, settings.seq_len // 4), max(1, settings.seq_len // 2)})
+  path = os.path.join(workdir, "text_dataset.json")
+  try:
+    with open(path) as f:
+      before = json.load(f)
+  except (OSError, ValueError):
+    before = {}
+  same = (before.get("manifest", {}).get("key") == json.loads(json.dumps(dataset.manifest["key"]))
+          and before.get("pool_sizes") == dataclasses.asdict(pools)
+          and before.get("seed") == settings.data_seed)
+  stored = before.get("heldout_overlap_with_train_pool") or {}
+  if same and set(stored) == {f"span_{k}" for k in spans}:
+    return stored
+  return {f"span_{k}": text_lib.span_overlap(dataset.tokens, heldout_idx, train_idx, k)
+          for k in spans}
 
 
 def check_dataset(settings: TextSettings, dataset: text_lib.TextDataset):

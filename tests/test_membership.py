@@ -146,6 +146,16 @@ def test_balanced_shadows_keep_as_many_in_as_out_shadows_at_random():
   assert ((~used).sum(1) > 20).all()
   with pytest.raises(ValueError, match="bool"):
     mb.balanced_shadows(in_MxB.astype(int), seed=0)
+  # Any matrix: every sample keeps the fewest IN any sample has, and the fewest OUT. A sparse
+  # design (each sample IN for 2 of 16) keeps 13 OUT shadows a sample, not 1 or 2.
+  rng = np.random.default_rng(0)
+  sparse = np.zeros((16, 200), bool)
+  for b in range(200):
+    sparse[rng.choice(16, 2, replace=False), b] = True
+  used = mb.balanced_shadows(sparse[1:], seed=0)
+  assert ((used & sparse[1:]).sum(0) == 1).all() and ((used & ~sparse[1:]).sum(0) == 13).all()
+  scores = rng.normal(size=sparse.shape) + sparse
+  assert np.isfinite(mb.lira_leave_one_out(scores, sparse, online=False)).all()
 
 
 @pytest.mark.parametrize("online,global_variance", [(True, False), (False, False), (True, True)])
@@ -256,6 +266,8 @@ def test_attack_report():
   # No resamples: the point estimates alone, no interval made up from one resample.
   bare = mb.attack_report(HAND_SCORES, HAND_LABELS, name="loss", n_boot=0)
   assert bare["auc"] == report["auc"] and bare["auc_ci"] is None and bare["n_boot"] == 0
+  with pytest.raises(ValueError, match="alpha"):
+    mb.attack_report(HAND_SCORES, HAND_LABELS, n_boot=0, alpha=5)
 
 
 def test_nan_scores_raise_naming_the_score():

@@ -50,6 +50,9 @@ def test_capacity_picks_the_best_learning_rate_instead_of_averaging_over_rates()
   assert "best_lr" in text.splitlines()[0] and text.splitlines()[1].endswith("0.01")
   one_rate = memorization.summarize([r for r in rows if r["learning_rate"] == 1e-2])
   assert "best_lr" not in report.capacity_table_text(one_rate)
+  # Rows written before rates were recorded have none: their shape shows "-".
+  old = [{k: v for k, v in _row(32, 64, 0, 500.0, 100).items() if k != "learning_rate"}]
+  assert report.capacity_table_text(memorization.summarize(rows + old)).splitlines()[2].endswith(" -")
 
 
 def test_capacity_is_max_over_n_of_seed_mean_and_alpha_fits_through_origin():

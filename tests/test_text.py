@@ -56,6 +56,10 @@ def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path)
   lines = [json.dumps({"body": "hello", "id": 1}), "", json.dumps({"body": "world", "id": 2})]
   path = write_text(tmp_path / "d.jsonl", "\n".join(lines) + "\n")
   assert docs_of(SourceConfig(kind="jsonl", paths=(path,), text_field="body")) == ["hello", "world"]
+  old_mac = tmp_path / "r.jsonl"  # bare "\r" line ends
+  old_mac.write_bytes("\r".join(lines).encode() + b"\r")
+  assert docs_of(SourceConfig(kind="jsonl", paths=(str(old_mac),), text_field="body")) == [
+      "hello", "world"]
   with pytest.raises(ValueError, match=r"no field 'text'.*set text_field"):
     docs_of(SourceConfig(kind="jsonl", paths=(path,)))
   # Bytes that are not UTF-8, and an escaped lone surrogate, are named with file and line.
@@ -208,8 +212,10 @@ def test_token_ids_outside_the_vocabulary_are_refused():
     def encode_batch(self, texts):
       return [np.array([1, 2, 7, 3, 1, 2, 3, 0])]
     decode = to_json = save_to_workdir = lambda *a: None
-  with pytest.raises(ValueError, match="id 7 .*outside its vocabulary of 4 ids"):
+  with pytest.raises(ValueError, match="id 7, outside its vocabulary of 4 ids") as e:
     tokenize_into_sequences(["x"], Liar(), seq_len=4)
+  from memjax import config as config_lib
+  assert str(config_lib.data_error(e.value, True)).startswith("config.data.tokenizer_path: ")
 
 
 def test_byte_tokenizer_round_trips_utf8():

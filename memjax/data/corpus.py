@@ -207,12 +207,14 @@ def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
     with open(path, "rb") as f:
       for line_number, raw in enumerate(f, start=1):
         try:  # decoded line by line, so that an error can say where
-          line = raw.decode("utf-8")
+          text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
           raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
                            f"{e.start}); JSON lines must be UTF-8.") from e
-        if line.strip():
-          yield _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
+        # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
+        for line in text.replace("\r\n", "\n").split("\r"):
+          if line.strip():
+            yield _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
 
 
 def _jsonl_text(line: str, text_field: str, where: str) -> str:
@@ -343,8 +345,8 @@ def _package_roots(doc_packages: Sequence[str]) -> list[str]:
   for package in doc_packages:
     spec = importlib.util.find_spec(package)  # Locates the package without importing it.
     if spec is None or not spec.submodule_search_locations:
-      # Not installed here (the default list names optional packages): read without it, said
-      # aloud so a misspelt name is noticed; the content hash records what was actually read.
+      # Not installed here: read without it, said aloud so a misspelt name is noticed; the
+      # content hash records what was actually read.
       warnings.warn(f"data.doc_packages: {package!r} is not an installed package; its docs are "
                     "not read")
       continue

@@ -244,9 +244,10 @@ def tokenize_into_sequences(documents: Iterable[str], tokenizer: TextTokenizer, 
     counts["num_documents"] += len(batch)
     counts["num_chars"] += sum(len(document) for document in batch)
     for ids in tokenizer.encode_batch(batch):
-      if len(ids) and not 0 <= ids.min() <= ids.max() < tokenizer.vocab_size:
-        raise ValueError(f"the tokenizer gave id {int(ids.max())} (or {int(ids.min())}), outside "
-                         f"its vocabulary of {tokenizer.vocab_size} ids")
+      bad = ids[(ids < 0) | (ids >= tokenizer.vocab_size)]
+      if bad.size:
+        raise ValueError(f"the tokenizer gave id {int(bad[0])}, outside its vocabulary of "
+                         f"{tokenizer.vocab_size} ids; check the tokenizer file")
       counts["num_tokens"] += len(ids)
       chunks_of_rows.append(_cut_into_rows(ids, seq_len).astype(dtype))
   tokens_NxS = (np.concatenate(chunks_of_rows) if chunks_of_rows
@@ -390,11 +391,14 @@ def span_overlap(tokens_NxS: np.ndarray, query_idx: np.ndarray, pool_idx: np.nda
   if len(query_idx) == 0:
     return float("nan")
   query_hashes = _window_hashes(tokens_NxS[np.sort(query_idx)], span)
-  found = np.zeros(query_hashes.shape, bool)
+  unique_hashes = np.unique(query_hashes)  # sorted once; each pool chunk is looked up in it
+  seen = np.zeros(unique_hashes.shape, bool)
   pool_idx = np.sort(pool_idx)
   for start in range(0, len(pool_idx), chunk_rows):  # bounded memory for a large pool
-    pool_hashes = _window_hashes(tokens_NxS[pool_idx[start:start + chunk_rows]], span)
-    found |= np.isin(query_hashes, pool_hashes)
+    pool_hashes = _window_hashes(tokens_NxS[pool_idx[start:start + chunk_rows]], span).ravel()
+    at = np.minimum(np.searchsorted(unique_hashes, pool_hashes), unique_hashes.size - 1)
+    seen[at[unique_hashes[at] == pool_hashes]] = True
+  found = seen[np.searchsorted(unique_hashes, query_hashes)]
   return float(found.any(axis=1).mean())
 
 
