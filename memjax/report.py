@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import os
 
-from memjax import memorization
-
 
 def pyplot():
   """matplotlib.pyplot on the file-only Agg backend, imported when a figure is first drawn
@@ -42,14 +40,14 @@ def _shape_label(row):
   return f"L{row['layers']} d{row['d_model']} {row['precision']}"
 
 
-def plot_memorization(rows, path):
-  """Memorization against dataset size, one line per model shape (at each N the seed-mean of the
-  best learning rate, as in the capacity table), with the memorizable-bits diagonal
+def plot_memorization(rows, summary, path):
+  """Memorization against dataset size, one line per model shape of the summary's capacity table
+  (at each N the seed-mean of the best learning rate), with the memorizable-bits diagonal
   N (S-1) log2 V (the first token of a sequence has no context, so no model can compress it)."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   all_n = sorted({r["dataset_size"] for r in rows})
-  for t in sorted(memorization.capacity_table(rows), key=_shape_label):
+  for t in sorted(summary["models"], key=_shape_label):
     curve = {int(n): m for n, m in t["mem_bits_by_dataset_size"].items()}
     ns = sorted(curve)
     ax.plot(ns, [curve[n] for n in ns], marker="o", label=_shape_label(t))
@@ -94,6 +92,6 @@ def plot_capacity(summary, path):
 def write_capacity_figures(rows, summary, workdir):
   paths = [os.path.join(workdir, "memorization_vs_dataset_size.png"),
            os.path.join(workdir, "capacity_vs_params.png")]
-  plot_memorization(rows, paths[0])
+  plot_memorization(rows, summary, paths[0])
   plot_capacity(summary, paths[1])
   return paths
