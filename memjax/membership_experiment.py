@@ -18,8 +18,9 @@
 4. LiRA (`lira.num_models` > 0): a stack of shadow models of one shape trained on the rows of a
    membership matrix over `lira.candidates` candidate samples (each candidate in exactly half of
    the models). Each shadow in turn is the target and the others are its shadows (leave one out,
-   with as many IN as OUT shadows for each candidate: mi.balanced_shadows); online / offline
-   LiRA, per-sample or global variances, against the loss attack on the same balanced set.
+   with num_models/2 - 1 IN and as many OUT shadows for each candidate: mi.balanced_shadows);
+   online / offline LiRA, per-sample or global variances, against the loss attack on the same
+   balanced set.
 5. The law F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))) fitted to the targets' (x, F1 of the loss
    attack at the median threshold), with x = S log2 V N / params and x = capacity / N.
 
@@ -594,7 +595,8 @@ def run_lira(settings, workdir, text, design):
                         rng.choice(np.flatnonzero(~labels_all), k, replace=False)])
     design[f"lira/target{i}/eval_candidates"] = sel
     labels = labels_all[sel]
-    # As many IN as OUT shadows for every candidate: unequal counts bias the fits by class.
+    # The same number of IN (and of OUT) shadows for every candidate, num_models/2 - 1 each on
+    # this half-IN matrix: counts that differ by class bias the fits.
     used = mi.balanced_shadows(mat[others][:, sel], [settings.lira_seed, i, 17])
     scores = {"loss": loss_MxC[i, sel]}
     for name, online, glob in (("lira_online", True, False), ("lira_offline", False, False),
