@@ -28,6 +28,8 @@ def get_config():
   config.data.seq_len = 32
   config.data.num_samples = 2048  # the training pool; each model trains on its first N
   config.data.heldout = 256
+  # "sequence" or "document": held-out sequences from documents the training set does not use
+  config.data.pool_split = "sequence"
   config.data.seed = 0
   config.data.cache_dir = ""  # "": <workdir>/cache
 

@@ -35,6 +35,9 @@ def get_config():
   config.data.train_pool = 4096  # members are drawn from it
   config.data.heldout_pool = 1024  # non-members
   config.data.reference_pool = 1024  # trains each shape's reference model; 0: no reference attack
+  # "sequence" or "document": whole documents per pool, so non-members share no document with
+  # members (text_dataset.json records the text they still share).
+  config.data.pool_split = "sequence"
   config.data.cache_dir = ""  # "": <workdir>/cache
 
   config.model = ml_collections.ConfigDict()

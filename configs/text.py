@@ -42,6 +42,9 @@ def get_config():
   config.data.train_pool = 8192  # the full training set of the references; 0: all that is left
   config.data.heldout_pool = 1024  # non-members: test loss and extraction
   config.data.reference_pool = 0  # set aside (for reference models of other experiments)
+  # "sequence": pools drawn sequence by sequence; "document": whole documents, so that no held-out
+  # sequence comes from a document the training pool also has (text_dataset.json: the overlap).
+  config.data.pool_split = "sequence"
   config.data.seed = 0  # draws the pools and, with each model's seed, its members
   config.data.cache_dir = ""  # "": <workdir>/cache
 

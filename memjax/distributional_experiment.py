@@ -42,7 +42,7 @@ DENOMINATORS = ("context", "continuation")
 
 ALLOWED = {
     "": {"experiment", "quiet", "data", "model", "sweep", "train", "distributional"},
-    "data": dx.ALLOWED["data"] | {"heldout"},
+    "data": dx.ALLOWED["data"] | {"heldout", "pool_split"},
     "model": {"num_heads", "layers"},
     "sweep": {"d_model", "dataset_sizes"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},

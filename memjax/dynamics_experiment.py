@@ -82,6 +82,7 @@ class DataSettings:
   heldout: int  # held-out sequences (0 for the dynamics experiment)
   seed: int
   cache_dir: str
+  pool_split: str = "sequence"  # "document": no document gives both training and held-out text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,13 +129,21 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
                              "data.tokenizer='bytes' (V=256)")
   seq_len = _int(config, "data.seq_len", minimum=2, maximum=4096)
   heldout = _int(config, heldout_field, minimum=0) if heldout_field else 0
+  pool_split = "sequence"
+  if heldout_field:
+    from memjax.data import text as text_lib
+    pool_split = config_lib._optional(config, "data.pool_split", "sequence", _str,
+                                      allowed=text_lib.POOL_SPLITS)
+    if pool_split == "document" and source == "synthetic":
+      _fail("data.pool_split", "'document' needs a text source (synthetic data has no "
+                               "documents); set data.pool_split='sequence'")
   return DataSettings(
       source=source, paths=paths, text_field=_str(config, "data.text_field"),
       doc_packages=_str_tuple(config, "data.doc_packages"),
       max_documents=_int(config, "data.max_documents", minimum=0), tokenizer=tokenizer,
       vocab_size=vocab, seq_len=seq_len, num_samples=_int(config, "data.num_samples"),
       heldout=heldout, seed=_int(config, "data.seed", minimum=0),
-      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")))
+      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")), pool_split=pool_split)
 
 
 def validate_model(config, field="sweep.d_model"):
@@ -235,11 +244,23 @@ def load_tokens(d: DataSettings, workdir: str):
         f"{ds.num_sequences:,} distinct sequences of {d.seq_len} tokens, but {need:,} are asked "
         f"for (data.num_samples={d.num_samples} + held-out {d.heldout}); lower them or use more "
         "documents")
-  perm = rng.permutation(ds.num_sequences)
-  tokens = np.asarray(ds.tokens)[perm[:need]].astype(np.int32)
   info = {"source": corpus_lib.describe_source(source), "num_sequences": ds.num_sequences,
           "num_documents": ds.num_documents, "vocab_size": ds.vocab_size,
-          "tokenizer": d.tokenizer}
+          "tokenizer": d.tokenizer, "pool_split": d.pool_split}
+  if d.pool_split == "document":
+    try:
+      train_idx, heldout_idx, _ = text_lib.split_pools(
+          ds.num_sequences, text_lib.PoolSizes(train=d.num_samples, heldout=d.heldout), d.seed,
+          ds.doc_ids)
+    except ValueError as e:
+      raise ConfigError(f"config.data.pool_split: {e}") from e
+    info["documents"] = {"train": int(np.unique(ds.doc_ids[train_idx]).size),
+                         "heldout": int(np.unique(ds.doc_ids[heldout_idx]).size)}
+    tokens = np.asarray(ds.tokens)
+    return (tokens[train_idx].astype(np.int32), tokens[heldout_idx].astype(np.int32),
+            ds.vocab_size, info)
+  perm = rng.permutation(ds.num_sequences)
+  tokens = np.asarray(ds.tokens)[perm[:need]].astype(np.int32)
   return tokens[: d.num_samples], tokens[d.num_samples:], ds.vocab_size, info
 
 
@@ -276,6 +297,8 @@ def width_key(settings, d_model: int, *tokens) -> str:
   s = config_lib.to_jsonable(settings)
   s.pop("quiet")
   s.pop("d_model")
+  if s["data"].get("pool_split") == "sequence":  # widths stored before the option keep their keys
+    s["data"].pop("pool_split")
   digests = [hashlib.sha256(np.ascontiguousarray(t, np.int32).tobytes()).hexdigest()
              for t in tokens]
   value = {"settings": s, "d_model": int(d_model), "tokens": digests}

@@ -84,7 +84,8 @@ ALLOWED = {
     "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "lira", "law"},
     "data": {"source", "vocab_size", "seq_len", "seed", "corpus", "paths", "text_field",
              "tfds_name", "tfds_split", "tfds_data_dir", "max_documents", "tokenizer",
-             "tokenizer_path", "train_pool", "heldout_pool", "reference_pool", "cache_dir"},
+             "tokenizer_path", "train_pool", "heldout_pool", "reference_pool", "pool_split",
+             "cache_dir"},
     "model": {"num_heads"},
     "sweep": {"layers", "d_model", "dataset_sizes", "seeds", "precision"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
@@ -165,6 +166,7 @@ def validate(config) -> MembershipSettings:
                             "distinct members and non-members; raise data.seq_len or vocab_size")
   else:
     from memjax.data import corpus as corpus_lib
+    from memjax.data import text as text_lib
     from memjax.data import tokenize as tokenize_lib
     corpus = _str(config, "data.corpus", corpus_lib.SOURCE_KINDS)
     config_lib.refuse_unused_paths(config, corpus, "data.corpus",
@@ -187,6 +189,9 @@ def validate(config) -> MembershipSettings:
         corpus_lib.resolve_paths(text["paths"], corpus_lib.FILE_EXTENSIONS[corpus])
       except FileNotFoundError as e:
         _fail("data.paths", str(e))
+    if config_lib._optional(config, "data.pool_split", "sequence", _str,
+                            allowed=text_lib.POOL_SPLITS) == "document":
+      text["pool_split"] = "document"  # only then: stacks of runs split by sequence keep keys
     if corpus == "tfds":  # only then: the stored stacks of other corpora keep their keys
       text.update(
           tfds_name=config_lib._optional(config, "data.tfds_name", "", _str),
@@ -238,6 +243,7 @@ class TextData:
   train_idx: np.ndarray
   heldout_idx: np.ndarray
   reference_idx: np.ndarray
+  pools: dict  # text_dataset.json: pool sizes, documents, held-out text shared with members
 
 
 def load_text(settings: MembershipSettings, workdir: str) -> TextData:
@@ -253,16 +259,23 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
                                  vocab_size=settings.vocab_size if t["tokenizer"] == "bpe" else None)
   pools = text_lib.PoolSizes(train=t["train_pool"], heldout=t["heldout_pool"],
                              reference=t["reference_pool"])
+  pool_split = t.get("pool_split", "sequence")
   try:
     ds = text_lib.build_text_dataset(source, tok, settings.seq_len, pools, settings.data_seed,
                                      cache_dir=t["cache_dir"] or os.path.join(workdir, "cache"),
-                                     workdir=workdir)
+                                     pool_split=pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(
         e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
-        extra_fields=(("pools ask for", "data.train_pool"),)) from e
+        extra_fields=(("split by document", "data.pool_split"),
+                      ("pools ask for", "data.train_pool"))) from e
+  summary = text_lib.write_workdir_summary(
+      workdir, ds, pools, settings.data_seed, ds.train_idx, ds.heldout_idx, ds.reference_idx,
+      pool_split, corpus_lib.describe_source(source))
   return TextData(np.asarray(ds.tokens), ds.vocab_size, ds.train_idx, ds.heldout_idx,
-                  ds.reference_idx)
+                  ds.reference_idx,
+                  {k: summary[k] for k in ("pool_split", "documents",
+                                           "heldout_overlap_with_train_pool")})
 
 
 def text_members(settings, pool_size, seed, n):
@@ -736,6 +749,12 @@ def report_text(rows, summary):
     aucs = "".join(f"{_fmt(r['attacks'][a].get('auc')):>10}" for a in ATTACKS)
     lines.append(f"{r['shape']:<16}{r['n_params']:>9,}{r['dataset_size']:>7,}{r['x_tokens']:>9.1f}  "
                  f"{aucs}  {_fmt(r['attacks']['loss'].get('f1_median')):>6}")
+  if summary.get("text_pools"):
+    pools = summary["text_pools"]
+    shared = ", ".join(f"{v:.1%} ({k.replace('span_', '')} tokens)"
+                       for k, v in pools["heldout_overlap_with_train_pool"].items())
+    lines.append(f"text pools split by {pools['pool_split']}; non-members sharing a span with "
+                 f"the training pool: {shared}")
   if summary["lira"]:
     li = summary["lira"]
     lines.append(f"LiRA ({li['targets']} targets, {li['num_shadow_models']} shadows each, "
@@ -790,6 +809,8 @@ def run(settings: MembershipSettings, workdir: str):
       f.write(json.dumps(r) + "\n")
   os.replace(results + ".tmp", results)
   summary = summarize(settings, rows, time.time() - start)
+  if text is not None:  # how far the non-members are from the members' text
+    summary["text_pools"] = text.pools
   summary["stacks_trained"] = counts.get("trained", 0)
   summary["stacks_already_done"] = counts.get("loaded", 0)
   jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)

@@ -81,7 +81,7 @@ ALLOWED = {
     "data": {"source", "paths", "text_field", "txt_split", "tfds_name", "tfds_split",
              "tfds_data_dir", "doc_packages", "max_documents", "tokenizer", "tokenizer_path",
              "vocab_size", "bpe_min_frequency", "bpe_max_train_chars", "seq_len", "train_pool",
-             "heldout_pool", "reference_pool", "seed", "cache_dir"},
+             "heldout_pool", "reference_pool", "pool_split", "seed", "cache_dir"},
     "model": {"num_heads"},
     "sweep": {"layers", "d_model", "precisions", "dataset_sizes", "seeds", "models_per_stack",
               "save_params"},
@@ -101,6 +101,7 @@ class TextSettings:
   train_pool: int | None  # None: every sequence the other pools leave
   heldout_pool: int
   reference_pool: int
+  pool_split: str  # "sequence" or "document" (text_lib.POOL_SPLITS)
   data_seed: int
   cache_dir: str  # "": <workdir>/cache
   num_heads: int
@@ -228,6 +229,8 @@ def validate(config) -> TextSettings:
   return TextSettings(
       source=source, tokenizer=tokenizer, seq_len=seq_len, train_pool=train_pool or None,
       heldout_pool=heldout, reference_pool=_int(config, "data.reference_pool", minimum=0),
+      pool_split=config_lib._optional(config, "data.pool_split", "sequence", _str,
+                                      allowed=text_lib.POOL_SPLITS),
       data_seed=_int(config, "data.seed", minimum=0),
       cache_dir=_path(_str(config, "data.cache_dir")),
       num_heads=heads, layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model,
@@ -272,45 +275,28 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
   check_dataset(settings, dataset)
   pools = text_lib.PoolSizes(train=settings.train_pool, heldout=settings.heldout_pool,
                              reference=settings.reference_pool)
-  train_idx, heldout_idx, reference_idx = text_lib.split_pools(
-      dataset.num_sequences, pools, settings.data_seed)
-  identity = _hash({"dataset": dataset.manifest["key"], "pools": dataclasses.asdict(pools),
-                    "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"})
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer_file = dataset.tokenizer.save_to_workdir(workdir)
-  overlap = _heldout_overlap(settings, dataset, pools, train_idx, heldout_idx, workdir)
+  by_document = settings.pool_split == "document"
+  try:
+    train_idx, heldout_idx, reference_idx = text_lib.split_pools(
+        dataset.num_sequences, pools, settings.data_seed,
+        dataset.doc_ids if by_document else None)
+  except ValueError as e:  # only a split by document gets past check_dataset
+    _fail("data.pool_split", str(e))
+  identity = {"dataset": dataset.manifest["key"], "pools": dataclasses.asdict(pools),
+              "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"}
+  if by_document:  # only then: models of runs split by sequence keep their keys
+    identity["pool_split"] = "document"
+  identity = _hash(identity)
+  summary = text_lib.write_workdir_summary(
+      workdir, dataset, pools, settings.data_seed, train_idx, heldout_idx, reference_idx,
+      settings.pool_split, corpus_lib.describe_source(settings.source))
   logging.info("held-out sequences sharing a span with the training pool: %s",
-               ", ".join(f"{v:.1%} ({k.replace('_', ' ')} tokens)" for k, v in overlap.items()))
-  jsonio.write_atomic(os.path.join(workdir, "text_dataset.json"), {
-      "manifest": dataset.manifest, "source": corpus_lib.describe_source(settings.source),
-      "seed": settings.data_seed, "pool_sizes": dataclasses.asdict(pools),
-      "num_train": int(train_idx.size), "num_heldout": int(heldout_idx.size),
-      "num_reference": int(reference_idx.size), "tokenizer_file": os.path.basename(tokenizer_file),
-      "cache_path": dataset.cache_path, "heldout_overlap_with_train_pool": overlap})
+               overlap_text(summary["heldout_overlap_with_train_pool"]))
   return Data(dataset, train_idx, heldout_idx, reference_idx, identity)
 
 
-def _heldout_overlap(settings, dataset, pools, train_idx, heldout_idx, workdir):
-  """{span_<k>: fraction of held-out sequences sharing k tokens with the training pool}, for k =
-  S/4 and S/2; reused from text_dataset.json when the dataset and pools are the same (it takes
-  about a minute a span for a pool of millions of sequences)."""
-  # Disjoint pools can still share text (a document repeated at another alignment, shared
-  # boilerplate): the held-out baseline of test loss and extraction is only as clean as this.
-  spans = sorted({max(1, settings.seq_len // 4), max(1, settings.seq_len // 2)})
-  path = os.path.join(workdir, "text_dataset.json")
-  try:
-    with open(path) as f:
-      before = json.load(f)
-  except (OSError, ValueError):
-    before = {}
-  same = (before.get("manifest", {}).get("key") == json.loads(json.dumps(dataset.manifest["key"]))
-          and before.get("pool_sizes") == dataclasses.asdict(pools)
-          and before.get("seed") == settings.data_seed)
-  stored = before.get("heldout_overlap_with_train_pool") or {}
-  if same and set(stored) == {f"span_{k}" for k in spans}:
-    return stored
-  return {f"span_{k}": text_lib.span_overlap(dataset.tokens, heldout_idx, train_idx, k)
-          for k in spans}
+def overlap_text(overlap: dict) -> str:
+  return ", ".join(f"{v:.1%} ({k.replace('_', ' ')} tokens)" for k, v in overlap.items())
 
 
 def check_dataset(settings: TextSettings, dataset: text_lib.TextDataset):
@@ -714,6 +700,7 @@ def analyze(settings, data, scored):
     row["train"] = config_lib.to_jsonable(settings.train)
     row["data"] = {"source": settings.source.kind, "tokenizer": settings.tokenizer.kind,
                    "train_pool": int(pool_size), "heldout_pool": int(data.heldout_idx.size),
+                   "pool_split": settings.pool_split,
                    "test_size": settings.test_size, "seed": settings.data_seed}
     row["device"] = jax.local_devices()[0].device_kind
     row["wall_s_per_stack"] = s.stack_wall_s
@@ -814,7 +801,8 @@ def _summary(settings, data, rows, refs, oracle, test_loss, capacity):
                   "duplicates_dropped": ds.num_duplicates_dropped,
                   "train_pool": int(data.train_idx.size),
                   "heldout_pool": int(data.heldout_idx.size),
-                  "reference_pool": int(data.reference_idx.size)},
+                  "reference_pool": int(data.reference_idx.size),
+                  "pool_split": settings.pool_split},
       "reference": {
           "primary": settings.reference_primary,
           "oracle": None if oracle is None else {
@@ -1124,7 +1112,7 @@ def dry_run(settings: TextSettings, workdir: str):
   lines = [f"plan: text memorization on the {corpus_lib.describe_source(settings.source)}, "
            f"tokenizer {settings.tokenizer.kind} (V={vocab:,}), S={settings.seq_len}; training "
            f"pool {f'{pool:,}' if pool else 'every sequence left'} sequences, held-out "
-           f"{settings.heldout_pool:,}",
+           f"{settings.heldout_pool:,}, drawn by {settings.pool_split}",
            f"training: {tcfg.steps:,} steps of {tcfg.batch_size} sequences, so at most "
            f"{tokens:,} tokens a model"]
   n_models = 0

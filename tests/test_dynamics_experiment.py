@@ -1,6 +1,7 @@
 """End-to-end runs of the dynamics and distributional experiments (`python -m memjax.main`), and
 their config validation."""
 
+import dataclasses
 import json
 import math
 import os
@@ -144,6 +145,10 @@ def test_correlation_rows_mark_too_few_pairs():
      "config.distributional.denominator: must be one of context, continuation"),
     ("configs/dynamics.py", {"data.paths": ("notes.txt",)},
      "config.data.paths: data.source='stdlib_docs' reads no files"),
+    ("configs/distributional.py", {"data.pool_split": "doc"},
+     "config.data.pool_split: must be one of sequence, document"),
+    ("configs/distributional.py", {"data.source": "synthetic", "data.pool_split": "document"},
+     "config.data.pool_split: 'document' needs a text source"),
 ])
 def test_bad_configs_fail_naming_the_field(path, overrides, needle):
   module = dyn_exp if "dynamics" in path else dist_exp
@@ -164,6 +169,39 @@ def test_a_corpus_too_small_names_the_field_that_asks_too_much(overrides, field,
       "data.tokenizer": "bytes", "data.vocab_size": 256, "data.max_documents": 40, **overrides}))
   with pytest.raises(config_lib.ConfigError, match=f"^config.{field}: the corpus"):
     dyn_exp.load_tokens(settings.data, str(tmp_path))
+
+
+def test_held_out_sequences_split_by_document_come_from_other_documents(tmp_path):
+  overrides = {"data.tokenizer": "bytes", "data.vocab_size": 256, "data.max_documents": 40,
+               "data.num_samples": 200, "data.heldout": 40, "sweep.dataset_sizes": (64, 200),
+               "distributional.eval_samples": 40}
+  by_sequence = dist_exp.validate(_config("configs/distributional.py", **overrides))
+  train, heldout, _, info = dyn_exp.load_tokens(by_sequence.data, str(tmp_path))
+  assert info["pool_split"] == "sequence"
+  settings = dist_exp.validate(_config("configs/distributional.py", **overrides,
+                                       **{"data.pool_split": "document"}))
+  # Widths trained before the option keep their keys; a split by document gets its own.
+  assert dyn_exp.width_key(by_sequence, 16) == dyn_exp.width_key(
+      dataclasses.replace(by_sequence, data=dataclasses.replace(by_sequence.data,
+                                                                pool_split="sequence")), 16)
+  assert dyn_exp.width_key(settings, 16) != dyn_exp.width_key(by_sequence, 16)
+  doc_train, doc_heldout, _, doc_info = dyn_exp.load_tokens(settings.data, str(tmp_path))
+  assert doc_train.shape == train.shape and doc_heldout.shape == heldout.shape
+  assert doc_info["documents"]["heldout"] < doc_info["documents"]["train"]
+  # Rebuild which document each row came from: no document is on both sides.
+  from memjax.data import text as text_lib
+  ds = text_lib.build_text_dataset(
+      text_lib.SourceConfig(kind="stdlib_docs", max_documents=40),
+      text_lib.TokenizerConfig(kind="bytes"), 32, cache_dir=str(tmp_path / "cache"))
+  doc_of_row = {bytes(row.tolist()): int(d) for row, d in zip(np.asarray(ds.tokens), ds.doc_ids)}
+  train_docs = {doc_of_row[bytes(r.astype(np.uint16).tolist())] for r in doc_train}
+  heldout_docs = {doc_of_row[bytes(r.astype(np.uint16).tolist())] for r in doc_heldout}
+  assert not train_docs & heldout_docs and len(heldout_docs) == doc_info["documents"]["heldout"]
+  # Whole held-out documents hold more than 40 sequences, so all but 40 cannot train.
+  assert np.isin(ds.doc_ids, list(heldout_docs)).sum() > 40
+  with pytest.raises(config_lib.ConfigError, match="^config.data.pool_split: split by document"):
+    dyn_exp.load_tokens(dataclasses.replace(settings.data, num_samples=ds.num_sequences - 40),
+                        str(tmp_path))
 
 
 def test_cli_bad_input_is_one_line(tmp_path):

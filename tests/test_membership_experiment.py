@@ -69,8 +69,8 @@ def test_text_sources_are_checked_naming_the_field(overrides, needle):
 
 def test_a_tfds_corpus_gives_members_and_nonmembers_and_its_errors_name_the_field(tmp_path):
   from test_text import prepare_tiny_tfds  # pytest puts tests/ on sys.path
-  docs = [f"document {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(12))
-          for i in range(60)]
+  letters = np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz"), (60, 56))
+  docs = ["".join(row) for row in letters]  # 56 random bytes: 7 distinct 8-byte sequences each
   name = prepare_tiny_tfds(str(tmp_path / "tfds"), {"train": docs})
   text = {"data.source": "text", "data.corpus": "tfds", "data.tfds_name": name,
           "data.tfds_data_dir": str(tmp_path / "tfds"), "data.tokenizer": "bytes",
@@ -80,7 +80,21 @@ def test_a_tfds_corpus_gives_members_and_nonmembers_and_its_errors_name_the_fiel
   data = me.load_text(me.validate(_config(**text)), str(tmp_path / "w"))
   assert data.vocab_size == 256 and data.train_idx.size == 40 and data.heldout_idx.size == 20
   assert not set(data.train_idx) & set(data.heldout_idx)
+  assert data.pools["pool_split"] == "sequence"
+  assert "pool_split" not in me.validate(_config(**text)).text  # stored stacks keep their keys
+  by_document = me.load_text(me.validate(_config(**text, **{"data.pool_split": "document"})),
+                             str(tmp_path / "wd"))
+  assert by_document.pools["pool_split"] == "document"
+  assert by_document.train_idx.size == 40 and by_document.heldout_idx.size == 20
+  # Each document gives 7 sequences of 8 bytes: 20 non-members come from 3 whole documents.
+  summary = json.loads((tmp_path / "wd" / "text_dataset.json").read_text())
+  assert summary["documents"]["heldout"] == 3 and summary["pool_split"] == "document"
+  assert set(summary["heldout_overlap_with_train_pool"]) == {"span_2", "span_4"}
+  assert json.loads((tmp_path / "w" / "text_dataset.json").read_text())["documents"]["heldout"] > 10
+  too_many = len(data.tokens) - 20  # fits by sequence, not beside 3 whole held-out documents
   for bad, field in (({"data.tfds_split": "validation"}, "config.data.tfds_split: "),
+                     ({"data.pool_split": "document", "data.train_pool": too_many},
+                      "config.data.pool_split: split by document"),
                      ({"data.train_pool": 10**6}, "config.data.train_pool: "),
                      ({"data.tfds_name": "nothing_here"}, "config.data.tfds_name: ")):
     overrides = {**text, **bad, "sweep.dataset_sizes": (8,)}

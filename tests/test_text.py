@@ -244,10 +244,11 @@ def test_tokenizer_is_saved_into_the_workdir_and_reloads(tmp_path):
 
 
 def test_documents_are_cut_into_whole_sequences_and_the_remainder_dropped():
-  tokens_NxS, counts = tokenize_into_sequences(["abcdefghij", "xyz", "0123"],
-                                               tokenize_lib.byte_tokenizer(), seq_len=4)
+  tokens_NxS, doc_ids_N, counts = tokenize_into_sequences(["abcdefghij", "xyz", "0123"],
+                                                          tokenize_lib.byte_tokenizer(), seq_len=4)
   assert tokens_NxS.dtype == np.uint16
   assert [bytes(row.tolist()) for row in tokens_NxS] == [b"abcd", b"efgh", b"0123"]
+  assert doc_ids_N.tolist() == [0, 0, 2]  # "xyz" (document 1) gives no sequence
   assert counts == {"num_documents": 3, "num_chars": 17, "num_tokens": 17}
 
 
@@ -296,6 +297,67 @@ def test_smaller_training_pools_are_prefixes_and_none_takes_the_rest():
   assert len(rest_train) == 85 and not set(rest_train) & set(reference)
 
 
+def test_document_split_keeps_every_document_in_one_pool():
+  # 60 documents of 1 to 12 sequences each, in corpus order.
+  doc_ids_N = np.repeat(np.arange(60), np.random.default_rng(0).integers(1, 13, 60)).astype(np.int32)
+  n = len(doc_ids_N)
+  sizes = PoolSizes(train=100, heldout=40, reference=25)
+  train, heldout, reference = split_pools(n, sizes, seed=3, doc_ids=doc_ids_N)
+  assert (len(train), len(heldout), len(reference)) == (100, 40, 25)
+  assert train.dtype == heldout.dtype == np.int32
+  docs = [set(doc_ids_N[pool].tolist()) for pool in (train, heldout, reference)]
+  assert not docs[0] & docs[1] and not docs[0] & docs[2] and not docs[1] & docs[2]
+  # The held-out pool is whole documents (less the overfilling one's tail), drawn by the seed.
+  assert sum(np.isin(doc_ids_N, list(docs[1]))) - len(heldout) < 12
+  for pool, again in zip((train, heldout, reference),
+                         split_pools(n, sizes, seed=3, doc_ids=doc_ids_N)):
+    np.testing.assert_array_equal(pool, again)
+  assert set(split_pools(n, sizes, seed=4, doc_ids=doc_ids_N)[1]) != set(heldout)
+  # As by sequence: a smaller training pool is a prefix, and the held-out pool stays.
+  small_train, same_heldout, _ = split_pools(n, PoolSizes(train=30, heldout=40, reference=25),
+                                             seed=3, doc_ids=doc_ids_N)
+  np.testing.assert_array_equal(small_train, train[:30])
+  np.testing.assert_array_equal(same_heldout, heldout)
+  # A pool's first rows come from many documents, not from one.
+  assert len(set(doc_ids_N[train[:10]].tolist())) >= 5
+  rest, _, _ = split_pools(n, PoolSizes(heldout=40), seed=3, doc_ids=doc_ids_N)
+  assert len(rest) + 40 <= n and not set(doc_ids_N[rest].tolist()) & docs[1]
+
+
+def test_document_split_refuses_pools_that_whole_documents_cannot_fill():
+  doc_ids_N = np.repeat(np.arange(3), 10).astype(np.int32)  # 3 documents of 10 sequences
+  # A held-out pool of 11 takes two whole documents, leaving 10 sequences, not 15.
+  with pytest.raises(ValueError, match=r"split by document.*3 documents.*take 2 whole "
+                                       r"documents and leave 10 sequences"):
+    split_pools(30, PoolSizes(train=15, heldout=11), seed=0, doc_ids=doc_ids_N)
+  with pytest.raises(ValueError, match="split by document"):
+    split_pools(30, PoolSizes(heldout=25), seed=0, doc_ids=doc_ids_N)
+  train, heldout, _ = split_pools(30, PoolSizes(train=10, heldout=11), seed=0, doc_ids=doc_ids_N)
+  assert len(train) == 10 and len(set(doc_ids_N[train].tolist())) == 1
+
+
+def test_dataset_split_by_document_puts_each_file_in_one_pool(tmp_path):
+  paths = [write_text(tmp_path / f"{i:02d}.txt", f"<{i:02d}>" + random_text(i, 40))
+           for i in range(24)]
+  source = SourceConfig(kind="txt", paths=tuple(paths))
+  ds = build_text_dataset(source, BYTES, seq_len=16, pool_sizes=PoolSizes(train=60, heldout=20),
+                          seed=5, workdir=str(tmp_path / "run"), pool_split="document")
+  assert ds.pool_split == "document"
+  # doc_ids name the file each sequence was cut from (each file's first sequence starts <ii>).
+  first_rows = {int(d): ds.decode(ds.tokens[np.flatnonzero(ds.doc_ids == d)[0]])[:4]
+                for d in np.unique(ds.doc_ids)}
+  assert all(text == f"<{d:02d}>" for d, text in first_rows.items())
+  assert not set(ds.doc_ids[ds.train_idx].tolist()) & set(ds.doc_ids[ds.heldout_idx].tolist())
+  summary = json.loads((tmp_path / "run" / "text_dataset.json").read_text())
+  assert summary["pool_split"] == "document" and summary["num_heldout"] == 20
+  assert summary["documents"]["heldout"] == len(set(ds.doc_ids[ds.heldout_idx].tolist()))
+  by_sequence = build_text_dataset(source, BYTES, seq_len=16,
+                                   pool_sizes=PoolSizes(train=60, heldout=20), seed=5)
+  assert by_sequence.pool_split == "sequence"
+  with pytest.raises(ValueError, match="pool_split must be one of sequence, document"):
+    build_text_dataset(source, BYTES, seq_len=16, pool_split="documents")
+
+
 # ---------------------------------------------------------------------------------------------
 # Cache.
 
@@ -328,6 +390,20 @@ def test_cache_is_reused_and_rebuilt_when_source_or_tokenizer_change(tmp_path):
   assert not changed_tokenizer.from_cache
   assert build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=270),
                             **kwargs).from_cache  # The trained BPE is cached too.
+
+
+def test_cache_entry_without_document_ids_is_made_again_with_the_same_key(tmp_path):
+  # Entries written before document ids were kept hold tokens.npy and manifest.json only.
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
+  kwargs = dict(seq_len=16, cache_dir=str(tmp_path / "cache"))
+  first = build_text_dataset(source, BYTES, **kwargs)
+  os.remove(os.path.join(first.cache_path, "doc_ids.npy"))
+  again = build_text_dataset(source, BYTES, **kwargs)
+  assert not again.from_cache and again.cache_path == first.cache_path
+  assert again.manifest["key"] == first.manifest["key"]
+  np.testing.assert_array_equal(again.tokens, first.tokens)
+  np.testing.assert_array_equal(again.doc_ids, np.zeros(first.num_sequences))
+  assert build_text_dataset(source, BYTES, **kwargs).from_cache
 
 
 # ---------------------------------------------------------------------------------------------

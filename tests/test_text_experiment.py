@@ -101,6 +101,7 @@ def test_the_cpu_config_validates_and_the_paper_config_names_its_missing_files(t
     ("reference.primary", "best", "config.reference.primary: must be one of same_size, oracle"),
     ("sweep.d_model", (16, 33), "config.sweep.d_model: each d_model must be divisible"),
     ("sweep.seeds", (0, 0), "config.sweep.seeds: lists 0 more than once"),
+    ("data.pool_split", "doc", "config.data.pool_split: must be one of sequence, document"),
 ])
 def test_bad_values_name_the_field(field, value, needle):
   config = load_config("text")
@@ -128,6 +129,35 @@ def test_missing_files_and_tokenizer_are_named_before_reading(tmp_path):
   config.data.typo = 1
   with pytest.raises(ConfigError, match=r"^config\.data\.typo: unknown field"):
     tx.validate(config)
+
+
+def test_pools_split_by_document_share_no_document_and_keep_sequence_keys(tmp_path):
+  corpus = write_corpus(tmp_path / "corpus", num_files=12, words=60)
+  config = tiny_config(corpus)
+  config.data.train_pool = 20
+  config.data.heldout_pool = 8
+  config.sweep.dataset_sizes = (4,)
+  config.eval.test_size = 8
+  by_sequence = tx.load_data(tx.validate(config), str(tmp_path / "seq"))
+  # Runs split by sequence keep the model keys they had before the split could be chosen.
+  assert by_sequence.identity == tx._hash({
+      "dataset": by_sequence.dataset.manifest["key"],
+      "pools": {"train": 20, "heldout": 8, "reference": 0}, "seed": 0,
+      "members": "perm(data.seed, seed)[:N]"})
+  config.data.pool_split = "document"
+  data = tx.load_data(tx.validate(config), str(tmp_path / "doc"))
+  assert data.identity != by_sequence.identity
+  doc_ids = data.dataset.doc_ids
+  assert not set(doc_ids[data.train_idx].tolist()) & set(doc_ids[data.heldout_idx].tolist())
+  assert (data.train_idx.size, data.heldout_idx.size) == (20, 8)
+  summary = json.loads((tmp_path / "doc" / "text_dataset.json").read_text())
+  assert summary["pool_split"] == "document" and summary["num_train"] == 20
+  assert summary["documents"]["heldout"] + summary["documents"]["train"] <= 12
+  assert set(summary["heldout_overlap_with_train_pool"]) == {"span_4", "span_8"}
+  # Pools that fit by sequence but not in whole documents: the message names the split.
+  config.data.train_pool = by_sequence.dataset.num_sequences - 8
+  with pytest.raises(ConfigError, match=r"^config\.data\.pool_split: split by document"):
+    tx.load_data(tx.validate(config), str(tmp_path / "doc2"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
 5. draws the pools from a permutation seeded by `seed`: first the held-out pool (non-members), then
    the reference pool, then the training pool. Pools are disjoint; a model with N members takes the
    first N of `train_idx`, so members for a smaller N are a subset of those for a larger one, and the
-   held-out pool does not change with the training pool size;
+   held-out pool does not change with the training pool size. `pool_split="document"` draws
+   whole documents instead (see `split_pools`), so that no document has sequences in two pools;
 6. saves the tokenizer (and a `text_dataset.json` summary) into the run's workdir.
 
 The trainer keeps `tokens` on the device and gathers batches by index (see DESIGN.md).
@@ -45,12 +46,17 @@ DEFAULT_SEQ_LEN = 64
 MIN_SEQ_LEN = 2
 _ENCODE_BATCH_DOCUMENTS = 256
 _TOKENS_FILENAME = "tokens.npy"
+_DOC_IDS_FILENAME = "doc_ids.npy"
 _MANIFEST_FILENAME = "manifest.json"
 _WORKDIR_SUMMARY_FILENAME = "text_dataset.json"
 
+# "sequence": pools drawn row by row; "document": whole documents, none split between pools.
+POOL_SPLITS = ("sequence", "document")
+
 __all__ = [
-    "PoolSizes", "SourceConfig", "TextDataset", "TokenizerConfig", "build_text_dataset",
-    "deduplicate_sequences", "get_tokenizer", "split_pools", "token_dtype",
+    "POOL_SPLITS", "PoolSizes", "SourceConfig", "TextDataset", "TokenizerConfig",
+    "build_text_dataset", "deduplicate_sequences", "get_tokenizer", "pool_summary", "split_pools",
+    "token_dtype", "write_workdir_summary",
     "tokenize_into_sequences", "validate_text_settings",
 ]
 
@@ -72,7 +78,10 @@ class TextDataset:
     seq_len: S, the tokens in a sequence.
     vocab_size: V of the tokenizer (ids are in [0, V)).
     tokenizer: the TextTokenizer that made the tokens.
+    doc_ids: [num_sequences] int32, the document (in corpus order) each sequence was cut from;
+      a sequence repeated in several documents keeps its first one.
     train_idx, heldout_idx, reference_idx: int32 row indices into `tokens`, disjoint.
+    pool_split: how the pools were drawn, one of POOL_SPLITS.
     num_duplicates_dropped: exact duplicate sequences removed.
     num_documents, num_chars: documents and characters the tokens came from.
     manifest: the cache manifest (fingerprints and counts).
@@ -83,9 +92,11 @@ class TextDataset:
   seq_len: int
   vocab_size: int
   tokenizer: TextTokenizer
+  doc_ids: np.ndarray
   train_idx: np.ndarray
   heldout_idx: np.ndarray
   reference_idx: np.ndarray
+  pool_split: str
   num_duplicates_dropped: int
   num_documents: int
   num_chars: int
@@ -117,23 +128,26 @@ def build_text_dataset(
     seed: int = 0,
     cache_dir: str | None = None,
     workdir: str | None = None,
+    pool_split: str = "sequence",
 ) -> TextDataset:
   """Builds (or loads from cache_dir) the tokenized, deduplicated dataset and its seeded pools.
 
   Raises FileNotFoundError or ValueError, naming the setting to change, for: missing files or
   globs matching nothing, an empty corpus, a corpus too small for the pools, a tokenizer file that
-  does not load, a BPE vocabulary size out of range, seq_len < 2.
+  does not load, a BPE vocabulary size out of range, seq_len < 2, pool_split not in POOL_SPLITS.
   """
-  validate_text_settings(source, tokenizer, seq_len, pool_sizes, seed)
+  validate_text_settings(source, tokenizer, seq_len, pool_sizes, seed, pool_split)
   source_fingerprint = corpus_lib.source_fingerprint(source)  # Fails fast on missing files.
   text_tokenizer = get_tokenizer(source, tokenizer, cache_dir, source_fingerprint)
-  tokens_NxS, manifest, cache_path, from_cache = _cached_sequences(
+  tokens_NxS, doc_ids, manifest, cache_path, from_cache = _cached_sequences(
       source, source_fingerprint, text_tokenizer, seq_len, cache_dir)
-  train_idx, heldout_idx, reference_idx = split_pools(tokens_NxS.shape[0], pool_sizes, seed)
+  train_idx, heldout_idx, reference_idx = split_pools(
+      tokens_NxS.shape[0], pool_sizes, seed, doc_ids if pool_split == "document" else None)
   dataset = TextDataset(
       tokens=tokens_NxS, seq_len=seq_len, vocab_size=text_tokenizer.vocab_size,
-      tokenizer=text_tokenizer, train_idx=train_idx, heldout_idx=heldout_idx,
-      reference_idx=reference_idx, num_duplicates_dropped=manifest["num_duplicates_dropped"],
+      tokenizer=text_tokenizer, doc_ids=doc_ids, train_idx=train_idx, heldout_idx=heldout_idx,
+      reference_idx=reference_idx, pool_split=pool_split,
+      num_duplicates_dropped=manifest["num_duplicates_dropped"],
       num_documents=manifest["num_documents"], num_chars=manifest["num_chars"],
       manifest=manifest, cache_path=cache_path, from_cache=from_cache)
   if workdir is not None:
@@ -142,7 +156,8 @@ def build_text_dataset(
 
 
 def validate_text_settings(source: SourceConfig, tokenizer: TokenizerConfig, seq_len: int,
-                           pool_sizes: PoolSizes, seed: int = 0) -> None:
+                           pool_sizes: PoolSizes, seed: int = 0,
+                           pool_split: str = "sequence") -> None:
   """The checks that need no tokenizing: call early to fail before any compile.
 
   Besides the values themselves it checks that the source files and the tokenizer file exist;
@@ -155,6 +170,8 @@ def validate_text_settings(source: SourceConfig, tokenizer: TokenizerConfig, seq
   _validate_pool_sizes(pool_sizes)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+  if pool_split not in POOL_SPLITS:
+    raise ValueError(f"pool_split must be one of {', '.join(POOL_SPLITS)}, got {pool_split!r}.")
   corpus_lib.validate_source_config(source)
   tokenize_lib.validate_tokenizer_config(tokenizer)
   if source.kind in corpus_lib.FILE_EXTENSIONS:
@@ -230,14 +247,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def tokenize_into_sequences(documents: Iterable[str], tokenizer: TextTokenizer, seq_len: int,
                             batch_documents: int = _ENCODE_BATCH_DOCUMENTS,
-                            ) -> tuple[np.ndarray, dict[str, int]]:
+                            ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
   """Batch-encodes documents and cuts each into non-overlapping seq_len-token rows.
 
-  Returns tokens_NxS (in corpus order, not deduplicated) and counts of documents, characters and
-  tokens read.
+  Returns tokens_NxS (in corpus order, not deduplicated), doc_ids_N (the index of the document
+  each row was cut from, int32) and counts of documents, characters and tokens read.
   """
   dtype = token_dtype(tokenizer.vocab_size)
   chunks_of_rows: list[np.ndarray] = []
+  chunks_of_doc_ids: list[np.ndarray] = []
   counts = {"num_documents": 0, "num_chars": 0, "num_tokens": 0}
   documents = iter(documents)
   while batch := list(itertools.islice(documents, batch_documents)):
@@ -249,10 +267,14 @@ def tokenize_into_sequences(documents: Iterable[str], tokenizer: TextTokenizer, 
         raise ValueError(f"the tokenizer gave id {int(bad[0])}, outside its vocabulary of "
                          f"{tokenizer.vocab_size} ids; check the tokenizer file")
       counts["num_tokens"] += len(ids)
-      chunks_of_rows.append(_cut_into_rows(ids, seq_len).astype(dtype))
+      rows = _cut_into_rows(ids, seq_len).astype(dtype)
+      chunks_of_rows.append(rows)
+      chunks_of_doc_ids.append(np.full(rows.shape[0], len(chunks_of_doc_ids), np.int32))
   tokens_NxS = (np.concatenate(chunks_of_rows) if chunks_of_rows
                 else np.zeros((0, seq_len), dtype=dtype))
-  return tokens_NxS, counts
+  doc_ids_N = (np.concatenate(chunks_of_doc_ids) if chunks_of_doc_ids
+               else np.zeros((0,), np.int32))
+  return tokens_NxS, doc_ids_N, counts
 
 
 def _cut_into_rows(ids: np.ndarray, seq_len: int) -> np.ndarray:
@@ -263,26 +285,33 @@ def _cut_into_rows(ids: np.ndarray, seq_len: int) -> np.ndarray:
 
 def deduplicate_sequences(tokens_NxS: np.ndarray) -> tuple[np.ndarray, int]:
   """Drops exact duplicate rows, keeping each row's first occurrence, in the original order."""
-  if tokens_NxS.shape[0] == 0:
-    return tokens_NxS, 0
-  _, first_occurrence = np.unique(tokens_NxS, axis=0, return_index=True)
-  kept_rows = np.sort(first_occurrence)
+  kept_rows = _first_occurrences(tokens_NxS)
   return tokens_NxS[kept_rows], int(tokens_NxS.shape[0] - kept_rows.shape[0])
 
 
+def _first_occurrences(tokens_NxS: np.ndarray) -> np.ndarray:
+  """Sorted indices of the first occurrence of each distinct row."""
+  if tokens_NxS.shape[0] == 0:
+    return np.zeros((0,), np.int64)
+  _, first_occurrence = np.unique(tokens_NxS, axis=0, return_index=True)
+  return np.sort(first_occurrence)
+
+
 def _build_sequences(source: SourceConfig, tokenizer: TextTokenizer, seq_len: int,
-                     ) -> tuple[np.ndarray, dict[str, int]]:
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
   documents = _nonempty_documents(source)
-  tokens_NxS, counts = tokenize_into_sequences(documents, tokenizer, seq_len)
+  tokens_NxS, doc_ids_N, counts = tokenize_into_sequences(documents, tokenizer, seq_len)
   if tokens_NxS.shape[0] == 0:
     raise ValueError(
         f"no document of the {corpus_lib.describe_source(source)} is {seq_len} tokens long, so "
         f"it gives no sequence ({counts['num_documents']} documents, {counts['num_tokens']} "
         "tokens); lower seq_len or use a corpus with longer documents.")
-  unique_NxS, num_dropped = deduplicate_sequences(tokens_NxS)
+  kept_rows = _first_occurrences(tokens_NxS)
+  unique_NxS = tokens_NxS[kept_rows]
   counts.update(num_sequences_before_dedup=int(tokens_NxS.shape[0]),
-                num_sequences=int(unique_NxS.shape[0]), num_duplicates_dropped=num_dropped)
-  return unique_NxS, counts
+                num_sequences=int(unique_NxS.shape[0]),
+                num_duplicates_dropped=int(tokens_NxS.shape[0] - unique_NxS.shape[0]))
+  return unique_NxS, doc_ids_N[kept_rows], counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +320,8 @@ def _build_sequences(source: SourceConfig, tokenizer: TextTokenizer, seq_len: in
 
 def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
                       tokenizer: TextTokenizer, seq_len: int, cache_dir: str | None,
-                      ) -> tuple[np.ndarray, dict[str, Any], str | None, bool]:
-  """(tokens_NxS, manifest, cache entry path, whether it was reused)."""
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str | None, bool]:
+  """(tokens_NxS, doc_ids_N, manifest, cache entry path, whether it was reused)."""
   cache_key = {"pipeline_version": PIPELINE_VERSION, "source": source_fingerprint,
                "tokenizer_sha256": tokenizer.fingerprint, "seq_len": int(seq_len)}
   entry_path = None
@@ -300,24 +329,27 @@ def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
     entry_path = os.path.join(cache_dir, f"text-{_hash_json(cache_key)[:16]}")
     cached = _load_cache_entry(entry_path, cache_key)
     if cached is not None:
-      return cached[0], cached[1], entry_path, True
-  tokens_NxS, counts = _build_sequences(source, tokenizer, seq_len)
+      return (*cached, entry_path, True)
+  tokens_NxS, doc_ids_N, counts = _build_sequences(source, tokenizer, seq_len)
   manifest = {"key": cache_key, "tokenizer_kind": tokenizer.kind,
               "vocab_size": tokenizer.vocab_size, "seq_len": int(seq_len),
               "dtype": tokens_NxS.dtype.name, **counts}
   manifest = json.loads(json.dumps(manifest))  # The same types as a manifest read from disk.
   if entry_path is not None:
-    _save_cache_entry(entry_path, tokens_NxS, manifest)
+    _save_cache_entry(entry_path, tokens_NxS, doc_ids_N, manifest)
     tokens_NxS = np.load(os.path.join(entry_path, _TOKENS_FILENAME), mmap_mode="r")
-  return tokens_NxS, manifest, entry_path, False
+  return tokens_NxS, doc_ids_N, manifest, entry_path, False
 
 
 def _load_cache_entry(entry_path: str, cache_key: dict[str, Any],
-                      ) -> tuple[np.ndarray, dict[str, Any]] | None:
-  """The cached tokens and manifest if the entry is complete and made from the same inputs."""
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+  """The cached tokens, document ids and manifest if the entry is complete and made from the
+  same inputs. An entry without document ids (written before they were kept) is made again: the
+  same tokens, so the manifest key and every model trained on them stay valid."""
   manifest_path = os.path.join(entry_path, _MANIFEST_FILENAME)
   tokens_path = os.path.join(entry_path, _TOKENS_FILENAME)
-  if not (os.path.isfile(manifest_path) and os.path.isfile(tokens_path)):
+  doc_ids_path = os.path.join(entry_path, _DOC_IDS_FILENAME)
+  if not all(map(os.path.isfile, (manifest_path, tokens_path, doc_ids_path))):
     return None
   with open(manifest_path, encoding="utf-8") as f:
     manifest = json.load(f)
@@ -325,18 +357,22 @@ def _load_cache_entry(entry_path: str, cache_key: dict[str, Any],
   if manifest.get("key") != json.loads(json.dumps(cache_key)):
     return None
   tokens_NxS = np.load(tokens_path, mmap_mode="r")
-  if tokens_NxS.shape != (manifest["num_sequences"], manifest["seq_len"]):
+  doc_ids_N = np.load(doc_ids_path)
+  if (tokens_NxS.shape != (manifest["num_sequences"], manifest["seq_len"])
+      or doc_ids_N.shape != (manifest["num_sequences"],)):
     return None
-  return tokens_NxS, manifest
+  return tokens_NxS, doc_ids_N, manifest
 
 
-def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, manifest: dict[str, Any]) -> None:
-  """Tokens first, manifest last, each by rename: an entry with a manifest is complete."""
+def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, doc_ids_N: np.ndarray,
+                      manifest: dict[str, Any]) -> None:
+  """Arrays first, manifest last, each by rename: an entry with a manifest is complete."""
   os.makedirs(entry_path, exist_ok=True)
-  tokens_tmp = os.path.join(entry_path, f"{_TOKENS_FILENAME}.tmp{os.getpid()}")
-  with open(tokens_tmp, "wb") as f:
-    np.save(f, np.ascontiguousarray(tokens_NxS))
-  os.replace(tokens_tmp, os.path.join(entry_path, _TOKENS_FILENAME))
+  for name, array in ((_TOKENS_FILENAME, tokens_NxS), (_DOC_IDS_FILENAME, doc_ids_N)):
+    tmp = os.path.join(entry_path, f"{name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+      np.save(f, np.ascontiguousarray(array))
+    os.replace(tmp, os.path.join(entry_path, name))
   jsonio.write_atomic(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
 
 
@@ -345,9 +381,19 @@ def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, manifest: dict[st
 
 
 def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
+                doc_ids: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(train_idx, heldout_idx, reference_idx): disjoint int32 row indices drawn by the seed."""
+  """(train_idx, heldout_idx, reference_idx): disjoint int32 row indices drawn by the seed.
+
+  Without doc_ids the pools are drawn row by row. With doc_ids (a document id per row) they are
+  drawn by document: documents in a seeded order fill the held-out pool, then the reference pool,
+  each with whole documents; the sequences of the document that overfills a pool are left unused,
+  so no document has sequences in two pools. The training pool is drawn from the remaining
+  documents' sequences. Each pool is shuffled, so its first rows come from many documents.
+  """
   _validate_pool_sizes(pool_sizes)
+  if doc_ids is not None:
+    return _split_pools_by_document(np.asarray(doc_ids), pool_sizes, seed)
   num_fixed = pool_sizes.heldout + pool_sizes.reference
   num_train = num_sequences - num_fixed if pool_sizes.train is None else pool_sizes.train
   num_requested = num_fixed + max(num_train, 1)
@@ -363,6 +409,46 @@ def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
   heldout_idx = permutation[:heldout_end]
   reference_idx = permutation[heldout_end:reference_end]
   train_idx = permutation[reference_end:reference_end + num_train]
+  return train_idx, heldout_idx, reference_idx
+
+
+def _split_pools_by_document(doc_ids_N: np.ndarray, pool_sizes: PoolSizes, seed: int,
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  docs, doc_of_row = np.unique(doc_ids_N, return_inverse=True)
+  rank_of_doc = np.empty(len(docs), np.int64)
+  rank_of_doc[rng.permutation(len(docs))] = np.arange(len(docs))
+  rows_by_rank = np.argsort(rank_of_doc[doc_of_row], kind="stable")  # rows, documents in order
+  rows_per_rank = np.bincount(rank_of_doc[doc_of_row], minlength=len(docs))
+  rows_before_rank = np.concatenate([[0], np.cumsum(rows_per_rank)])
+
+  def whole_documents(first_rank: int, size: int) -> int:
+    """The rank after the fewest documents from first_rank that hold `size` rows."""
+    if size == 0 or first_rank > len(docs):  # nothing to take, or nothing left to take from
+      return first_rank
+    return int(np.searchsorted(rows_before_rank, rows_before_rank[first_rank] + size))
+
+  heldout_end = whole_documents(0, pool_sizes.heldout)
+  reference_end = whole_documents(heldout_end, pool_sizes.reference)
+  num_left = len(doc_ids_N) - int(rows_before_rank[min(reference_end, len(docs))])
+  num_train = num_left if pool_sizes.train is None else pool_sizes.train
+  if reference_end > len(docs) or num_left < max(num_train, 1):
+    raise ValueError(
+        f"split by document, the corpus's {len(doc_ids_N)} distinct sequences from {len(docs)} "
+        f"documents do not hold the pools (heldout {pool_sizes.heldout}, reference "
+        f"{pool_sizes.reference}, train "
+        f"{pool_sizes.train if pool_sizes.train is not None else 'rest, at least 1'}): the "
+        f"held-out and reference pools take {min(reference_end, len(docs))} whole documents and "
+        f"leave {max(num_left, 0)} sequences; lower the pools, use a larger corpus or split by "
+        "sequence.")
+
+  def pool(first_rank: int, end_rank: int, size: int) -> np.ndarray:
+    rows = rows_by_rank[rows_before_rank[first_rank]:rows_before_rank[end_rank]]
+    return rng.permutation(rows)[:size].astype(np.int32)
+
+  heldout_idx = pool(0, heldout_end, pool_sizes.heldout)
+  reference_idx = pool(heldout_end, reference_end, pool_sizes.reference)
+  train_idx = pool(reference_end, len(docs), num_train)
   return train_idx, heldout_idx, reference_idx
 
 
@@ -407,16 +493,60 @@ def span_overlap(tokens_NxS: np.ndarray, query_idx: np.ndarray, pool_idx: np.nda
 
 
 def _save_to_workdir(dataset: TextDataset, pool_sizes: PoolSizes, seed: int, workdir: str) -> None:
-  """The tokenizer and a summary, enough to rebuild the same dataset and pools."""
+  write_workdir_summary(workdir, dataset, pool_sizes, seed, dataset.train_idx, dataset.heldout_idx,
+                        dataset.reference_idx, dataset.pool_split)
+
+
+def write_workdir_summary(workdir: str, dataset: TextDataset, pool_sizes: PoolSizes, seed: int,
+                          train_idx: np.ndarray, heldout_idx: np.ndarray,
+                          reference_idx: np.ndarray, pool_split: str,
+                          source_description: str | None = None) -> dict[str, Any]:
+  """Saves the tokenizer and text_dataset.json (enough to rebuild the same dataset and pools,
+  and how much held-out text the training pool shares) into workdir; returns the summary."""
   os.makedirs(workdir, exist_ok=True)
   tokenizer_path = dataset.tokenizer.save_to_workdir(workdir)
-  summary = {"manifest": dataset.manifest, "seed": int(seed),
+  path = os.path.join(workdir, _WORKDIR_SUMMARY_FILENAME)
+  summary = {"manifest": json.loads(json.dumps(dataset.manifest)), "seed": int(seed),
              "pool_sizes": dataclasses.asdict(pool_sizes),
-             "num_train": int(dataset.train_idx.shape[0]),
-             "num_heldout": int(dataset.heldout_idx.shape[0]),
-             "num_reference": int(dataset.reference_idx.shape[0]),
+             **pool_summary(dataset.doc_ids, train_idx, heldout_idx, reference_idx, pool_split),
              "tokenizer_file": os.path.basename(tokenizer_path), "cache_path": dataset.cache_path}
-  jsonio.write_atomic(os.path.join(workdir, _WORKDIR_SUMMARY_FILENAME), summary)
+  if source_description is not None:
+    summary["source"] = source_description
+  summary["heldout_overlap_with_train_pool"] = _heldout_overlap(
+      dataset.tokens, train_idx, heldout_idx, summary, path)
+  jsonio.write_atomic(path, summary)
+  return summary
+
+
+def _heldout_overlap(tokens_NxS: np.ndarray, train_idx: np.ndarray, heldout_idx: np.ndarray,
+                     summary: dict[str, Any], path: str) -> dict[str, float]:
+  """{span_<k>: fraction of held-out sequences sharing k tokens with the training pool}, for k =
+  S/4 and S/2; reused from the summary at `path` when it describes the same dataset and pools (it
+  takes about a minute a span for a pool of millions of sequences)."""
+  # Disjoint pools can still share text (a document repeated at another alignment, shared
+  # boilerplate): the held-out baseline of test loss, extraction and membership is only as
+  # clean as this.
+  seq_len = tokens_NxS.shape[1]
+  spans = sorted({max(1, seq_len // 4), max(1, seq_len // 2)})
+  try:
+    with open(path, encoding="utf-8") as f:
+      before = json.load(f)
+  except (OSError, ValueError):
+    before = {}
+  same = all(before.get(k) == summary[k] for k in ("manifest", "seed", "pool_sizes", "pool_split"))
+  stored = before.get("heldout_overlap_with_train_pool") or {}
+  if same and set(stored) == {f"span_{k}" for k in spans}:
+    return stored
+  return {f"span_{k}": span_overlap(tokens_NxS, heldout_idx, train_idx, k) for k in spans}
+
+
+def pool_summary(doc_ids_N: np.ndarray, train_idx: np.ndarray, heldout_idx: np.ndarray,
+                 reference_idx: np.ndarray, pool_split: str) -> dict[str, Any]:
+  """Sizes of the pools in sequences and in documents (for text_dataset.json)."""
+  pools = {"train": train_idx, "heldout": heldout_idx, "reference": reference_idx}
+  return {"pool_split": pool_split,
+          **{f"num_{name}": int(len(idx)) for name, idx in pools.items()},
+          "documents": {name: int(np.unique(doc_ids_N[idx]).size) for name, idx in pools.items()}}
 
 
 def _hash_json(value: Any) -> str:
