@@ -52,6 +52,15 @@ def test_txt_source_one_document_per_file_or_per_paragraph(tmp_path):
   assert by_paragraph == ["first file", "second file", "para two", "para three"]
 
 
+def test_txt_bytes_that_are_not_utf8_read_as_replacement_with_a_warning(tmp_path):
+  (tmp_path / "a.txt").write_bytes("caf\u00e9 na\u00efve\r\nline two\r".encode("latin-1"))
+  write_text(tmp_path / "b.txt", "plain \u00e9")
+  with pytest.warns(UserWarning, match=r"1 txt file\(s\) hold bytes that are not UTF-8.*a\.txt "
+                                       r"\(byte 3\).*iconv"):
+    docs = docs_of(SourceConfig(kind="txt", paths=(str(tmp_path),)))
+  assert docs == ["caf\ufffd na\ufffdve\nline two\n", "plain \u00e9"]
+
+
 def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path):
   lines = [json.dumps({"body": "hello", "id": 1}), "", json.dumps({"body": "world", "id": 2})]
   path = write_text(tmp_path / "d.jsonl", "\n".join(lines) + "\n")

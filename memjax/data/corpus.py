@@ -192,14 +192,26 @@ def _file_stat(path: str) -> dict[str, Any]:
 
 
 def _read_txt(cfg: SourceConfig) -> Iterator[str]:
+  not_utf8 = []  # files with undecodable bytes: said once, after the last file
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["txt"]):
-    # Stray undecodable bytes in a large crawl should not stop a run; they become U+FFFD.
-    with open(path, encoding="utf-8", errors="replace") as f:
-      text = f.read()
+    with open(path, "rb") as f:
+      raw = f.read()
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      # Stray undecodable bytes in a large crawl should not stop a run; they become U+FFFD. A
+      # file in another encoding would be mostly U+FFFD, hence the warning.
+      not_utf8.append(f"{path} (byte {e.start})")
+      text = raw.decode("utf-8", errors="replace")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads line ends
     if cfg.txt_split == "file":
       yield text
     else:
       yield from (paragraph.strip() for paragraph in re.split(r"\n[ \t\r\f\v]*\n", text))
+  if not_utf8:
+    warnings.warn(f"{len(not_utf8)} txt file(s) hold bytes that are not UTF-8, read as U+FFFD: "
+                  f"{', '.join(not_utf8[:3])}{' ...' if len(not_utf8) > 3 else ''}; convert "
+                  "files in another encoding to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
