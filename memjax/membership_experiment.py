@@ -244,6 +244,7 @@ class TextData:
   heldout_idx: np.ndarray
   reference_idx: np.ndarray
   pools: dict  # text_dataset.json: pool sizes, documents, held-out text shared with members
+  key: dict  # the dataset's cache key (source files, tokenizer, S): part of every stack's key
 
 
 def load_text(settings: MembershipSettings, workdir: str) -> TextData:
@@ -275,7 +276,8 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
   return TextData(np.asarray(ds.tokens), ds.vocab_size, ds.train_idx, ds.heldout_idx,
                   ds.reference_idx,
                   {k: summary[k] for k in ("pool_split", "documents",
-                                           "heldout_overlap_with_train_pool")})
+                                           "heldout_overlap_with_train_pool")},
+                  ds.manifest["key"])
 
 
 def text_members(settings, pool_size, seed, n):
@@ -361,11 +363,13 @@ def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
 NOT_IN_STACK_KEY = ("quiet", "layers", "d_model")
 
 
-def stack_path(settings, workdir, name):
-  """The file of a finished stack: its name and a hash of the settings it depends on."""
+def stack_path(settings, workdir, name, data_key=None):
+  """The file of a finished stack: its name and a hash of the settings it depends on, and of
+  `data_key` (text: the dataset's cache key, which changes when a corpus file changes)."""
   identity = {k: v for k, v in config_lib.to_jsonable(settings).items()
               if k not in NOT_IN_STACK_KEY}
-  digest = hashlib.sha256(json.dumps([name, identity], sort_keys=True, default=str).encode())
+  keyed = [name, identity] if data_key is None else [name, identity, data_key]
+  digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
   safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
   return os.path.join(workdir, "stacks", f"{safe}-{digest.hexdigest()[:16]}.npz")
 
@@ -395,13 +399,13 @@ def _load_stack(path):
   return rows, design_part
 
 
-def cached_stack(settings, workdir, name, design, counts, compute):
+def cached_stack(settings, workdir, name, design, counts, compute, text=None):
   """`compute(design_part) -> rows` for one stack, or what an earlier run stored of it.
 
   `counts` (a dict, optional) gains "trained" or "loaded". An unreadable stored file is reported
-  and the stack trained again.
+  and the stack trained again. A text stack is keyed by its dataset too (`TextData.key`).
   """
-  path = stack_path(settings, workdir, name)
+  path = stack_path(settings, workdir, name, None if text is None else text.key)
   if os.path.exists(path):
     try:
       rows, part = _load_stack(path)
@@ -437,7 +441,8 @@ def run_targets(settings, workdir, text, design, counts=None):
     for d in settings.d_model:
       label = f"L{layers} d{d} {settings.precision}"
       rows += cached_stack(settings, workdir, f"targets {label}", design, counts,
-                           lambda part: _target_stack(settings, text, layers, d, label, part))
+                           lambda part: _target_stack(settings, text, layers, d, label, part),
+                           text)
   _add_capacity_x(settings, rows)
   return rows
 
@@ -782,7 +787,7 @@ def run(settings: MembershipSettings, workdir: str):
   rows = run_targets(settings, workdir, text, design, counts)
   if settings.lira_num_models:
     rows += cached_stack(settings, workdir, "lira shadows", design, counts,
-                         lambda part: run_lira(settings, workdir, text, part))
+                         lambda part: run_lira(settings, workdir, text, part), text)
   np.savez(os.path.join(workdir, "design.npz"), **design)
   jsonio.write_atomic(os.path.join(workdir, "design.json"), {
       "settings": config_lib.to_jsonable(settings),

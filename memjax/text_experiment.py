@@ -282,6 +282,12 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
         dataset.doc_ids if by_document else None)
   except ValueError as e:  # only a split by document gets past check_dataset
     _fail("data.pool_split", str(e))
+  if by_document and settings.dataset_sizes[-1] > train_idx.size:  # whole documents left fewer
+    _fail("sweep.dataset_sizes",
+          f"dataset size {settings.dataset_sizes[-1]:,} is larger than the training pool: split "
+          f"by document, the held-out and reference pools take whole documents and leave "
+          f"{train_idx.size:,} sequences; lower the dataset sizes or the pools, or use a larger "
+          "corpus")
   identity = {"dataset": dataset.manifest["key"], "pools": dataclasses.asdict(pools),
               "seed": settings.data_seed, "members": "perm(data.seed, seed)[:N]"}
   if by_document:  # only then: models of runs split by sequence keep their keys

@@ -188,6 +188,36 @@ def test_a_stored_stack_is_reused_and_an_unreadable_one_is_trained_again(tmp_pat
   assert len(calls) == 4 and caplog.text.count("does not load") == 2
 
 
+def test_a_text_stack_is_trained_again_when_the_corpus_changes(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  letters = np.random.default_rng(1).choice(list("abcdefghij"), (40, 64))
+  for i, row in enumerate(letters):
+    (corpus / f"{i:02d}.txt").write_text("".join(row))
+  settings = me.validate(_config(**{
+      "data.source": "text", "data.corpus": "txt", "data.paths": (str(corpus),),
+      "data.tokenizer": "bytes", "data.seq_len": 8, "data.train_pool": 64,
+      "data.heldout_pool": 32, "data.reference_pool": 0, "sweep.dataset_sizes": (8, 32),
+      "eval.eval_size": 16, "lira.candidates": 16}))
+  workdir = str(tmp_path / "w")
+  calls = []
+
+  def compute(part):
+    calls.append(1)
+    return [{"role": "target"}]
+
+  text = me.load_text(settings, workdir)
+  me.cached_stack(settings, workdir, "targets L1 d16", {}, None, compute, text)
+  me.cached_stack(settings, workdir, "targets L1 d16", {}, None, compute, me.load_text(settings,
+                                                                                        workdir))
+  assert len(calls) == 1  # the same corpus: the stored stack
+  (corpus / "00.txt").write_text("".join(letters[0][::-1]) + "xyz")
+  edited = me.load_text(settings, workdir)
+  assert edited.key != text.key
+  me.cached_stack(settings, workdir, "targets L1 d16", {}, None, compute, edited)
+  assert len(calls) == 2  # models of the old text are not this corpus's results
+
+
 def test_cli_bad_input_fails_in_one_line(tmp_path):
   # (Other bad values are covered through validate above; each CLI start costs ~10 s.)
   needle = "config.lira.num_models: must be 0 (no LiRA) or an even number >= 6"

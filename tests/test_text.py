@@ -69,6 +69,10 @@ def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path)
   old_mac.write_bytes("\r".join(lines).encode() + b"\r")
   assert docs_of(SourceConfig(kind="jsonl", paths=(str(old_mac),), text_field="body")) == [
       "hello", "world"]
+  with_bom = tmp_path / "bom.jsonl"  # as Windows editors save UTF-8
+  with_bom.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+  assert docs_of(SourceConfig(kind="jsonl", paths=(str(with_bom),), text_field="body")) == [
+      "hello", "world"]
   with pytest.raises(ValueError, match=r"no field 'text'.*set text_field"):
     docs_of(SourceConfig(kind="jsonl", paths=(path,)))
   # Bytes that are not UTF-8, and an escaped lone surrogate, are named with file and line.
@@ -101,6 +105,13 @@ def test_parquet_source_reads_a_multi_file_glob_in_sorted_order(tmp_path):
                               text_field="content")) == ["x"]
   with pytest.raises(ValueError, match=r"no column 'text'.*set text_field"):
     docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),)))
+  # The id column holds strings, token_count integers: only strings are text.
+  with pytest.raises(ValueError, match=r"column 'token_count' holds int64, not strings"):
+    docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),),
+                         text_field="token_count"))
+  (tmp_path / "shards" / "002.parquet").write_bytes(b"not parquet at all")
+  with pytest.raises(ValueError, match=r"002\.parquet' is not a readable parquet file"):
+    docs_of(cfg)
 
 
 def prepare_tiny_tfds(data_dir: str, texts_by_split: dict) -> str:
@@ -246,6 +257,13 @@ def test_tokenizer_is_saved_into_the_workdir_and_reloads(tmp_path):
     assert reloaded.fingerprint == ds.tokenizer.fingerprint
     summary = json.loads((workdir / "text_dataset.json").read_text())
     assert summary["num_train"] == 4 and summary["manifest"]["seq_len"] == 8
+  # A later run of another tokenizer kind in the same workdir: the earlier file is gone.
+  same_workdir = tmp_path / "work_bytes"
+  ds = build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=270), seq_len=8,
+                          pool_sizes=PoolSizes(train=4), workdir=str(same_workdir))
+  assert not (same_workdir / "tokenizer_bytes.json").exists()
+  reloaded = tokenize_lib.load_tokenizer_from_workdir(str(same_workdir))
+  assert reloaded.fingerprint == ds.tokenizer.fingerprint
 
 
 # ---------------------------------------------------------------------------------------------

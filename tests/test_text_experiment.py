@@ -158,6 +158,12 @@ def test_pools_split_by_document_share_no_document_and_keep_sequence_keys(tmp_pa
   config.data.train_pool = by_sequence.dataset.num_sequences - 8
   with pytest.raises(ConfigError, match=r"^config\.data\.pool_split: split by document"):
     tx.load_data(tx.validate(config), str(tmp_path / "doc2"))
+  # The training pool of every sequence left (train_pool=0) is smaller by document.
+  config.data.train_pool = 0
+  config.sweep.dataset_sizes = (4, by_sequence.dataset.num_sequences - 8)
+  with pytest.raises(ConfigError, match=r"^config\.sweep\.dataset_sizes: dataset size .* split "
+                                        r"by document"):
+    tx.load_data(tx.validate(config), str(tmp_path / "doc3"))
 
 
 # ---------------------------------------------------------------------------------------------

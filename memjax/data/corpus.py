@@ -219,7 +219,7 @@ def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
     with open(path, "rb") as f:
       for line_number, raw in enumerate(f, start=1):
         try:  # decoded line by line, so that an error can say where
-          text = raw.decode("utf-8")
+          text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
         except UnicodeDecodeError as e:
           raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
                            f"{e.start}); JSON lines must be UTF-8.") from e
@@ -249,15 +249,24 @@ def _jsonl_text(line: str, text_field: str, where: str) -> str:
 
 
 def _read_parquet(cfg: SourceConfig) -> Iterator[str]:
-  import pyarrow.parquet as pq  # Only parquet sources pay for the import.
+  import pyarrow as pa  # Only parquet sources pay for the import.
+  import pyarrow.parquet as pq
 
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["parquet"]):
-    parquet_file = pq.ParquetFile(path)
-    columns = parquet_file.schema_arrow.names
-    if cfg.text_field not in columns:
+    try:
+      parquet_file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:  # a glob over shards: say which one
+      raise ValueError(f"{path!r} is not a readable parquet file ({e}); fix or remove it.") from e
+    schema = parquet_file.schema_arrow
+    if cfg.text_field not in schema.names:
       raise ValueError(
-          f"parquet file {path!r} has no column {cfg.text_field!r} (it has {columns}); "
+          f"parquet file {path!r} has no column {cfg.text_field!r} (it has {schema.names}); "
           "set text_field.")
+    column_type = schema.field(cfg.text_field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
+            or getattr(pa.types, "is_string_view", lambda _: False)(column_type)):
+      raise ValueError(f"parquet file {path!r}: column {cfg.text_field!r} holds {column_type}, "
+                       "not strings; set text_field to the column with the text.")
     for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
                                            columns=[cfg.text_field]):
       yield from (text for text in batch.column(0).to_pylist() if text is not None)

@@ -386,10 +386,11 @@ def split_pools(num_sequences: int, pool_sizes: PoolSizes, seed: int,
   """(train_idx, heldout_idx, reference_idx): disjoint int32 row indices drawn by the seed.
 
   Without doc_ids the pools are drawn row by row. With doc_ids (a document id per row) they are
-  drawn by document: documents in a seeded order fill the held-out pool, then the reference pool,
-  each with whole documents; the sequences of the document that overfills a pool are left unused,
-  so no document has sequences in two pools. The training pool is drawn from the remaining
-  documents' sequences. Each pool is shuffled, so its first rows come from many documents.
+  drawn by document: in a seeded order, documents go to the held-out pool until their rows fill
+  it, then to the reference pool. Each pool is a seeded sample of its documents' rows (so its
+  first rows come from many documents); the excess, less than one document's worth, is left
+  unused, and no document has rows in two pools. The training pool is drawn from the rows of the
+  remaining documents.
   """
   _validate_pool_sizes(pool_sizes)
   if doc_ids is not None:
@@ -536,7 +537,7 @@ def _heldout_overlap(tokens_NxS: np.ndarray, train_idx: np.ndarray, heldout_idx:
   same = all(before.get(k) == summary[k] for k in ("manifest", "seed", "pool_sizes", "pool_split"))
   stored = before.get("heldout_overlap_with_train_pool") or {}
   if same and set(stored) == {f"span_{k}" for k in spans}:
-    return stored
+    return {f"span_{k}": stored[f"span_{k}"] for k in spans}  # shortest span first, as computed
   return {f"span_{k}": span_overlap(tokens_NxS, heldout_idx, train_idx, k) for k in spans}
 
 
