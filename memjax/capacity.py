@@ -276,7 +276,7 @@ def dry_run(settings, workdir):
   """Print the plan (buckets, chunks, models, memory, tokens) and train nothing."""
   pid, nproc = _process()
   plan = sweep.plan_chunks(settings, jax.local_devices())
-  done = {r.get("key") for r in sweep.read_all_rows(workdir)}
+  done = {r.get("key") for r in sweep.read_all_rows(workdir, repair=False)}  # writes nothing
   print(sweep.format_plan(plan, settings, done, pid, nproc))
 
 

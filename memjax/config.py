@@ -193,9 +193,11 @@ def validate(config) -> CapacitySettings:
 
   train = train_config(config)
 
-  # The largest N: indices are int32, and more than V**S sequences cannot all be distinct.
-  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32
-  max_n = min(MAX_INT32 - train.batch_size, distinct)
+  # The largest N: indices are int32, and sequences are drawn uniformly with replacement, so N
+  # of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again.
+  # Up to N = V**S / 50 that is under 1%.
+  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
+  max_n = min(MAX_INT32 - train.batch_size, distinct // 50)
   factors = _float_list(config, "sweep.dataset_size_factors")
   sizes = _int_list(config, "sweep.dataset_sizes", allow_empty=bool(factors))
 
@@ -212,8 +214,9 @@ def validate(config) -> CapacitySettings:
     for n in dataset_sizes_for(settings, shape):
       if n > max_n:
         field = "sweep.dataset_size_factors" if factors else "sweep.dataset_sizes"
-        why = (f"there are only V**S = {vocab}**{seq_len} distinct sequences" if max_n == distinct
-               else "indices are int32")
+        why = (f"sequences are drawn with replacement from V**S = {vocab}**{seq_len}, and more "
+               "than 1% of them would repeat, each counted as memorized again"
+               if max_n == distinct // 50 else "indices are int32")
         _fail(field, f"dataset size {n} is too large: at most {max_n} ({why}); "
                      "lower it or raise data.vocab_size / data.seq_len")
   return settings

@@ -54,12 +54,13 @@ def main(argv):
           f"config.experiment: must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
     experiment = importlib.import_module(EXPERIMENTS[name])
     settings = experiment.validate(config)
-    config_lib.check_workdir(_WORKDIR.value, create=not _DRY_RUN.value)
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
     _check_process_flags()
     if _CPU_DEVICES.value < 0:
       raise config_lib.ConfigError(f"--cpu_devices: must be >= 0, got {_CPU_DEVICES.value}")
+    workdir_is_new = not os.path.exists(_WORKDIR.value or ".")
+    config_lib.check_workdir(_WORKDIR.value, create=not _DRY_RUN.value)
   except config_lib.ConfigError as e:
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -76,6 +77,8 @@ def main(argv):
       experiment.main(settings, _WORKDIR.value)
   except config_lib.ConfigError as e:  # found while planning (e.g. memory), still before compiling
     print(f"memjax: error: {e}", file=sys.stderr)
+    if workdir_is_new and os.path.isdir(_WORKDIR.value) and not os.listdir(_WORKDIR.value):
+      os.rmdir(_WORKDIR.value)  # made by this run, which wrote nothing: leave no trace
     sys.exit(2)
   except KeyboardInterrupt:  # Ctrl-C outside a training loop (those stop at a checkpoint)
     print(f"\nmemjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "

@@ -102,14 +102,20 @@ def capacity_table(rows: Iterable[dict]):
   """Per model shape and precision: capacity = max over (N, learning rate) of the seed-mean
   memorization.
 
-  Rows whose status is not "ok" (diverged models) or whose mem_bits is not finite are left out.
+  Rows whose status is not "ok" (diverged models) or whose mem_bits is not finite are left out,
+  and so is every (N, learning rate) point that fewer seeds completed than the most any point
+  did: a mean over the seeds that survived would favour a setting where most diverged.
   Returns a list of dicts sorted by parameter count, each with n_params, capacity_bits,
   capacity_std (spread over seeds of each seed's own max), bits_per_param, best_dataset_size,
-  best_learning_rate, num_seeds and the curve over N (at each N, the best learning rate's
-  seed-mean).
+  best_learning_rate, num_seeds, seeds_at_best, best_at_largest_n (the best N is the largest N
+  tried, so the capacity is only a lower bound) and the curve over N (at each N, the best
+  learning rate's seed-mean, over the same points).
   """
+  rows = list(rows)
+  largest_n = collections.defaultdict(int)
   by_shape = collections.defaultdict(list)
   for row in rows:
+    largest_n[shape_key(row)] = max(largest_n[shape_key(row)], row["dataset_size"])
     if row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"]):
       by_shape[shape_key(row)].append(row)
   table = []
@@ -120,9 +126,11 @@ def capacity_table(rows: Iterable[dict]):
     for r in shape_rows:
       by_n_lr[r["dataset_size"], r.get("learning_rate")].append(r["mem_bits"])
       by_seed[r["seed"]].append(r["mem_bits"])
+    most_seeds = max(len(v) for v in by_n_lr.values())
     # Sorted so that a tie goes to the smallest N (then learning rate).
     mean_by_n_lr = {k: float(np.mean(by_n_lr[k]))
-                    for k in sorted(by_n_lr, key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))}
+                    for k in sorted(by_n_lr, key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
+                    if len(by_n_lr[k]) == most_seeds}
     best_n, best_lr = max(mean_by_n_lr, key=mean_by_n_lr.get)
     capacity = mean_by_n_lr[best_n, best_lr]
     curve = {}
@@ -140,9 +148,21 @@ def capacity_table(rows: Iterable[dict]):
         "best_dataset_size": best_n,
         "best_learning_rate": best_lr,
         "num_seeds": len(by_seed),
+        "seeds_at_best": most_seeds,
+        "best_at_largest_n": best_n == largest_n[key],
         "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
     })
   return sorted(table, key=lambda t: (t["precision"], t["n_params"]))
+
+
+def left_out_shapes(rows: Iterable[dict]) -> list[dict]:
+  """The shapes with no row capacity_table can use (every model diverged or non-finite)."""
+  models, usable = collections.Counter(), collections.Counter()
+  for row in rows:
+    models[shape_key(row)] += 1
+    usable[shape_key(row)] += (row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"]))
+  return [{**dict(zip(SHAPE_FIELDS, key)), "models": n} for key, n in sorted(models.items())
+          if not usable[key]]
 
 
 def fit_alpha(n_params, capacity_bits):
@@ -169,4 +189,5 @@ def summarize(rows):
       for prec in sorted({t["precision"] for t in table})}
   summary["learning_rates"] = sorted({r["learning_rate"] for r in rows if "learning_rate" in r})
   summary["models"] = table
+  summary["shapes_left_out"] = left_out_shapes(rows)
   return summary

@@ -22,13 +22,24 @@ def capacity_table_text(summary) -> str:
   lines = [f"{'layers':>6} {'d_model':>7} {'prec':>{w}} {'params':>10} {'capacity_bits':>14} "
            f"{'+-seeds':>9} {'bits/param':>10} {'best_N':>8}" + (f" {'best_lr':>8}" * with_lr)]
   for t in summary["models"]:
+    edge = "*" if t.get("best_at_largest_n") else " "
     lines.append(f"{t['layers']:>6} {t['d_model']:>7} {t['precision']:>{w}} {t['n_params']:>10,} "
                  f"{t['capacity_bits']:>14,.0f} {t['capacity_std']:>9,.0f} "
-                 f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}"
+                 f"{t['bits_per_param']:>10.3f} {t['best_dataset_size']:>8,}{edge}"
                  + (f" {_rate(t.get('best_learning_rate')):>8}" if with_lr else ""))
   for prec, fit in summary["by_precision"].items():
     lines.append(f"alpha ({prec}): {fit['alpha_fit']:.3f} bits/param fitted through the origin; "
                  f"mean ratio {fit['alpha_mean']:.3f} +- {fit['alpha_std']:.3f} over shapes")
+  if any(t.get("best_at_largest_n") for t in summary["models"]):
+    lines.append("* the best N is the largest N tried: that capacity is a lower bound; add larger "
+                 "dataset sizes")
+  for t in summary["models"]:
+    if t.get("seeds_at_best", t["num_seeds"]) < t["num_seeds"]:
+      lines.append(f"{_shape_label(t)}: capacity from the (N, learning rate) points that "
+                   f"{t['seeds_at_best']} of its {t['num_seeds']} seeds completed (some diverged)")
+  for t in summary.get("shapes_left_out", ()):
+    lines.append(f"{_shape_label(t)}: all {t['models']} models diverged or gave no finite "
+                 "memorization; left out of the table and the fits")
   return "\n".join(lines)
 
 
@@ -83,7 +94,8 @@ def plot_capacity(summary, path):
               label=f"{prec}: {fit['alpha_fit']:.2f} bits/param")
   ax.set_xlabel("parameters")
   ax.set_ylabel("capacity (bits)")
-  ax.legend(fontsize=8)
+  if summary["models"]:  # every shape diverged: an empty plot, without an empty legend
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -70,13 +70,15 @@ class ResultsFile:
   def __init__(self, path: str):
     self.path = path
 
-  def read(self) -> list[dict]:
+  def read(self, repair: bool = True) -> list[dict]:
+    """The complete rows; `repair=False` (a dry run) leaves a torn tail in the file, which a
+    live run may still be writing."""
     if not os.path.exists(self.path):
       return []
     with open(self.path, "rb") as f:
       data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
+    if len(complete) < len(data) and repair:
       logging.warning("%s: dropping a half-written last line (%d bytes)", self.path,
                       len(data) - len(complete))
       with open(self.path, "r+b") as f:
@@ -351,10 +353,10 @@ def result_files(workdir: str) -> list[str]:
   return [os.path.join(workdir, "results.jsonl")] + per_process
 
 
-def read_all_rows(workdir: str) -> list[dict]:
+def read_all_rows(workdir: str, repair: bool = True) -> list[dict]:
   rows = []
   for path in result_files(workdir):
-    rows.extend(ResultsFile(path).read())
+    rows.extend(ResultsFile(path).read(repair))
   return rows
 
 

@@ -60,13 +60,17 @@ def test_bad_values_name_the_field(field, value, needle):
   assert "\n" not in str(e.value)
 
 
-def test_dataset_size_beyond_distinct_sequences_is_refused():
+def test_dataset_size_that_would_repeat_sequences_is_refused():
+  # 2**10 = 1024 sequences: 20 draws repeat about 1% of themselves, 21 more.
   config = load_config("capacity")
   config.data.vocab_size = 2
-  config.data.seq_len = 4
-  config.sweep.dataset_sizes = (8, 17)
-  with pytest.raises(config_lib.ConfigError, match=r"config.sweep.dataset_sizes: dataset size 17 "
-                     r"is too large: at most 16 \(there are only V\*\*S = 2\*\*4"):
+  config.data.seq_len = 10
+  config.sweep.dataset_sizes = (20,)
+  config_lib.validate(config)
+  config.sweep.dataset_sizes = (8, 21)
+  with pytest.raises(config_lib.ConfigError, match=r"config.sweep.dataset_sizes: dataset size 21 "
+                     r"is too large: at most 20 \(sequences are drawn with replacement from "
+                     r"V\*\*S = 2\*\*10, and more than 1% of them would repeat"):
     config_lib.validate(config)
 
 

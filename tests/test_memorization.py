@@ -73,3 +73,35 @@ def test_capacity_is_max_over_n_of_seed_mean_and_alpha_fits_through_origin():
   assert summary["alpha_fit"] == pytest.approx(2.96)
   assert summary["alpha_mean"] == pytest.approx((140 / 50 + 300 / 100) / 2)
   assert set(summary["by_precision"]) == {"fp32"}
+
+
+def test_capacity_ignores_points_that_only_some_seeds_completed():
+  # At lr 1e-2 two of three seeds diverged; the survivor's 1000 bits must not win over 900.
+  rows = []
+  for seed in (0, 1, 2):
+    rows.append(_row(16, 200, seed, 900.0, 50, lr=1e-3))
+    rows.append(_row(16, 200, seed, 1000.0 if seed == 0 else float("nan"), 50, lr=1e-2,
+                     status="ok" if seed == 0 else "diverged"))
+  rows.append(_row(16, 100, 0, 500.0, 50, lr=1e-3))  # one seed only at N=100: left out too
+  summary = memorization.summarize(rows)
+  (t,) = summary["models"]
+  assert t["capacity_bits"] == 900.0 and t["best_learning_rate"] == 1e-3
+  assert t["num_seeds"] == 3 and t["seeds_at_best"] == 3
+  assert t["mem_bits_by_dataset_size"] == {"200": 900.0}
+  # N=200 is the largest N tried: a lower bound, said under the table.
+  assert t["best_at_largest_n"]
+  text = report.capacity_table_text(summary)
+  assert text.splitlines()[1].split()[7] == "200*"
+  assert "* the best N is the largest N tried: that capacity is a lower bound" in text
+
+
+def test_a_shape_whose_every_model_diverged_is_named_under_the_table():
+  rows = [_row(16, 10, 0, 100.0, 50), _row(16, 40, 0, 150.0, 50),
+          _row(32, 10, 0, float("nan"), 100, status="diverged")]
+  summary = memorization.summarize(rows)
+  assert [t["d_model"] for t in summary["models"]] == [16]
+  assert summary["models"][0]["best_at_largest_n"]  # N=40 is d16's largest
+  assert summary["shapes_left_out"] == [{**{k: rows[2][k] for k in memorization.SHAPE_FIELDS},
+                                         "models": 1}]
+  assert ("L1 d32 fp32: all 1 models diverged or gave no finite memorization"
+          in report.capacity_table_text(summary))

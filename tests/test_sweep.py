@@ -162,6 +162,11 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   assert proc.returncode == 2, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip() and "tpu" not in l]
   assert len(lines) == 1 and lines[0].startswith("memjax: error: config.train.batch_size: "), lines
+  # The same without --dry_run fails the same way and leaves no empty workdir behind.
+  proc = run_main(TINY + ["--config.sweep.device_memory_gib=0.001",
+                          "--config.train.batch_size=4096"], tmp_path / "w")
+  assert proc.returncode == 2 and "config.train.batch_size: " in proc.stderr, proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +264,10 @@ def test_merge_waits_for_every_model_then_writes_each_row_once(tmp_path):
   # A torn tail in a per-process file is dropped, the whole rows before it count.
   with open(sweep.results_path(w, 1, 2), "a") as f:
     f.write(json.dumps(rows[3]) + "\n" + '{"key": "e", "v"')
+  # A dry run reads the whole rows and leaves the tail, which a live run may still be writing.
+  size = os.path.getsize(sweep.results_path(w, 1, 2))
+  assert {r["key"] for r in sweep.read_all_rows(w, repair=False)} == set("abcd")
+  assert os.path.getsize(sweep.results_path(w, 1, 2)) == size
   assert sweep.merge_results(w, list("abcd"))
   merged = sweep.ResultsFile(os.path.join(w, "results.jsonl")).read()
   assert merged == rows
