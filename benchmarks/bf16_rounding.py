@@ -6,7 +6,7 @@ update is not zero, the fraction for which `bf16(p + u) == p` (the step is round
 the training loss. The same model in bf16-mixed (bf16 compute, fp32 parameters: no update is
 rounded away) and in fp32 shows the loss it would reach.
 
-  python -m benchmarks.bf16_rounding                      # CPU, about 2 minutes
+  python -m benchmarks.bf16_rounding                      # CPU, 1-3 minutes
   python -m benchmarks.bf16_rounding --lr 2e-3 --steps 2000 --dataset_size 128
 """
 

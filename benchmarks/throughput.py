@@ -9,7 +9,7 @@ For each training row (model shape, sequences per model per step) it times:
   b. the same M models one after another through memjax's single-model path
      (`train.train_steps_single`): ONE model is timed and its time multiplied by M. The models of
      a row are identical in cost, so this extrapolation is exact up to timing noise; the report
-     says so (`one_after_another: "extrapolated from 1 model"`);
+     says so (`one_after_another: {"extrapolated_from": "1 model, time x M"}`);
   c. a plain PyTorch GPT-2 loop, one model at a time (benchmarks/torch_gpt2.py: same
      parameterization, batch and AdamW; bf16 autocast on CUDA), likewise timed on one model and
      multiplied by M; skipped with a message when torch is not installed.
@@ -25,17 +25,23 @@ the second is the attention score (QK^T) and value (AV) matmuls forward and back
 A scored token costs a third of that (forward only). MFU = tokens/s * FLOPs per token / peak,
 the peak being the device's dense bf16 tensor-core rate for bf16 models and TF32 for fp32 ones
 (JAX's default fp32 matmul precision on these GPUs); `--peak_tflops` overrides it, and on a CPU
-MFU is n/a unless given. Peak memory is `device.memory_stats()["peak_bytes_in_use"]` read after
-each stack ran (a process-wide peak: stacks are swept in increasing M, so it is that stack's
-peak), divided by M; n/a on a CPU.
+MFU is n/a unless given. Memory per model (`GiB/model`) is XLA's analysis of the compiled
+stack program (`compiled.memory_analysis()`: arguments + outputs + temporaries, less the donated
+buffers that outputs reuse), per device, times the devices, over M: the program's own need,
+whatever ran before it. The measured `device.memory_stats()["peak_bytes_in_use"]` is reported
+beside it (`measured_peak_bytes_per_model`) only when this stack raised the process's peak (a
+process-wide maximum that JAX cannot reset: after a larger program it says nothing); n/a on a
+CPU.
 
 Timing: every measured function is called once to compile and warm up; then, for each stack
 size, `calls` rounds each time one call (`steps_per_call` fused steps, `block_until_ready`) of
 the stack, of the single-model path and of the PyTorch loop, interleaved so that all three see
 the same load on a shared machine. Each reports its best call; the single-model and PyTorch
-figures are their best over every round of the row.
+figures are their best over every round of the row. Scoring rows run first, then the training
+rows (`--max_minutes` counts from the first training row); the JSON is written after every stack
+size and scoring row, so a run cut short keeps what it measured.
 
-  python -m benchmarks.throughput                       # small CPU default (about a minute)
+  python -m benchmarks.throughput                       # small CPU default (2-3 minutes)
   python -m benchmarks.throughput --gpu --out gpu.json  # the issue-8 GPU preset (~5 min, H100)
 """
 
@@ -60,8 +66,10 @@ from memjax import train as train_lib
 
 # Dense peak TFLOP/s by device kind (matched as a substring of jax's device_kind) and precision:
 # bf16 on tensor cores, fp32 as TF32 on tensor cores (plain fp32 FMA: about 67 on both).
-PEAK_TFLOPS = {
-    "H100": {"bf16": 989.0, "fp32": 494.0},  # H100 SXM
+PEAK_TFLOPS = {  # the first name found in the device kind wins: the specific parts first
+    "H100 PCIe": {"bf16": 756.0, "fp32": 378.0},
+    "H100 NVL": {"bf16": 835.0, "fp32": 418.0},
+    "H100": {"bf16": 989.0, "fp32": 494.0},  # H100 SXM ("NVIDIA H100 80GB HBM3")
     "H200": {"bf16": 989.0, "fp32": 494.0},  # same compute as H100 SXM, more and faster memory
 }
 
@@ -150,6 +158,25 @@ def train_flops_per_token(cfg):
   return 6 * model_lib.n_params(cfg) + 6 * cfg.layers * cfg.seq_len * cfg.d_model
 
 
+def compile_stack(cfg, tcfg, state, k):
+  """(layout, compiled): the program `train.train_steps` runs for this stack, compiled here for
+  its memory analysis and called directly (its arguments: the state, no corpus)."""
+  layout = train_lib.stack_layout(cfg, tcfg, state)
+  lowered = train_lib.train_steps_in_layout.lower(cfg, tcfg, state, k, None, layout=layout)
+  return layout, lowered.compile()
+
+
+def program_bytes(compiled):
+  """XLA's memory estimate of a compiled program on one device: arguments + outputs +
+  temporaries, less the donated arguments that outputs reuse; None where there is no analysis."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001 - a backend without the analysis
+    return None
+
+
 def peak_bytes():
   try:
     stats = jax.devices()[0].memory_stats() or {}
@@ -203,11 +230,12 @@ def _layout_name(layout, models, devices):
 
 
 def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=math.inf,
-                       use_torch=True):
+                       use_torch=True, progress=None):
   """One training row. For each stack size M the stack is compiled, then `calls` rounds each
   time one call of the stack, of the single-model path and of the PyTorch loop, so that all
   three see the same machine (on a shared CPU the load drifts); each keeps its best call, and
-  the single-model and PyTorch bests are over all rounds of the row."""
+  the single-model and PyTorch bests are over all rounds of the row. `progress(report)` gets the
+  row's report so far after each stack size."""
   cfg = row.cfg
   k = preset.steps_per_call
   tcfg = train_lib.TrainConfig(steps=10**6, batch_size=row.batch_size, learning_rate=1e-3,
@@ -250,9 +278,11 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
       stacks.append({"models": m, "skipped": "time budget of the preset spent"})
       continue
     try:
+      peak_before = peak_bytes()
       placed, n_dev = placed_stack(cfg, tcfg, m)
-      layout = train_lib.stack_layout(cfg, tcfg, placed)
-      stack = _Timer(lambda s: train_lib.train_steps(cfg, tcfg, s, k), placed).warm()
+      layout, compiled = compile_stack(cfg, tcfg, placed, k)
+      program = program_bytes(compiled)
+      stack = _Timer(lambda s: compiled(s, None), placed).warm()
       # The same stack on one device, for what sharding over the devices adds (CPU cores).
       one_device = None
       if n_dev > 1:
@@ -265,7 +295,10 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
         single.time()
         if torch_timer is not None:
           torch_timer.time()
+          torch_gpt2.release()  # its cached GPU memory must not be what stops a larger stack
       mem = peak_bytes()
+      if mem is not None and peak_before is not None and mem <= peak_before:
+        mem = None  # an earlier, larger program set the process's peak: nothing measured
       del stack.state
       if one_device is not None:
         del one_device.state
@@ -284,14 +317,29 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
         "tokens_per_s": tokens_s,
         "model_steps_per_s": m / stack_s,
         "one_device_seconds_per_step": one_device.best / k if one_device else None,
-        "peak_bytes_per_model": mem / m if mem else None,
+        # Per device, times the devices, over the models (each device holds M / n_dev of them).
+        "peak_bytes_per_model": program * n_dev / m if program else None,
+        "measured_peak_bytes_per_model": mem * n_dev / m if mem else None,
         "mfu": tokens_s * flops / (peak * 1e12) if peak else None,
     })
-  # The ratios use the best single-model and PyTorch times over the whole row (conservative).
+    if progress is not None:
+      progress(_training_report(row, cfg, flops, peak, single, torch_timer, torch_note,
+                                preset.torch_steps, k, stacks))
+  if torch_gpt2 is not None:
+    torch_gpt2.release()
+  return _training_report(row, cfg, flops, peak, single, torch_timer, torch_note,
+                          preset.torch_steps, k, stacks)
+
+
+def _training_report(row, cfg, flops, peak, single, torch_timer, torch_note, torch_steps, k,
+                     stacks):
+  """A training row's report from its timers: the ratios use the best single-model and PyTorch
+  times over the row so far (conservative)."""
+  tokens_per_model_step = row.batch_size * row.seq_len
   single_s = single.best / k
   if not math.isfinite(single_s):  # every stack size was skipped: nothing was timed
     single_s = None
-  torch_s = torch_timer.best / preset.torch_steps if torch_timer is not None else None
+  torch_s = torch_timer.best / torch_steps if torch_timer is not None else None
   if torch_timer is not None and not math.isfinite(torch_s):
     torch_s = None
   for s in stacks:
@@ -300,8 +348,6 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
       s["ratio_vs_torch"] = torch_s * s["models"] / s["seconds_per_step"] if torch_s else None
       one = s["one_device_seconds_per_step"]
       s["one_device_ratio_vs_one_after_another"] = single_s * s["models"] / one if one else None
-  if torch_gpt2 is not None:
-    torch_gpt2.release()
   return {
       "row": dataclasses.asdict(row), "label": row.label, "n_params": model_lib.n_params(cfg),
       "flops_per_token": flops, "peak_tflops": peak,
@@ -312,7 +358,7 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
       "torch": {"note": torch_note, "seconds_per_model_step": torch_s,
                 "tokens_per_s": tokens_per_model_step / torch_s if torch_s else None,
                 "model_steps_per_s": 1 / torch_s if torch_s else None},
-      "stacks": stacks,
+      "stacks": [dict(s) for s in stacks],
   }
 
 
@@ -322,8 +368,11 @@ def bench_scoring(row: ScoreRow, peak_override=None):
   key = jax.random.key(0)
   batches = [jax.random.randint(jax.random.fold_in(key, i), (row.batch, cfg.seq_len), 0,
                                 cfg.vocab_size) for i in range(2)]
-  score = lambda t: likelihood.shared_token_logprobs(cfg, params, t)
-  jax.block_until_ready(score(batches[0]))  # compile and warm up
+  compiled = likelihood.shared_token_logprobs.lower(cfg, params, batches[0]).compile()
+  program = program_bytes(compiled)
+  peak_before = peak_bytes()
+  score = lambda t: compiled(params, t)
+  jax.block_until_ready(score(batches[0]))  # warm up
   calls = max(1, row.sequences // row.batch)
   start = time.perf_counter()
   done, out = 0, None
@@ -340,12 +389,15 @@ def bench_scoring(row: ScoreRow, peak_override=None):
   tokens_s = seqs_s * row.models * cfg.seq_len  # model-tokens scored per second
   peak = peak_tflops(row.precision, peak_override)
   mem = peak_bytes()
+  if mem is not None and peak_before is not None and mem <= peak_before:
+    mem = None  # an earlier, larger program set the process's peak: nothing measured
   return {"row": dataclasses.asdict(row), "n_params": model_lib.n_params(cfg),
           "sequences_scored": done * row.batch, "seconds": seconds,
           "sequences_per_s": seqs_s, "model_sequences_per_s": seqs_s * row.models,
           "tokens_per_s": tokens_s,
           "mfu": tokens_s * train_flops_per_token(cfg) / 3 / (peak * 1e12) if peak else None,
-          "peak_bytes": mem, "peak_bytes_per_model": mem / row.models if mem else None}
+          "peak_bytes": program, "peak_bytes_per_model": program / row.models if program else None,
+          "measured_peak_bytes": mem}
 
 
 def scoring_vs_training(report):
@@ -378,7 +430,9 @@ def print_header(report):
         f"{report['likelihood_kernel']} likelihood kernel)")
   print(f"{'shape':>20} {'B':>5} {'M':>4} {'tokens/s':>9} {'model-steps/s':>13} "
         f"{'x 1-by-1':>8} {'x torch':>8} {'MFU':>6} {'GiB/model':>9}  devices, layout "
-        f"(x 1-by-1 of the stack on one device)", flush=True)
+        f"(x 1-by-1 of the stack on one device) [measured peak GiB/model]", flush=True)
+  print(f"{'':>20} (GiB/model: XLA's memory analysis of the stack program; the measured peak "
+        "only where the stack raised the process's peak)", flush=True)
 
 
 def print_training(r):
@@ -395,7 +449,9 @@ def print_training(r):
             f"{fmt(s['ratio_vs_torch'], '.2f'):>8} {fmt(s['mfu'], '.1%'):>6} "
             f"{fmt(gib(s['peak_bytes_per_model']), '.3f'):>9}  {s['devices']}, {s['layout']}"
             + (f" ({s['one_device_ratio_vs_one_after_another']:.2f})"
-               if s["one_device_ratio_vs_one_after_another"] else ""))
+               if s["one_device_ratio_vs_one_after_another"] else "")
+            + (f" [{gib(s['measured_peak_bytes_per_model']):.3f}]"
+               if s.get("measured_peak_bytes_per_model") else ""))
   one, tor = r["one_after_another"], r["torch"]
   if one["tokens_per_s"] is None:
     print(f"{'':>20} one model alone: not timed (no stack size of this row ran)", flush=True)
@@ -412,7 +468,8 @@ def print_scoring(s):
         f"x{r['models']} models: {s['sequences_per_s']:.4g} sequences/s "
         f"({s['model_sequences_per_s']:.4g} model-sequences/s, {s['tokens_per_s']:.3g} "
         f"model-tokens/s, MFU {fmt(s['mfu'], '.1%')}, {s['sequences_scored']:,} sequences in "
-        f"{s['seconds']:.1f}s, batch {r['batch']}, peak {fmt(gib(s['peak_bytes']), '.2f')} GiB)",
+        f"{s['seconds']:.1f}s, batch {r['batch']}, program {fmt(gib(s['peak_bytes']), '.2f')} "
+        f"GiB, measured peak {fmt(gib(s['measured_peak_bytes']), '.2f')} GiB)",
         flush=True)
 
 
@@ -430,11 +487,12 @@ def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes
         use_torch=True, verbose=True):
   """Run a preset; returns the report (and writes it as JSON to `out` after every row)."""
   start = time.perf_counter()
-  deadline = start + max_minutes * 60
   report = {"preset": name, "device": device_kind(), "local_devices": jax.local_device_count(),
             "cpu_cores": devices_lib.cpu_cores(), "platform": platform.platform(),
             "jax": jax.__version__, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
             "likelihood_kernel": likelihood.KERNEL,
+            # Off a GPU the Pallas kernel runs in its interpreter: not the kernel's speed.
+            "pallas_interpreted": likelihood.KERNEL == "pallas" and jax.default_backend() != "gpu",
             "flops_formula": "per trained token 6*n_params + 6*L*S*d; scored: a third",
             "steps_per_call": preset.steps_per_call, "calls": preset.calls,
             "training": [], "scoring": [], "scoring_vs_training": []}
@@ -447,17 +505,25 @@ def run(preset: Preset, name="custom", peak_override=None, out=None, max_minutes
 
   if verbose:
     print_header(report)
-  for row in preset.rows:
-    r = bench_training_row(row, preset, peak_override, deadline, use_torch)
-    report["training"].append(r)
-    if verbose:
-      print_training(r)
-    save()
+  # Scoring first: a few bounded rows, so that a run cut short loses training stacks, not them.
   for srow in preset.scoring:
     s = bench_scoring(srow, peak_override)
     report["scoring"].append(s)
     if verbose:
       print_scoring(s)
+    save()
+  deadline = time.perf_counter() + max_minutes * 60
+
+  def progress(partial):  # the row so far, in the report: a kill keeps the stacks measured
+    report["training"][-1] = partial
+    save()
+
+  for row in preset.rows:
+    report["training"].append(None)
+    r = bench_training_row(row, preset, peak_override, deadline, use_torch, progress)
+    report["training"][-1] = r
+    if verbose:
+      print_training(r)
     save()
   report["scoring_vs_training"] = scoring_vs_training(report)
   if verbose:

@@ -12,8 +12,8 @@ scan even for one chunk), and how the stack's step is lifted over models: memjax
 (`train.stack_layout`), `jax.vmap` over all (`{"layout": "vmap"}`), `lax.map` one model after
 another (`{"layout": "map"}`), or `jax.lax.map(..., batch_size=n)` (n models vectorized at a
 time, the groups one after another; `{"map_group": n}`). Stacks here are on one device. Prints
-one line per (row, variant) as it goes; stops starting new rows once `--budget_s` seconds have
-passed.
+one line per (row, variant) as it goes, and writes `--out` after each; starts no new variant once
+`--budget_s` seconds have passed (the variants left are listed as skipped).
 
   python -m benchmarks.variants            # small CPU rows
   python -m benchmarks.variants --gpu      # the issue's GPU shapes
@@ -158,6 +158,7 @@ def train_row(cfg, batch, models, steps, calls, single=False, vocab_chunk=4096, 
 
 
 def score_row(cfg, batch, models, calls, vocab_chunk=4096):
+  """(seconds a call, model-sequences/s): `models` models each score the same `batch`."""
   specs = [train_lib.ModelSpec(1000, i, 1e-3) for i in range(models)]
   params = train_lib.init_stack_from_specs(cfg, train_lib.TrainConfig(), specs).params
   tokens = jax.random.randint(jax.random.key(0), (batch, cfg.seq_len), 0, cfg.vocab_size)
@@ -204,7 +205,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--gpu", action="store_true", help="the issue's GPU shapes")
   parser.add_argument("--budget_s", type=throughput.positive(float), default=150.0,
-                      help="start no new row after this many seconds")
+                      help="start no new variant after this many seconds")
   parser.add_argument("--calls", type=throughput.positive(int), default=3,
                       help="timed calls per variant (each reports its best)")
   parser.add_argument("--out", help="write the results as JSON here")
@@ -215,7 +216,8 @@ def main(argv=None):
             "commit": throughput.git_commit(), "date": time.strftime("%Y-%m-%d"),
             "calls": args.calls, "units": {"train": "tokens/s of the stack, best call",
                                            "single": "tokens/s of one model, best call",
-                                           "score": "sequences/s, best call"}}
+                                           "score": "model-sequences/s (models x sequences "
+                                                    "scored), best call"}}
   print(f"device: {header['device']} (one device)  jax {header['jax']}  commit "
         f"{header['commit']}", flush=True)
   results = []
@@ -223,6 +225,8 @@ def main(argv=None):
     for variant in variants:
       if time.perf_counter() - start > args.budget_s:
         print(f"{label} {variant}: skipped (over the time budget)", flush=True)
+        results.append({"row": label, "kind": kind, "models": models, "variant": variant,
+                        "skipped": "over the time budget"})
         continue
       set_variant(variant)
       cfg = model_lib.ModelConfig(*shape)
@@ -230,7 +234,7 @@ def main(argv=None):
       try:
         if kind == "score":
           seconds, rate = score_row(cfg, batch, models, args.calls)
-          unit = "seq/s"
+          unit = "model-seq/s"
         else:
           seconds, rate = train_row(cfg, batch, models, steps, args.calls, single=kind == "single",
                                     group=variant.get("map_group", 0),
@@ -245,12 +249,17 @@ def main(argv=None):
                         "error": line})
       print(f"{label:>20} M={models:<4} {json.dumps(variant):<32} {line}  "
             f"[{time.perf_counter() - t0:.1f}s]", flush=True)
+      save(args.out, header, start, results)  # after each variant: a kill keeps the rest
   set_variant({})
-  if args.out:
-    with open(args.out, "w") as f:
+  save(args.out, header, start, results)
+  return results
+
+
+def save(out, header, start, results):
+  if out:
+    with open(out, "w") as f:
       json.dump({**header, "seconds": time.perf_counter() - start, "results": results}, f,
                 indent=2)
-  return results
 
 
 if __name__ == "__main__":

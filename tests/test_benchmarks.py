@@ -18,15 +18,20 @@ TINY = throughput.Preset(
 
 def test_tiny_run_reports_every_field(tmp_path, capsys, monkeypatch):
   # A stack of 4 "runs out of memory": recorded, and the sweep stops there (8 is never tried).
-  real_train_steps = throughput.train_lib.train_steps
-  def train_steps(cfg, tcfg, state, k):
+  real_compile_stack = throughput.compile_stack
+  saved = []
+  def compile_stack(cfg, tcfg, state, k):
+    training = json.loads(out.read_text())["training"]  # written after the scoring rows
+    if training:  # and after each stack size, before the next
+      saved.append([s["models"] for s in training[-1]["stacks"]])
     if state.step_M.shape[0] >= 4:
       raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0TiB.")
-    return real_train_steps(cfg, tcfg, state, k)
-  monkeypatch.setattr(throughput.train_lib, "train_steps", train_steps)
+    return real_compile_stack(cfg, tcfg, state, k)
+  monkeypatch.setattr(throughput, "compile_stack", compile_stack)
   out = tmp_path / "report.json"
   report = throughput.run(TINY, "tiny", out=str(out), use_torch=False)
   assert json.loads(out.read_text())["training"] == json.loads(json.dumps(report["training"]))
+  assert saved == [[2]]  # before the stack of 4: the stack of 2 was already in the file
   for key in ("device", "jax", "commit", "date", "flops_formula", "training", "scoring",
               "scoring_vs_training"):
     assert key in report
@@ -46,8 +51,12 @@ def test_tiny_run_reports_every_field(tmp_path, capsys, monkeypatch):
         single_s * s["models"] / s["seconds_per_step"])
     # On a CPU: no peak FLOP/s and no device memory statistics unless given.
     assert s["mfu"] is None and s["ratio_vs_torch"] is None
+    assert s["measured_peak_bytes_per_model"] is None
+    # XLA's analysis of the program: at least the state (params + 2 Adam moments, fp32).
+    assert s["peak_bytes_per_model"] > 3 * 4 * row["n_params"]
   (score,) = report["scoring"]
   assert score["sequences_scored"] == 32 and math.isfinite(score["sequences_per_s"])
+  assert score["peak_bytes"] > 0 and score["measured_peak_bytes"] is None
   assert score["tokens_per_s"] == pytest.approx(score["sequences_per_s"] * 2 * 8)
   (cmp,) = report["scoring_vs_training"]
   assert cmp["ratio"] == pytest.approx(
