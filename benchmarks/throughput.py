@@ -25,8 +25,8 @@ the second is the attention score (QK^T) and value (AV) matmuls forward and back
 A scored token costs a third of that (forward only). MFU = tokens/s * FLOPs per token / peak,
 the peak being the device's dense bf16 tensor-core rate for bf16 models and TF32 for fp32 ones
 (JAX's default fp32 matmul precision on these GPUs); `--peak_tflops` overrides it, and on a CPU
-MFU is n/a unless given. Memory per model (`GiB/model`) is XLA's analysis of the compiled
-stack program (`compiled.memory_analysis()`: arguments + outputs + temporaries, less the donated
+MFU is n/a unless given. Memory per model (`GiB/model`, JSON `program_bytes_per_model`) is
+XLA's analysis of the compiled stack program (`compiled.memory_analysis()`: arguments + outputs + temporaries, less the donated
 buffers that outputs reuse), per device, times the devices, over M: the program's own need,
 whatever ran before it. The measured `device.memory_stats()["peak_bytes_in_use"]` is reported
 beside it (`measured_peak_bytes_per_model`) only when this stack raised the process's peak (a
@@ -318,7 +318,7 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
         "model_steps_per_s": m / stack_s,
         "one_device_seconds_per_step": one_device.best / k if one_device else None,
         # Per device, times the devices, over the models (each device holds M / n_dev of them).
-        "peak_bytes_per_model": program * n_dev / m if program else None,
+        "program_bytes_per_model": program * n_dev / m if program else None,
         "measured_peak_bytes_per_model": mem * n_dev / m if mem else None,
         "mfu": tokens_s * flops / (peak * 1e12) if peak else None,
     })
@@ -396,7 +396,8 @@ def bench_scoring(row: ScoreRow, peak_override=None):
           "sequences_per_s": seqs_s, "model_sequences_per_s": seqs_s * row.models,
           "tokens_per_s": tokens_s,
           "mfu": tokens_s * train_flops_per_token(cfg) / 3 / (peak * 1e12) if peak else None,
-          "peak_bytes": program, "peak_bytes_per_model": program / row.models if program else None,
+          "program_bytes": program,
+          "program_bytes_per_model": program / row.models if program else None,
           "measured_peak_bytes": mem}
 
 
@@ -447,7 +448,7 @@ def print_training(r):
       print(f"{lead} {s['tokens_per_s']:>9.3g} {s['model_steps_per_s']:>13.4g} "
             f"{fmt(s['ratio_vs_one_after_another'], '.2f'):>8} "
             f"{fmt(s['ratio_vs_torch'], '.2f'):>8} {fmt(s['mfu'], '.1%'):>6} "
-            f"{fmt(gib(s['peak_bytes_per_model']), '.3f'):>9}  {s['devices']}, {s['layout']}"
+            f"{fmt(gib(s['program_bytes_per_model']), '.3f'):>9}  {s['devices']}, {s['layout']}"
             + (f" ({s['one_device_ratio_vs_one_after_another']:.2f})"
                if s["one_device_ratio_vs_one_after_another"] else "")
             + (f" [{gib(s['measured_peak_bytes_per_model']):.3f}]"
@@ -468,7 +469,7 @@ def print_scoring(s):
         f"x{r['models']} models: {s['sequences_per_s']:.4g} sequences/s "
         f"({s['model_sequences_per_s']:.4g} model-sequences/s, {s['tokens_per_s']:.3g} "
         f"model-tokens/s, MFU {fmt(s['mfu'], '.1%')}, {s['sequences_scored']:,} sequences in "
-        f"{s['seconds']:.1f}s, batch {r['batch']}, program {fmt(gib(s['peak_bytes']), '.2f')} "
+        f"{s['seconds']:.1f}s, batch {r['batch']}, program {fmt(gib(s['program_bytes']), '.2f')} "
         f"GiB, measured peak {fmt(gib(s['measured_peak_bytes']), '.2f')} GiB)",
         flush=True)
 

@@ -228,7 +228,8 @@ def load_tokens(d: DataSettings, workdir: str):
                                  vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
   try:
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
-                                     cache_dir=d.cache_dir or os.path.join(workdir, "cache"))
+                                     cache_dir=d.cache_dir or os.path.join(workdir, "cache"),
+                                     pool_split=d.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(e, d.source in ("txt", "jsonl")) from e
   need = d.num_samples + d.heldout

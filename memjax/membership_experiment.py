@@ -161,6 +161,9 @@ def validate(config) -> MembershipSettings:
   text = {}
   if source == "synthetic":
     config_lib.refuse_unused_paths(config, source)
+    if config_lib._optional(config, "data.pool_split", "sequence", _str) == "document":
+      _fail("data.pool_split", "'document' needs data.source='text' (synthetic data has no "
+                               "documents); set data.pool_split='sequence'")
     if seq_len * math.log2(vocab) < 20:
       _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
                             "distinct members and non-members; raise data.seq_len or vocab_size")

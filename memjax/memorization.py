@@ -107,9 +107,10 @@ def capacity_table(rows: Iterable[dict]):
   did: a mean over the seeds that survived would favour a setting where most diverged.
   Returns a list of dicts sorted by parameter count, each with n_params, capacity_bits,
   capacity_std (spread over seeds of each seed's own max), bits_per_param, best_dataset_size,
-  best_learning_rate, num_seeds, seeds_at_best, best_at_largest_n (the best N is the largest N
-  tried, so the capacity is only a lower bound) and the curve over N (at each N, the best
-  learning rate's seed-mean, over the same points).
+  best_learning_rate, num_seeds, seeds_at_best, points_left_out (the (N, learning rate) points
+  with fewer seeds), best_at_largest_n (the best N is the largest N tried, so the capacity is only
+  a lower bound) and the curve over N (at each N, the best learning rate's seed-mean, over the
+  same points).
   """
   rows = list(rows)
   largest_n = collections.defaultdict(int)
@@ -122,11 +123,13 @@ def capacity_table(rows: Iterable[dict]):
   for key, shape_rows in by_shape.items():
     # Learning rates are settings to choose among, like N, not seeds to average over.
     by_n_lr = collections.defaultdict(list)
-    by_seed = collections.defaultdict(list)
     for r in shape_rows:
       by_n_lr[r["dataset_size"], r.get("learning_rate")].append(r["mem_bits"])
-      by_seed[r["seed"]].append(r["mem_bits"])
     most_seeds = max(len(v) for v in by_n_lr.values())
+    by_seed = collections.defaultdict(list)  # over the points kept, as the capacity is
+    for r in shape_rows:
+      if len(by_n_lr[r["dataset_size"], r.get("learning_rate")]) == most_seeds:
+        by_seed[r["seed"]].append(r["mem_bits"])
     # Sorted so that a tie goes to the smallest N (then learning rate).
     mean_by_n_lr = {k: float(np.mean(by_n_lr[k]))
                     for k in sorted(by_n_lr, key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
@@ -147,8 +150,9 @@ def capacity_table(rows: Iterable[dict]):
         "bits_per_param_std": float(np.std(per_seed)) / n_params,
         "best_dataset_size": best_n,
         "best_learning_rate": best_lr,
-        "num_seeds": len(by_seed),
+        "num_seeds": len({r["seed"] for r in shape_rows}),
         "seeds_at_best": most_seeds,
+        "points_left_out": len(by_n_lr) - len(mean_by_n_lr),
         "best_at_largest_n": best_n == largest_n[key],
         "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
     })

@@ -34,9 +34,10 @@ def capacity_table_text(summary) -> str:
     lines.append("* the best N is the largest N tried: that capacity is a lower bound; add larger "
                  "dataset sizes")
   for t in summary["models"]:
-    if t.get("seeds_at_best", t["num_seeds"]) < t["num_seeds"]:
-      lines.append(f"{_shape_label(t)}: capacity from the (N, learning rate) points that "
-                   f"{t['seeds_at_best']} of its {t['num_seeds']} seeds completed (some diverged)")
+    if t.get("points_left_out"):
+      lines.append(f"{_shape_label(t)}: {t['points_left_out']} (N, learning rate) point(s) left "
+                   f"out, completed by fewer than the {t['seeds_at_best']} of "
+                   f"{t['num_seeds']} seeds behind the capacity (diverged or not yet trained)")
   for t in summary.get("shapes_left_out", ()):
     lines.append(f"{_shape_label(t)}: all {t['models']} models diverged or gave no finite "
                  "memorization; left out of the table and the fits")

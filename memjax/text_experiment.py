@@ -269,7 +269,7 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
   try:
     dataset = text_lib.build_text_dataset(
         settings.source, settings.tokenizer, settings.seq_len, text_lib.PoolSizes(),
-        settings.data_seed, cache_dir=cache_dir)
+        settings.data_seed, cache_dir=cache_dir, pool_split=settings.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise _data_error(settings, e) from e
   check_dataset(settings, dataset)

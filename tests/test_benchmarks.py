@@ -53,10 +53,10 @@ def test_tiny_run_reports_every_field(tmp_path, capsys, monkeypatch):
     assert s["mfu"] is None and s["ratio_vs_torch"] is None
     assert s["measured_peak_bytes_per_model"] is None
     # XLA's analysis of the program: at least the state (params + 2 Adam moments, fp32).
-    assert s["peak_bytes_per_model"] > 3 * 4 * row["n_params"]
+    assert s["program_bytes_per_model"] > 3 * 4 * row["n_params"]
   (score,) = report["scoring"]
   assert score["sequences_scored"] == 32 and math.isfinite(score["sequences_per_s"])
-  assert score["peak_bytes"] > 0 and score["measured_peak_bytes"] is None
+  assert score["program_bytes"] > 0 and score["measured_peak_bytes"] is None
   assert score["tokens_per_s"] == pytest.approx(score["sequences_per_s"] * 2 * 8)
   (cmp,) = report["scoring_vs_training"]
   assert cmp["ratio"] == pytest.approx(

@@ -58,6 +58,7 @@ def test_validate_rejects_bad_values(field, value, needle):
     ({"data.source": "text", "data.paths": ("a.txt",)},
      "config.data.paths: data.corpus='stdlib_docs' reads no files"),
     ({"data.paths": ("a.txt",)}, "config.data.paths: data.source='synthetic' reads no files"),
+    ({"data.pool_split": "document"}, "config.data.pool_split: 'document' needs data.source="),
     ({"data.source": "text", "data.corpus": "txt", "data.paths": ("/nonexistent/a.txt",)},
      "config.data.paths: the source file '/nonexistent/a.txt' does not exist"),
 ])

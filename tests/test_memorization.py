@@ -86,13 +86,15 @@ def test_capacity_ignores_points_that_only_some_seeds_completed():
   summary = memorization.summarize(rows)
   (t,) = summary["models"]
   assert t["capacity_bits"] == 900.0 and t["best_learning_rate"] == 1e-3
-  assert t["num_seeds"] == 3 and t["seeds_at_best"] == 3
+  assert t["num_seeds"] == 3 and t["seeds_at_best"] == 3 and t["points_left_out"] == 2
+  assert t["capacity_std"] == 0.0  # over the points kept: the survivor's 1000 is not a seed max
   assert t["mem_bits_by_dataset_size"] == {"200": 900.0}
   # N=200 is the largest N tried: a lower bound, said under the table.
   assert t["best_at_largest_n"]
   text = report.capacity_table_text(summary)
   assert text.splitlines()[1].split()[7] == "200*"
   assert "* the best N is the largest N tried: that capacity is a lower bound" in text
+  assert "L1 d16 fp32: 2 (N, learning rate) point(s) left out" in text
 
 
 def test_a_shape_whose_every_model_diverged_is_named_under_the_table():

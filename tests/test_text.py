@@ -55,8 +55,8 @@ def test_txt_source_one_document_per_file_or_per_paragraph(tmp_path):
 def test_txt_bytes_that_are_not_utf8_read_as_replacement_with_a_warning(tmp_path):
   (tmp_path / "a.txt").write_bytes("caf\u00e9 na\u00efve\r\nline two\r".encode("latin-1"))
   write_text(tmp_path / "b.txt", "plain \u00e9")
-  with pytest.warns(UserWarning, match=r"1 txt file\(s\) hold bytes that are not UTF-8.*a\.txt "
-                                       r"\(byte 3\).*iconv"):
+  with pytest.warns(UserWarning, match=r"a\.txt holds bytes that are not UTF-8 \(the first at "
+                                       r"byte 3\).*iconv"):
     docs = docs_of(SourceConfig(kind="txt", paths=(str(tmp_path),)))
   assert docs == ["caf\ufffd na\ufffdve\nline two\n", "plain \u00e9"]
 
@@ -105,6 +105,12 @@ def test_parquet_source_reads_a_multi_file_glob_in_sorted_order(tmp_path):
                               text_field="content")) == ["x"]
   with pytest.raises(ValueError, match=r"no column 'text'.*set text_field"):
     docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),)))
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"text": pa.array(["p", "q", "p"]).dictionary_encode()}),
+                 str(tmp_path / "category.parquet"))  # as pandas writes a category column
+  assert docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "category.parquet"),))) == [
+      "p", "q", "p"]
   # The id column holds strings, token_count integers: only strings are text.
   with pytest.raises(ValueError, match=r"column 'token_count' holds int64, not strings"):
     docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),),
@@ -257,11 +263,11 @@ def test_tokenizer_is_saved_into_the_workdir_and_reloads(tmp_path):
     assert reloaded.fingerprint == ds.tokenizer.fingerprint
     summary = json.loads((workdir / "text_dataset.json").read_text())
     assert summary["num_train"] == 4 and summary["manifest"]["seq_len"] == 8
-  # A later run of another tokenizer kind in the same workdir: the earlier file is gone.
+  # A later run of another tokenizer kind in the same workdir: the file its summary names.
   same_workdir = tmp_path / "work_bytes"
   ds = build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=270), seq_len=8,
                           pool_sizes=PoolSizes(train=4), workdir=str(same_workdir))
-  assert not (same_workdir / "tokenizer_bytes.json").exists()
+  assert (same_workdir / "tokenizer_bytes.json").exists()  # left as it was
   reloaded = tokenize_lib.load_tokenizer_from_workdir(str(same_workdir))
   assert reloaded.fingerprint == ds.tokenizer.fingerprint
 
@@ -419,18 +425,23 @@ def test_cache_is_reused_and_rebuilt_when_source_or_tokenizer_change(tmp_path):
                             **kwargs).from_cache  # The trained BPE is cached too.
 
 
-def test_cache_entry_without_document_ids_is_made_again_with_the_same_key(tmp_path):
+def test_cache_entry_without_document_ids_serves_a_sequence_split_and_is_remade_for_documents(
+    tmp_path):
   # Entries written before document ids were kept hold tokens.npy and manifest.json only.
   source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
-  kwargs = dict(seq_len=16, cache_dir=str(tmp_path / "cache"))
+  kwargs = dict(seq_len=16, cache_dir=str(tmp_path / "cache"), pool_sizes=PoolSizes(train=4))
   first = build_text_dataset(source, BYTES, **kwargs)
   os.remove(os.path.join(first.cache_path, "doc_ids.npy"))
-  again = build_text_dataset(source, BYTES, **kwargs)
+  old = build_text_dataset(source, BYTES, **kwargs, workdir=str(tmp_path / "w"))
+  assert old.from_cache and old.doc_ids is None  # not tokenized again
+  np.testing.assert_array_equal(old.train_idx, first.train_idx)
+  assert json.loads((tmp_path / "w" / "text_dataset.json").read_text())["documents"] is None
+  again = build_text_dataset(source, BYTES, **kwargs, pool_split="document")
   assert not again.from_cache and again.cache_path == first.cache_path
   assert again.manifest["key"] == first.manifest["key"]
   np.testing.assert_array_equal(again.tokens, first.tokens)
   np.testing.assert_array_equal(again.doc_ids, np.zeros(first.num_sequences))
-  assert build_text_dataset(source, BYTES, **kwargs).from_cache
+  assert build_text_dataset(source, BYTES, **kwargs, pool_split="document").from_cache
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,18 +200,21 @@ def _read_txt(cfg: SourceConfig) -> Iterator[str]:
       text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
       # Stray undecodable bytes in a large crawl should not stop a run; they become U+FFFD. A
-      # file in another encoding would be mostly U+FFFD, hence the warning.
-      not_utf8.append(f"{path} (byte {e.start})")
+      # file in another encoding would be mostly U+FFFD, hence the warning (said at once: a
+      # reader may stop early, at max_documents).
+      not_utf8.append(path)
+      if len(not_utf8) <= 3:
+        warnings.warn(f"{path} holds bytes that are not UTF-8 (the first at byte {e.start}), "
+                      "read as U+FFFD; convert a file in another encoding to UTF-8 (e.g. iconv "
+                      "-f latin1 -t utf-8)")
       text = raw.decode("utf-8", errors="replace")
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads line ends
     if cfg.txt_split == "file":
       yield text
     else:
       yield from (paragraph.strip() for paragraph in re.split(r"\n[ \t\r\f\v]*\n", text))
-  if not_utf8:
-    warnings.warn(f"{len(not_utf8)} txt file(s) hold bytes that are not UTF-8, read as U+FFFD: "
-                  f"{', '.join(not_utf8[:3])}{' ...' if len(not_utf8) > 3 else ''}; convert "
-                  "files in another encoding to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+  if len(not_utf8) > 3:
+    warnings.warn(f"{len(not_utf8)} txt files in all hold bytes that are not UTF-8")
 
 
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
@@ -263,6 +266,8 @@ def _read_parquet(cfg: SourceConfig) -> Iterator[str]:
           f"parquet file {path!r} has no column {cfg.text_field!r} (it has {schema.names}); "
           "set text_field.")
     column_type = schema.field(cfg.text_field).type
+    if pa.types.is_dictionary(column_type):  # a pandas category column: strings, encoded
+      column_type = column_type.value_type
     if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
             or getattr(pa.types, "is_string_view", lambda _: False)(column_type)):
       raise ValueError(f"parquet file {path!r}: column {cfg.text_field!r} holds {column_type}, "

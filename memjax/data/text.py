@@ -79,7 +79,8 @@ class TextDataset:
     vocab_size: V of the tokenizer (ids are in [0, V)).
     tokenizer: the TextTokenizer that made the tokens.
     doc_ids: [num_sequences] int32, the document (in corpus order) each sequence was cut from;
-      a sequence repeated in several documents keeps its first one.
+      a sequence repeated in several documents keeps its first one. None when a cache entry
+      written before document ids were kept is reused by a split by sequence.
     train_idx, heldout_idx, reference_idx: int32 row indices into `tokens`, disjoint.
     pool_split: how the pools were drawn, one of POOL_SPLITS.
     num_duplicates_dropped: exact duplicate sequences removed.
@@ -92,7 +93,7 @@ class TextDataset:
   seq_len: int
   vocab_size: int
   tokenizer: TextTokenizer
-  doc_ids: np.ndarray
+  doc_ids: np.ndarray | None
   train_idx: np.ndarray
   heldout_idx: np.ndarray
   reference_idx: np.ndarray
@@ -140,7 +141,8 @@ def build_text_dataset(
   source_fingerprint = corpus_lib.source_fingerprint(source)  # Fails fast on missing files.
   text_tokenizer = get_tokenizer(source, tokenizer, cache_dir, source_fingerprint)
   tokens_NxS, doc_ids, manifest, cache_path, from_cache = _cached_sequences(
-      source, source_fingerprint, text_tokenizer, seq_len, cache_dir)
+      source, source_fingerprint, text_tokenizer, seq_len, cache_dir,
+      need_doc_ids=pool_split == "document")
   train_idx, heldout_idx, reference_idx = split_pools(
       tokens_NxS.shape[0], pool_sizes, seed, doc_ids if pool_split == "document" else None)
   dataset = TextDataset(
@@ -320,14 +322,15 @@ def _build_sequences(source: SourceConfig, tokenizer: TextTokenizer, seq_len: in
 
 def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
                       tokenizer: TextTokenizer, seq_len: int, cache_dir: str | None,
-                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str | None, bool]:
+                      need_doc_ids: bool = False,
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], str | None, bool]:
   """(tokens_NxS, doc_ids_N, manifest, cache entry path, whether it was reused)."""
   cache_key = {"pipeline_version": PIPELINE_VERSION, "source": source_fingerprint,
                "tokenizer_sha256": tokenizer.fingerprint, "seq_len": int(seq_len)}
   entry_path = None
   if cache_dir is not None:
     entry_path = os.path.join(cache_dir, f"text-{_hash_json(cache_key)[:16]}")
-    cached = _load_cache_entry(entry_path, cache_key)
+    cached = _load_cache_entry(entry_path, cache_key, need_doc_ids)
     if cached is not None:
       return (*cached, entry_path, True)
   tokens_NxS, doc_ids_N, counts = _build_sequences(source, tokenizer, seq_len)
@@ -341,15 +344,18 @@ def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
   return tokens_NxS, doc_ids_N, manifest, entry_path, False
 
 
-def _load_cache_entry(entry_path: str, cache_key: dict[str, Any],
-                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+def _load_cache_entry(entry_path: str, cache_key: dict[str, Any], need_doc_ids: bool = False,
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]] | None:
   """The cached tokens, document ids and manifest if the entry is complete and made from the
-  same inputs. An entry without document ids (written before they were kept) is made again: the
-  same tokens, so the manifest key and every model trained on them stay valid."""
+  same inputs. An entry without document ids (written before they were kept) serves a split by
+  sequence as it is (doc ids None), and is made again for a split by document: the same tokens,
+  so the manifest key and every model trained on them stay valid."""
   manifest_path = os.path.join(entry_path, _MANIFEST_FILENAME)
   tokens_path = os.path.join(entry_path, _TOKENS_FILENAME)
   doc_ids_path = os.path.join(entry_path, _DOC_IDS_FILENAME)
-  if not all(map(os.path.isfile, (manifest_path, tokens_path, doc_ids_path))):
+  if not (os.path.isfile(manifest_path) and os.path.isfile(tokens_path)):
+    return None
+  if need_doc_ids and not os.path.isfile(doc_ids_path):
     return None
   with open(manifest_path, encoding="utf-8") as f:
     manifest = json.load(f)
@@ -357,9 +363,9 @@ def _load_cache_entry(entry_path: str, cache_key: dict[str, Any],
   if manifest.get("key") != json.loads(json.dumps(cache_key)):
     return None
   tokens_NxS = np.load(tokens_path, mmap_mode="r")
-  doc_ids_N = np.load(doc_ids_path)
+  doc_ids_N = np.load(doc_ids_path) if os.path.isfile(doc_ids_path) else None
   if (tokens_NxS.shape != (manifest["num_sequences"], manifest["seq_len"])
-      or doc_ids_N.shape != (manifest["num_sequences"],)):
+      or (doc_ids_N is not None and doc_ids_N.shape != (manifest["num_sequences"],))):
     return None
   return tokens_NxS, doc_ids_N, manifest
 
@@ -534,6 +540,7 @@ def _heldout_overlap(tokens_NxS: np.ndarray, train_idx: np.ndarray, heldout_idx:
       before = json.load(f)
   except (OSError, ValueError):
     before = {}
+  before.setdefault("pool_split", "sequence")  # written before the split could be chosen
   same = all(before.get(k) == summary[k] for k in ("manifest", "seed", "pool_sizes", "pool_split"))
   stored = before.get("heldout_overlap_with_train_pool") or {}
   if same and set(stored) == {f"span_{k}" for k in spans}:
@@ -541,13 +548,15 @@ def _heldout_overlap(tokens_NxS: np.ndarray, train_idx: np.ndarray, heldout_idx:
   return {f"span_{k}": span_overlap(tokens_NxS, heldout_idx, train_idx, k) for k in spans}
 
 
-def pool_summary(doc_ids_N: np.ndarray, train_idx: np.ndarray, heldout_idx: np.ndarray,
+def pool_summary(doc_ids_N: np.ndarray | None, train_idx: np.ndarray, heldout_idx: np.ndarray,
                  reference_idx: np.ndarray, pool_split: str) -> dict[str, Any]:
-  """Sizes of the pools in sequences and in documents (for text_dataset.json)."""
+  """Sizes of the pools in sequences and in documents (for text_dataset.json; documents None
+  when a cache entry from before document ids were kept was reused)."""
   pools = {"train": train_idx, "heldout": heldout_idx, "reference": reference_idx}
   return {"pool_split": pool_split,
           **{f"num_{name}": int(len(idx)) for name, idx in pools.items()},
-          "documents": {name: int(np.unique(doc_ids_N[idx]).size) for name, idx in pools.items()}}
+          "documents": None if doc_ids_N is None else
+          {name: int(np.unique(doc_ids_N[idx]).size) for name, idx in pools.items()}}
 
 
 def _hash_json(value: Any) -> str:

@@ -130,7 +130,7 @@ class HFTokenizer(TextTokenizer):
     return self.tokenizer.to_str()
 
   def save_to_workdir(self, workdir: str) -> str:
-    return _save_only(workdir, HF_TOKENIZER_FILENAME, self.to_json())
+    return _write_text_atomically(os.path.join(workdir, HF_TOKENIZER_FILENAME), self.to_json())
 
 
 class ByteTokenizer(TextTokenizer):
@@ -151,7 +151,7 @@ class ByteTokenizer(TextTokenizer):
     return json.dumps({"memjax_tokenizer": "bytes", "vocab_size": NUM_BYTES}, sort_keys=True)
 
   def save_to_workdir(self, workdir: str) -> str:
-    return _save_only(workdir, BYTES_SPEC_FILENAME, self.to_json())
+    return _write_text_atomically(os.path.join(workdir, BYTES_SPEC_FILENAME), self.to_json())
 
 
 def load_tokenizer_file(path: str) -> HFTokenizer:
@@ -222,24 +222,23 @@ def tokenizer_from_json(json_text: str) -> TextTokenizer:
 
 
 def load_tokenizer_from_workdir(workdir: str) -> TextTokenizer:
-  """The tokenizer a run saved into its workdir."""
-  for filename in (BYTES_SPEC_FILENAME, HF_TOKENIZER_FILENAME):
+  """The tokenizer a run saved into its workdir: the one its text_dataset.json names (a workdir
+  may also hold an earlier run's tokenizer of the other kind), else whichever is there."""
+  filenames = (BYTES_SPEC_FILENAME, HF_TOKENIZER_FILENAME)
+  try:
+    with open(os.path.join(workdir, "text_dataset.json"), encoding="utf-8") as f:
+      named = json.load(f).get("tokenizer_file")
+    if named in filenames:
+      filenames = (named,)
+  except (OSError, ValueError, AttributeError):
+    pass
+  for filename in filenames:
     path = os.path.join(workdir, filename)
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
         return tokenizer_from_json(f.read())
   raise FileNotFoundError(
       f"no {HF_TOKENIZER_FILENAME} or {BYTES_SPEC_FILENAME} in workdir {workdir!r}.")
-
-
-def _save_only(workdir: str, filename: str, text: str) -> str:
-  """Writes the tokenizer file and removes the other kind's, which an earlier run in the same
-  workdir may have left: `load_tokenizer_from_workdir` must not find a stale one."""
-  path = _write_text_atomically(os.path.join(workdir, filename), text)
-  for other in {BYTES_SPEC_FILENAME, HF_TOKENIZER_FILENAME} - {filename}:
-    if os.path.isfile(os.path.join(workdir, other)):
-      os.remove(os.path.join(workdir, other))
-  return path
 
 
 def _write_text_atomically(path: str, text: str) -> str:
