@@ -231,6 +231,18 @@ def _optional(config, field, default, check, **kwargs):
   return check(config, field, **kwargs)
 
 
+def pool_split(config, synthetic: bool = False, text_source: str = "a text source") -> str:
+  """data.pool_split of a text experiment ("sequence" where an older config lacks it); synthetic
+  data, which has no documents, cannot be split by document (the error names `text_source`, what
+  the experiment calls a text source)."""
+  from memjax.data import text as text_lib  # numpy only; the text pipeline is not started
+  split = _optional(config, "data.pool_split", "sequence", _str, allowed=text_lib.POOL_SPLITS)
+  if split == "document" and synthetic:
+    _fail("data.pool_split", f"'document' needs {text_source} (synthetic data has no documents); "
+                             "set data.pool_split='sequence'")
+  return split
+
+
 def train_config(config) -> TrainConfig:
   """config.train -> TrainConfig; a field the config lacks takes TrainConfig's default."""
   train_fields = {}

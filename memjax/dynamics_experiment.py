@@ -129,14 +129,8 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
                              "data.tokenizer='bytes' (V=256)")
   seq_len = _int(config, "data.seq_len", minimum=2, maximum=4096)
   heldout = _int(config, heldout_field, minimum=0) if heldout_field else 0
-  pool_split = "sequence"
-  if heldout_field:
-    from memjax.data import text as text_lib
-    pool_split = config_lib._optional(config, "data.pool_split", "sequence", _str,
-                                      allowed=text_lib.POOL_SPLITS)
-    if pool_split == "document" and source == "synthetic":
-      _fail("data.pool_split", "'document' needs a text source (synthetic data has no "
-                               "documents); set data.pool_split='sequence'")
+  pool_split = (config_lib.pool_split(config, synthetic=source == "synthetic") if heldout_field
+                else "sequence")
   return DataSettings(
       source=source, paths=paths, text_field=_str(config, "data.text_field"),
       doc_packages=_str_tuple(config, "data.doc_packages"),
@@ -254,7 +248,7 @@ def load_tokens(d: DataSettings, workdir: str):
           ds.num_sequences, text_lib.PoolSizes(train=d.num_samples, heldout=d.heldout), d.seed,
           ds.doc_ids)
     except ValueError as e:
-      raise ConfigError(f"config.data.pool_split: {e}") from e
+      _fail("data.pool_split", str(e))
     info["documents"] = {"train": int(np.unique(ds.doc_ids[train_idx]).size),
                          "heldout": int(np.unique(ds.doc_ids[heldout_idx]).size)}
     tokens = np.asarray(ds.tokens)

@@ -161,15 +161,12 @@ def validate(config) -> MembershipSettings:
   text = {}
   if source == "synthetic":
     config_lib.refuse_unused_paths(config, source)
-    if config_lib._optional(config, "data.pool_split", "sequence", _str) == "document":
-      _fail("data.pool_split", "'document' needs data.source='text' (synthetic data has no "
-                               "documents); set data.pool_split='sequence'")
+    config_lib.pool_split(config, synthetic=True, text_source="data.source='text'")
     if seq_len * math.log2(vocab) < 20:
       _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
                             "distinct members and non-members; raise data.seq_len or vocab_size")
   else:
     from memjax.data import corpus as corpus_lib
-    from memjax.data import text as text_lib
     from memjax.data import tokenize as tokenize_lib
     corpus = _str(config, "data.corpus", corpus_lib.SOURCE_KINDS)
     config_lib.refuse_unused_paths(config, corpus, "data.corpus",
@@ -192,8 +189,7 @@ def validate(config) -> MembershipSettings:
         corpus_lib.resolve_paths(text["paths"], corpus_lib.FILE_EXTENSIONS[corpus])
       except FileNotFoundError as e:
         _fail("data.paths", str(e))
-    if config_lib._optional(config, "data.pool_split", "sequence", _str,
-                            allowed=text_lib.POOL_SPLITS) == "document":
+    if config_lib.pool_split(config) == "document":
       text["pool_split"] = "document"  # only then: stacks of runs split by sequence keep keys
     if corpus == "tfds":  # only then: the stored stacks of other corpora keep their keys
       text.update(
@@ -758,11 +754,11 @@ def report_text(rows, summary):
     lines.append(f"{r['shape']:<16}{r['n_params']:>9,}{r['dataset_size']:>7,}{r['x_tokens']:>9.1f}  "
                  f"{aucs}  {_fmt(r['attacks']['loss'].get('f1_median')):>6}")
   if summary.get("text_pools"):
+    from memjax.data import text as text_lib
     pools = summary["text_pools"]
-    shared = ", ".join(f"{v:.1%} ({k.replace('span_', '')} tokens)"
-                       for k, v in pools["heldout_overlap_with_train_pool"].items())
     lines.append(f"text pools split by {pools['pool_split']}; non-members sharing a span with "
-                 f"the training pool: {shared}")
+                 "the training pool: "
+                 + text_lib.describe_overlap(pools["heldout_overlap_with_train_pool"]))
   if summary["lira"]:
     li = summary["lira"]
     lines.append(f"LiRA ({li['targets']} targets, {li['num_shadow_models']} shadows each, "

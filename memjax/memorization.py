@@ -117,7 +117,7 @@ def capacity_table(rows: Iterable[dict]):
   by_shape = collections.defaultdict(list)
   for row in rows:
     largest_n[shape_key(row)] = max(largest_n[shape_key(row)], row["dataset_size"])
-    if row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"]):
+    if _usable(row):
       by_shape[shape_key(row)].append(row)
   table = []
   for key, shape_rows in by_shape.items():
@@ -159,12 +159,17 @@ def capacity_table(rows: Iterable[dict]):
   return sorted(table, key=lambda t: (t["precision"], t["n_params"]))
 
 
+def _usable(row) -> bool:
+  """A row the capacity can use: its model did not diverge and its memorization is a number."""
+  return row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"])
+
+
 def left_out_shapes(rows: Iterable[dict]) -> list[dict]:
   """The shapes with no row capacity_table can use (every model diverged or non-finite)."""
   models, usable = collections.Counter(), collections.Counter()
   for row in rows:
     models[shape_key(row)] += 1
-    usable[shape_key(row)] += (row.get("status", "ok") == "ok" and math.isfinite(row["mem_bits"]))
+    usable[shape_key(row)] += _usable(row)
   return [{**dict(zip(SHAPE_FIELDS, key)), "models": n} for key, n in sorted(models.items())
           if not usable[key]]
 

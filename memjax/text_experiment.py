@@ -229,8 +229,7 @@ def validate(config) -> TextSettings:
   return TextSettings(
       source=source, tokenizer=tokenizer, seq_len=seq_len, train_pool=train_pool or None,
       heldout_pool=heldout, reference_pool=_int(config, "data.reference_pool", minimum=0),
-      pool_split=config_lib._optional(config, "data.pool_split", "sequence", _str,
-                                      allowed=text_lib.POOL_SPLITS),
+      pool_split=config_lib.pool_split(config),
       data_seed=_int(config, "data.seed", minimum=0),
       cache_dir=_path(_str(config, "data.cache_dir")),
       num_heads=heads, layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model,
@@ -297,12 +296,8 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
       workdir, dataset, pools, settings.data_seed, train_idx, heldout_idx, reference_idx,
       settings.pool_split, corpus_lib.describe_source(settings.source))
   logging.info("held-out sequences sharing a span with the training pool: %s",
-               overlap_text(summary["heldout_overlap_with_train_pool"]))
+               text_lib.describe_overlap(summary["heldout_overlap_with_train_pool"]))
   return Data(dataset, train_idx, heldout_idx, reference_idx, identity)
-
-
-def overlap_text(overlap: dict) -> str:
-  return ", ".join(f"{v:.1%} ({k.replace('_', ' ')} tokens)" for k, v in overlap.items())
 
 
 def check_dataset(settings: TextSettings, dataset: text_lib.TextDataset):

@@ -192,7 +192,7 @@ def _file_stat(path: str) -> dict[str, Any]:
 
 
 def _read_txt(cfg: SourceConfig) -> Iterator[str]:
-  not_utf8 = []  # files with undecodable bytes: said once, after the last file
+  not_utf8 = []  # files with undecodable bytes: the first three named as read, then a count
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["txt"]):
     with open(path, "rb") as f:
       raw = f.read()
@@ -208,13 +208,19 @@ def _read_txt(cfg: SourceConfig) -> Iterator[str]:
                       "read as U+FFFD; convert a file in another encoding to UTF-8 (e.g. iconv "
                       "-f latin1 -t utf-8)")
       text = raw.decode("utf-8", errors="replace")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads line ends
+    text = _newlines_as_lf(text)
     if cfg.txt_split == "file":
       yield text
     else:
       yield from (paragraph.strip() for paragraph in re.split(r"\n[ \t\r\f\v]*\n", text))
   if len(not_utf8) > 3:
     warnings.warn(f"{len(not_utf8)} txt files in all hold bytes that are not UTF-8")
+
+
+def _newlines_as_lf(text: str) -> str:
+  """"\r\n" and "\r" line ends as "\n", as Python's text mode reads them (files are read as bytes
+  here, to name undecodable ones)."""
+  return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
@@ -227,7 +233,7 @@ def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
           raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
                            f"{e.start}); JSON lines must be UTF-8.") from e
         # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
-        for line in text.replace("\r\n", "\n").split("\r"):
+        for line in _newlines_as_lf(text).split("\n"):
           if line.strip():
             yield _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
 

@@ -55,8 +55,8 @@ POOL_SPLITS = ("sequence", "document")
 
 __all__ = [
     "POOL_SPLITS", "PoolSizes", "SourceConfig", "TextDataset", "TokenizerConfig",
-    "build_text_dataset", "deduplicate_sequences", "get_tokenizer", "pool_summary", "split_pools",
-    "token_dtype", "write_workdir_summary",
+    "build_text_dataset", "deduplicate_sequences", "describe_overlap", "get_tokenizer",
+    "pool_summary", "split_pools", "token_dtype", "write_workdir_summary",
     "tokenize_into_sequences", "validate_text_settings",
 ]
 
@@ -546,6 +546,11 @@ def _heldout_overlap(tokens_NxS: np.ndarray, train_idx: np.ndarray, heldout_idx:
   if same and set(stored) == {f"span_{k}" for k in spans}:
     return {f"span_{k}": stored[f"span_{k}"] for k in spans}  # shortest span first, as computed
   return {f"span_{k}": span_overlap(tokens_NxS, heldout_idx, train_idx, k) for k in spans}
+
+
+def describe_overlap(overlap: dict[str, float]) -> str:
+  """'29.9% (16 tokens), 8.7% (32 tokens)' from a heldout_overlap_with_train_pool entry."""
+  return ", ".join(f"{v:.1%} ({k.removeprefix('span_')} tokens)" for k, v in overlap.items())
 
 
 def pool_summary(doc_ids_N: np.ndarray | None, train_idx: np.ndarray, heldout_idx: np.ndarray,
