@@ -16,8 +16,9 @@ trains.
    n-gram model's P(token | previous n - 1 tokens) from that model's training set (nan, and the
    item left out, where the context never occurs there).
 5. Distributional memorization = Spearman rho between the two probabilities; distributional
-   generalization = Kendall tau-b on the same (model, n-gram) pairs (`ngram.py`). Fewer than 3
-   usable pairs (or a constant side) gives nan with defined=False, never a number.
+   generalization = the Kendall tau distance (1 - tau-b) / 2 on the same (model, n-gram) pairs,
+   as in the authors' code (`ngram.py`); rows keep tau-b too. Fewer than 3 usable pairs (or a
+   constant side) gives nan with defined=False, never a number.
 
 Outputs: results.json (a row per d_model x N x set x n), distributional.png.
 """
@@ -126,6 +127,7 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
     rows.append({
         "n": n, "items": int(m.size), "context_seen": float(np.isfinite(g).mean()) if g.size else 0.0,
         "spearman": mem.statistic, "spearman_p": mem.p_value, "kendall_tau": gen.statistic,
+        "kendall_tau_distance": ngram_lib.kendall_tau_distance(gen.statistic),
         "kendall_p": gen.p_value, "n_pairs": mem.n_pairs, "defined": mem.defined and gen.defined,
         "marker": None if (mem.defined and gen.defined) else
         f"undefined: {mem.n_pairs} usable pairs (< {ngram_lib.MIN_PAIRS}) or a constant side",
@@ -187,6 +189,8 @@ def main(settings: DistributionalSettings, workdir: str):
     stored = dx.stored_width(store, label, key)
     if stored is not None:
       width_rows = stored[0]["rows"]
+      for r in width_rows:  # widths stored before the distance was a field
+        r.setdefault("kendall_tau_distance", ngram_lib.kendall_tau_distance(r["kendall_tau"]))
       reused.append(label)
       dx._log(settings, f"{label}: stored in {store}, not trained again")
     else:
@@ -207,14 +211,16 @@ def main(settings: DistributionalSettings, workdir: str):
 
 
 def report_text(results) -> str:
-  lines = ["distributional memorization (Spearman) and generalization (Kendall tau)",
+  lines = ["distributional memorization (Spearman rho) and generalization (Kendall tau "
+           "distance, (1 - tau) / 2)",
            f"{'d_model':>7} {'N':>6} {'set':>9} {'n':>2} {'pairs':>7} {'seen':>5} "
-           f"{'spearman':>9} {'kendall':>8}"]
+           f"{'spearman':>9} {'kendall':>8} {'gen':>6}"]
   for r in results["rows"]:
     fmt = lambda v: "nan*" if not r["defined"] else f"{v:+.3f}"
     lines.append(f"{r['d_model']:>7} {r['dataset_size']:>6} {r['set']:>9} {r['n']:>2} "
                  f"{r['n_pairs']:>7} {r['context_seen']:5.2f} {fmt(r['spearman']):>9} "
-                 f"{fmt(r['kendall_tau']):>8}")
+                 f"{fmt(r['kendall_tau']):>8} "
+                 f"{'nan*' if not r['defined'] else format(r['kendall_tau_distance'], '.3f'):>6}")
   if any(not r["defined"] for r in results["rows"]):
     lines.append("nan*: undefined (fewer than 3 usable pairs or a constant side)")
   lines.append(f"({results['seconds']}s; results.json and distributional.png in the workdir)")
@@ -226,8 +232,10 @@ def write_figure(rows, settings, workdir):
   sets = [s for s in SETS if any(r["set"] == s for r in rows)]
   fig, axes = plt.subplots(2, len(sets), figsize=(4.5 * len(sets), 7), squeeze=False)
   for j, name in enumerate(sets):
-    for i, (key, ylabel) in enumerate((("spearman", "Spearman rho (memorization)"),
-                                       ("kendall_tau", "Kendall tau (generalization)"))):
+    # the gray line is "no relation": rho 0, Kendall tau distance 1/2
+    for i, (key, ylabel, unrelated) in enumerate((
+        ("spearman", "Spearman rho (memorization)", 0.0),
+        ("kendall_tau_distance", "(1 - Kendall tau) / 2 (generalization)", 0.5))):
       ax = axes[i][j]
       for d in settings.d_model:
         for n in settings.orders:
@@ -237,12 +245,12 @@ def write_figure(rows, settings, workdir):
           ax.plot(x, y, "-o", ms=3, label=f"d{d}, n={n}")
           for r in sel:
             if not r["defined"]:
-              ax.plot([r["dataset_size"]], [0], "x", color="red")
+              ax.plot([r["dataset_size"]], [unrelated], "x", color="red")
       ax.set_xscale("log", base=2)
       ax.set_xlabel("training sequences N")
       ax.set_ylabel(ylabel)
       ax.set_title(name, fontsize=9)
-      ax.axhline(0, color="gray", lw=0.6)
+      ax.axhline(unrelated, color="gray", lw=0.6)
   axes[0][-1].legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "distributional.png"), dpi=100)

@@ -3,9 +3,10 @@
 Wang et al. 2024 ("Generalization v.s. Memorization: Tracing Language Models' Capabilities Back
 to Pretraining Data", arXiv 2407.14985) relate a model's output probabilities to n-gram
 statistics of its pretraining corpus: the Spearman rank correlation between the model's
-probabilities and the corpus n-gram probabilities is *distributional memorization*, and a Kendall
-tau is *distributional generalization*. Here both are computed on the same (model, n-gram) pairs;
-a separate set of generalization pairs is not built. The same counts feed the
+probabilities and the corpus n-gram probabilities is *distributional memorization*, and the
+Kendall tau distance (1 - tau) / 2 is *distributional generalization*. Both are computed on the
+same (model, n-gram) pairs, as the authors' analysis code does (a-antoniades/llm-corpus-search,
+analysis/plot_mem.py: `kendall_tau_d` on the pairs of the Spearman). The same counts feed the
 decoding-dynamics figure of Chen, Han, Miyao 2024 (corpus frequency of the n-gram ending at each
 generated position).
 
@@ -547,7 +548,14 @@ def distributional_memorization(model_prob, ngram_prob) -> RankCorrelation:
 def distributional_generalization(model_prob, ngram_prob) -> RankCorrelation:
   """Kendall tau-b of model probabilities with n-gram probabilities (same nan handling).
 
-  Reported as Wang et al. 2024's distributional generalization; the caller chooses the pairs
-  (the distributional experiment passes the same pairs as to the Spearman).
+  Wang et al. 2024's distributional generalization is its distance, `kendall_tau_distance`; the
+  caller chooses the pairs (the distributional experiment passes the same pairs as to the
+  Spearman, as the authors do).
   """
   return _rank_correlation("kendall_tau", scipy.stats.kendalltau, model_prob, ngram_prob)
+
+
+def kendall_tau_distance(tau: float) -> float:
+  """(1 - tau) / 2: the fraction of discordant pairs (without ties), 0 when the model ranks items
+  exactly as the n-gram model does, 1/2 when unrelated, 1 when reversed. nan stays nan."""
+  return (1.0 - tau) / 2.0

@@ -100,6 +100,7 @@ def test_distributional_cli_writes_correlations_and_figure(tmp_path):
   for r in rows:
     if r["defined"]:
       assert -1 <= r["spearman"] <= 1 and -1 <= r["kendall_tau"] <= 1 and r["n_pairs"] >= 3
+      assert r["kendall_tau_distance"] == pytest.approx((1 - r["kendall_tau"]) / 2)
     else:
       assert math.isnan(r["spearman"]) and r["marker"].startswith("undefined")
   # the training set is counted by the n-gram model: every context of a member is seen

@@ -222,6 +222,9 @@ def test_spearman_and_kendall_by_hand():
   assert gen.statistic == pytest.approx(0.8)
   assert gen.p_value == pytest.approx(1 / 12)
   assert gen.as_dict()["kendall_tau"] == gen.statistic
+  # the authors' distributional generalization: 1 discordant pair of 10
+  assert ngram.kendall_tau_distance(gen.statistic) == pytest.approx(0.1)
+  assert math.isnan(ngram.kendall_tau_distance(math.nan))
 
   # reversed order: both are -1
   assert ngram.distributional_memorization(model_prob, -np.array(model_prob)).statistic == (
