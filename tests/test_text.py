@@ -80,6 +80,13 @@ def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path)
   bad_bytes.write_bytes(b'{"text": "ok"}\n{"text": "caf\xff\xfe"}\n')
   with pytest.raises(ValueError, match=r"b\.jsonl:2 is not valid UTF-8"):
     docs_of(SourceConfig(kind="jsonl", paths=(str(bad_bytes),)))
+  # A null text is skipped with a warning, as a parquet null is; another type is an error.
+  nulls = write_text(tmp_path / "n.jsonl", '{"text": "a"}\n{"text": null}\n{"text": "b"}\n')
+  with pytest.warns(UserWarning, match=r"n\.jsonl: 1 records have a null 'text'; they are skipped"):
+    assert docs_of(SourceConfig(kind="jsonl", paths=(nulls,))) == ["a", "b"]
+  number = write_text(tmp_path / "i.jsonl", '{"text": 3}\n')
+  with pytest.raises(ValueError, match=r"i\.jsonl:1: field 'text' holds int, not a string"):
+    docs_of(SourceConfig(kind="jsonl", paths=(number,)))
   surrogate = write_text(tmp_path / "s.jsonl", '{"text": "ok"}\n{"text": "x\\ud800"}\n')
   with pytest.raises(ValueError, match=r"s\.jsonl:2: field 'text' holds a character that is not"):
     docs_of(SourceConfig(kind="jsonl", paths=(surrogate,)))
@@ -115,6 +122,10 @@ def test_parquet_source_reads_a_multi_file_glob_in_sorted_order(tmp_path):
   with pytest.raises(ValueError, match=r"column 'token_count' holds int64, not strings"):
     docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "other.parquet"),),
                          text_field="token_count"))
+  pq.write_table(pa.table({"text": ["p", None, None, "q"]}), str(tmp_path / "nulls.parquet"))
+  with pytest.warns(UserWarning, match=r"nulls\.parquet: 2 records have a null 'text'"):
+    assert docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "nulls.parquet"),))) == [
+        "p", "q"]
   (tmp_path / "shards" / "002.parquet").write_bytes(b"not parquet at all")
   with pytest.raises(ValueError, match=r"002\.parquet' is not a readable parquet file"):
     docs_of(cfg)

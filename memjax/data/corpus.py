@@ -223,8 +223,15 @@ def _newlines_as_lf(text: str) -> str:
   return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _warn_null_texts(path: str, text_field: str, nulls: int) -> None:
+  # Missing values are common in exported datasets: skipped, as an empty text would be, but said.
+  if nulls:
+    warnings.warn(f"{path}: {nulls} records have a null {text_field!r}; they are skipped")
+
+
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["jsonl"]):
+    nulls = 0
     with open(path, "rb") as f:
       for line_number, raw in enumerate(f, start=1):
         try:  # decoded line by line, so that an error can say where
@@ -235,10 +242,16 @@ def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
         # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
         for line in _newlines_as_lf(text).split("\n"):
           if line.strip():
-            yield _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
+            text = _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
+            if text is None:
+              nulls += 1
+            else:
+              yield text
+    _warn_null_texts(path, cfg.text_field, nulls)
 
 
-def _jsonl_text(line: str, text_field: str, where: str) -> str:
+def _jsonl_text(line: str, text_field: str, where: str) -> str | None:
+  """The text of one JSON line; None where the field is null."""
   try:
     record = json.loads(line)
   except json.JSONDecodeError as e:
@@ -247,6 +260,8 @@ def _jsonl_text(line: str, text_field: str, where: str) -> str:
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
     raise ValueError(f"{where} has no field {text_field!r} (it has {keys}); set text_field.")
   text = record[text_field]
+  if text is None:
+    return None
   if not isinstance(text, str):
     raise ValueError(f"{where}: field {text_field!r} holds {type(text).__name__}, not a string.")
   try:  # JSON can escape a lone surrogate ("\ud800"), which no tokenizer can encode
@@ -278,9 +293,12 @@ def _read_parquet(cfg: SourceConfig) -> Iterator[str]:
             or getattr(pa.types, "is_string_view", lambda _: False)(column_type)):
       raise ValueError(f"parquet file {path!r}: column {cfg.text_field!r} holds {column_type}, "
                        "not strings; set text_field to the column with the text.")
+    nulls = 0
     for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
                                            columns=[cfg.text_field]):
+      nulls += batch.column(0).null_count
       yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    _warn_null_texts(path, cfg.text_field, nulls)
 
 
 # ---------------------------------------------------------------------------------------------
