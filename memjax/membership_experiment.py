@@ -360,13 +360,27 @@ def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
 # Settings that no stored stack depends on: a target stack's shape is in its name, and the LiRA
 # shadows have their own; so adding a shape to the sweep keeps the stacks already stored.
 NOT_IN_STACK_KEY = ("quiet", "layers", "d_model")
+# Settings read only after the stacks are stored (the law's capacity): in no stack's key.
+NOT_IN_ANY_STACK = ("bits_per_param",)
+# What only the target stacks read; the LiRA shadows read the lira_* settings instead.
+TARGETS_ONLY = ("dataset_sizes", "seeds", "eval_size", "min_k")
 
 
-def stack_path(settings, workdir, name, data_key=None):
-  """The file of a finished stack: its name and a hash of the settings it depends on, and of
-  `data_key` (text: the dataset's cache key, which changes when a corpus file changes)."""
+def _stack_identity(settings, name, legacy=False):
   identity = {k: v for k, v in config_lib.to_jsonable(settings).items()
               if k not in NOT_IN_STACK_KEY}
+  if legacy:  # the key of stacks stored before it was narrowed to what each stack reads
+    return identity
+  lira = name.startswith("lira")
+  return {k: v for k, v in identity.items() if k not in NOT_IN_ANY_STACK
+          and not (k.startswith("lira_") if not lira else k in TARGETS_ONLY)}
+
+
+def stack_path(settings, workdir, name, data_key=None, legacy=False):
+  """The file of a finished stack: its name and a hash of the settings it depends on, and of
+  `data_key` (text: the dataset's cache key, which changes when a corpus file changes).
+  legacy=True: the file an earlier version stored it in (keyed by every setting)."""
+  identity = _stack_identity(settings, name, legacy)
   keyed = [name, identity] if data_key is None else [name, identity, data_key]
   digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
   safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
@@ -404,15 +418,20 @@ def cached_stack(settings, workdir, name, design, counts, compute, text=None):
   `counts` (a dict, optional) gains "trained" or "loaded". An unreadable stored file is reported
   and the stack trained again. A text stack is keyed by its dataset too (`TextData.key`).
   """
-  path = stack_path(settings, workdir, name, None if text is None else text.key)
-  if os.path.exists(path):
+  data_key = None if text is None else text.key
+  path = stack_path(settings, workdir, name, data_key)
+  legacy = stack_path(settings, workdir, name, data_key, legacy=True)
+  stored = path if os.path.exists(path) or not os.path.exists(legacy) else legacy
+  if os.path.exists(stored):
     try:
-      rows, part = _load_stack(path)
+      rows, part = _load_stack(stored)
     except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
       logging.warning("%s: the stored stack %s does not load (%s); training it again", name,
-                      path, e)
+                      stored, e)
     else:
-      logging.info("%s: already done (%s)", name, path)
+      logging.info("%s: already done (%s)", name, stored)
+      if stored != path:  # stored by an earlier version: keep it under today's key too
+        _save_stack(path, rows, part)
       design.update(part)
       if counts is not None:
         counts["loaded"] = counts.get("loaded", 0) + 1

@@ -263,3 +263,39 @@ def test_untrained_model_is_at_chance():
   y = np.r_[np.ones(512, bool), np.zeros(512, bool)]
   for fn in (mi.loss_score, mi.min_k_score):
     assert abs(mi.roc_auc(np.r_[fn(mem), fn(non)], y) - 0.5) < 0.05
+
+
+def test_a_stack_is_keyed_only_by_the_settings_it_reads(tmp_path):
+  settings = me.validate(_config())
+  calls = []
+
+  def compute(part):
+    calls.append(1)
+    return [{"role": "target", "f1": 0.75}]
+
+  def run(s, name):
+    counts = {}
+    me.cached_stack(s, str(tmp_path), name, {}, counts, compute)
+    return counts
+
+  run(settings, "targets L1 d16")
+  run(settings, "lira shadows")
+  assert len(calls) == 2
+  # The law's capacity is read after the stacks are stored: no stack trains again for it.
+  law = me.validate(_config(**{"law.bits_per_param": 3.6}))
+  assert run(law, "targets L1 d16") == {"loaded": 1} and run(law, "lira shadows") == {"loaded": 1}
+  # The targets do not read the LiRA settings; the shadows do not read the targets' sweep.
+  lira = me.validate(_config(**{"lira.num_models": 16}))
+  assert run(lira, "targets L1 d16") == {"loaded": 1} and run(lira, "lira shadows") == {
+      "trained": 1}
+  sweep = me.validate(_config(**{"sweep.dataset_sizes": (16, 128), "eval.min_k": 0.1}))
+  assert run(sweep, "lira shadows") == {"loaded": 1} and run(sweep, "targets L1 d16") == {
+      "trained": 1}
+  # A stack stored under the earlier key (every setting) is still found, then kept under both.
+  legacy_dir = tmp_path / "legacy"
+  old = me.stack_path(settings, str(legacy_dir), "targets L1 d16", legacy=True)
+  me._save_stack(old, [{"role": "target", "f1": 0.5}], {})
+  counts = {}
+  rows = me.cached_stack(settings, str(legacy_dir), "targets L1 d16", {}, counts, compute)
+  assert counts == {"loaded": 1} and rows[0]["f1"] == 0.5
+  assert os.path.exists(me.stack_path(settings, str(legacy_dir), "targets L1 d16"))
