@@ -661,13 +661,18 @@ def save_constants(path, fit_or_constants, **metadata) -> str:
 def load_constants(path) -> dict:
   """The record written by `save_constants` (any JSON with numeric c1, c2, c3)."""
   with open(path) as f:
-    record = json.load(f)
+    try:
+      record = json.load(f)
+    except ValueError as e:  # not JSON (json.JSONDecodeError, UnicodeDecodeError)
+      raise ValueError(f"{path}: not a JSON file of constants ({e})") from None
   if not isinstance(record, dict):
     raise ValueError(f"{path}: expected a JSON object with c1, c2, c3")
   try:
-    _constants(record)
+    constants = _constants(record)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{path}: {e}") from None
+  if not all(math.isfinite(c) for c in constants):
+    raise ValueError(f"{path}: c1, c2, c3 must be finite numbers, got {constants}")
   return record
 
 
@@ -686,9 +691,13 @@ def cli(argv=None) -> int:
     p.add_argument("--constants", default=None, help="JSON from save_constants (default: published)")
   args = parser.parse_args(argv)
   try:
-    for field, least in (("n_params", 0), ("seq_len", 0), ("vocab_size", 1)):
-      if not getattr(args, field) > least:
-        raise ValueError(f"--{field} must be > {least}, got {getattr(args, field)}")
+    positive = (("n_params", 0), ("seq_len", 0), ("vocab_size", 1))
+    if args.command == "predict":  # solve checks target_f1 against the law's range
+      positive += (("dataset_size", 0),)
+    for field, least in positive:
+      value = getattr(args, field)
+      if not (value > least and math.isfinite(value)):
+        raise ValueError(f"--{field} must be a finite number > {least}, got {value}")
     constants = load_constants(args.constants) if args.constants else PUBLISHED
     if args.constants and constants.get("x_form", "tokens") != "tokens":
       raise ValueError(

@@ -350,3 +350,22 @@ def test_cli(capsys, tmp_path):
   assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(0.835)
   assert mb.cli(["solve", "--n_params", "1e6", "--target_f1", "0.3"]) == 2
   assert "outside the law's range" in capsys.readouterr().err
+
+
+def test_cli_refuses_impossible_inputs_in_one_line(capsys, tmp_path):
+  # A dataset size <= 0 or not finite has no F1 (the law's value at x <= 0 exceeds 1); an
+  # infinite model likewise; the error names the flag and nothing is printed on stdout.
+  for flag, value in (("--dataset_size", "-5"), ("--dataset_size", "0"),
+                      ("--dataset_size", "nan"), ("--n_params", "inf")):
+    argv = {"--n_params": "1e6", "--dataset_size": "1e5", flag: value}
+    assert mb.cli(["predict", *[x for kv in argv.items() for x in kv]]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and flag in out.err and len(out.err.splitlines()) == 1
+  # A constants file that is not JSON, or holds NaN: one line naming the file.
+  for name, text in (("broken.json", "not json"), ("nan.json", '{"c1": NaN, "c2": -0.1, "c3": 2}')):
+    path = tmp_path / name
+    path.write_text(text)
+    assert mb.cli(["predict", "--n_params", "1e6", "--dataset_size", "1e5",
+                   "--constants", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and str(path) in out.err and len(out.err.splitlines()) == 1
