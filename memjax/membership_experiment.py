@@ -687,6 +687,10 @@ def summarize(settings, rows, wall_s):
       "capacity": fit_law([r["x_capacity"] if r["x_capacity"] is not None else np.nan
                               for r in targets], f1, x_form="capacity"),
   }
+  if targets and all(r["x_capacity"] is None for r in targets):  # say why, not "0 points"
+    fits["capacity"]["reason"] = (
+        "no capacity estimate: text memorization needs a reference model "
+        "(data.reference_pool > 0), or set law.bits_per_param")
   curves = {}
   for r in targets:
     curves.setdefault(r["shape"], {}).setdefault(r["dataset_size"], []).append(r)
@@ -726,9 +730,11 @@ def write_figures(rows, summary, roc_data, workdir):
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(5, 5))
-  for name, (scores, labels) in roc_data.items():
+  # one colour a curve: the default cycle repeats after 10, and a sweep has more curves
+  colors = plt.get_cmap("turbo")(np.linspace(0.05, 0.95, max(len(roc_data), 1)))
+  for color, (name, (scores, labels)) in zip(colors, roc_data.items()):
     fpr, tpr, _ = mi.roc_curve(scores, labels)
-    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=name, lw=1)
+    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=name, lw=1, color=color)
   ax.plot([1e-4, 1], [1e-4, 1], "--", c="gray")
   ax.set_xscale("log")
   ax.set_yscale("log")
@@ -762,15 +768,17 @@ def _fmt(v, spec=".3f"):
 
 
 def report_text(rows, summary):
-  lines = [f"{'model':<16}{'params':>9}{'N':>7}{'x_tok':>9}  "
-           + "".join(f"{a:>10}" for a in ATTACKS) + "   (AUC; F1 = loss F1 at the median)",
-           ]
-  lines[0] = lines[0].replace("   (AUC", "  F1loss  (AUC")
+  # a seed column only when seeds were swept, so that repeated (model, N) rows can be told apart
+  seeded = len({r["seed"] for r in rows if r["role"] == "target"}) > 1
+  lines = [f"{'model':<16}{'params':>9}{'N':>7}" + (f"{'seed':>6}" if seeded else "")
+           + f"{'x_tok':>9}  " + "".join(f"{a:>10}" for a in ATTACKS)
+           + "  F1loss  (AUC; F1 = loss F1 at the median)"]
   for r in rows:
     if r["role"] != "target":
       continue
     aucs = "".join(f"{_fmt(r['attacks'][a].get('auc')):>10}" for a in ATTACKS)
-    lines.append(f"{r['shape']:<16}{r['n_params']:>9,}{r['dataset_size']:>7,}{r['x_tokens']:>9.1f}  "
+    lines.append(f"{r['shape']:<16}{r['n_params']:>9,}{r['dataset_size']:>7,}"
+                 + (f"{r['seed']:>6}" if seeded else "") + f"{r['x_tokens']:>9.1f}  "
                  f"{aucs}  {_fmt(r['attacks']['loss'].get('f1_median')):>6}")
   if summary.get("text_pools"):
     from memjax.data import text as text_lib

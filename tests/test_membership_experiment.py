@@ -299,3 +299,28 @@ def test_a_stack_is_keyed_only_by_the_settings_it_reads(tmp_path):
   rows = me.cached_stack(settings, str(legacy_dir), "targets L1 d16", {}, counts, compute)
   assert counts == {"loaded": 1} and rows[0]["f1"] == 0.5
   assert os.path.exists(me.stack_path(settings, str(legacy_dir), "targets L1 d16"))
+
+
+def _fake_target(n, seed, auc):
+  attack = {"valid": True, **{m: auc for m in me.METRICS}}
+  return {"role": "target", "shape": "L1 d16 fp32", "status": "ok", "n_params": 5000,
+          "dataset_size": n, "seed": seed, "x_tokens": n / 10, "x_capacity": None,
+          "capacity_bits": None, "capacity_source": "measured",
+          "attacks": {a: dict(attack) for a in me.ATTACKS}}
+
+
+def test_report_tells_seeds_apart_and_says_why_no_capacity_law():
+  settings = me.validate(_config(**{"sweep.seeds": (0, 1)}))
+  rows = [_fake_target(n, s, 0.9 - n / 1e4) for s in (0, 1) for n in (8, 64, 512, 4096)]
+  summary = me.summarize(settings, rows, 1.0)
+  # no target has a capacity estimate (text without a reference model): the reason says so
+  assert summary["law_fits"]["capacity"]["reason"].startswith("no capacity estimate")
+  text = me.report_text(rows, summary)
+  header, first, second = text.splitlines()[:3]
+  assert header.split()[:4] == ["model", "params", "N", "seed"]
+  assert first.split()[4:6] == ["8", "0"] and second.split()[4:6] == ["64", "0"]  # shape is 3 words
+  assert "law fit (x_form=capacity): not valid: no capacity estimate" in text
+  # one seed: no seed column
+  one = [r for r in rows if r["seed"] == 0]
+  assert me.report_text(one, me.summarize(settings, one, 1.0)).splitlines()[0].split()[:4] == [
+      "model", "params", "N", "x_tok"]
