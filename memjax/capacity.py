@@ -7,6 +7,8 @@ and deletes its checkpoints. See sweep.py for the plan and checkpoint.py for the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -164,6 +166,33 @@ def _wait_for_every_process(name, hours=24):
   client.wait_at_barrier(name, timeout_in_ms=int(hours * 3600 * 1000))
 
 
+def _check_same_plan(plan, chunk_keys, pid, nproc, hours=24):
+  """Every process must cut the sweep into the same chunks: chunk c runs on process c % nproc of
+  each process's own plan, so plans that differ (other local device counts or device memory,
+  with sweep.models_per_chunk = 0) would train some models twice and others never. Each process
+  publishes a digest of its plan in the coordination service's key-value store and compares it
+  with every other's; a mismatch is a ConfigError on every process, before anything trains."""
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if nproc == 1 or client is None:
+    return
+  digest = hashlib.sha256(json.dumps(chunk_keys).encode()).hexdigest()[:16]
+  mine = {"digest": digest, "chunks": len(plan.chunks), "devices": plan.n_devices,
+          "memory": plan.device_memory, "source": plan.memory_source}
+  client.key_value_set(f"memjax/plan/{pid}", json.dumps(mine), allow_overwrite=True)
+  others = [json.loads(client.blocking_key_value_get(f"memjax/plan/{i}",
+                                                     int(hours * 3600 * 1000)))
+            for i in range(nproc)]
+  if any(o["digest"] != digest for o in others):
+    described = "; ".join(
+        f"process {i}: {o['chunks']} chunks on {o['devices']} local device(s) of "
+        f"{o['memory'] / 2**30:.3g} GiB ({o['source']})" for i, o in enumerate(others))
+    raise config_lib.ConfigError(
+        "the processes planned different chunks of the sweep, so some models would train twice "
+        f"and others never ({described}); give every process the same local device count "
+        "(--cpu_devices) and sweep.device_memory_gib, or set sweep.models_per_chunk")
+
+
 def _warn_other_test_size(rows, test_size):
   """The evaluation settings are not part of a model's key: say so when finished rows that a
   rerun keeps were scored on another number of held-out sequences."""
@@ -174,11 +203,12 @@ def _warn_other_test_size(rows, test_size):
                     "scores every model anew)", "/".join(map(str, other)), test_size)
 
 
-def _cleanup_checkpoints(root, mine, live_ids, done_keys):
+def _cleanup_checkpoints(root, mine, live_ids, done_keys, sweep_keys=frozenset()):
   """Remove this process's chunk checkpoints whose models all have rows in the results (a kill
-  between writing the rows and deleting the checkpoint leaves one). A checkpoint of models that
-  this sweep does not train (the config changed since) is kept, with a warning: the config it
-  came from continues it."""
+  between writing the rows and deleting the checkpoint leaves one). Any other checkpoint that
+  no chunk of this plan continues is kept, with a warning saying why: its models are not in this
+  sweep (the config changed), or they are but the plan cut them into other chunks (another
+  device count or device memory); the run it came from continues it."""
   if not os.path.isdir(root):
     return
   for name in sorted(os.listdir(root)):
@@ -194,6 +224,13 @@ def _cleanup_checkpoints(root, mine, live_ids, done_keys):
     keys = ckpts.model_keys()
     if (keys is not None and set(keys) <= done_keys) or not os.listdir(ckpts.directory):
       ckpts.delete()
+    elif keys is not None and set(keys) <= set(sweep_keys):
+      logging.warning(
+          "%s holds a partly trained chunk whose models this plan cuts into other chunks (were "
+          "the local device count or sweep.device_memory_gib changed?): they train again from "
+          "the start; to continue it, rerun on the devices it came from (sweep.models_per_chunk "
+          "> 0 keeps chunks the same on any devices); it is kept until then, or delete it",
+          ckpts.directory)
     else:
       logging.warning(
           "%s holds a partly trained chunk of models that this sweep does not train (was the "
@@ -222,13 +259,16 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   all_keys = []
   mine = {c.index for c in plan.chunks if c.index % nproc == pid}
   work = []
+  chunk_keys = []
   for chunk in plan.chunks:
     keys = [sweep.model_key(chunk.shape, s, settings.train) for s in chunk.specs]
     all_keys.extend(keys)
+    chunk_keys.append(keys)
     todo = [(s, k) for s, k in zip(chunk.specs, keys) if k not in done]
     if chunk.index in mine and todo:
       work.append((chunk, [s for s, _ in todo], sweep.chunk_id(chunk, [k for _, k in todo])))
-  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done)
+  _check_same_plan(plan, chunk_keys, pid, nproc)
+  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done, all_keys)
   skipped = sum(len(c.specs) for c in plan.chunks if c.index in mine) - sum(
       len(w[1]) for w in work)
   if skipped:
@@ -272,9 +312,11 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   return summary, trained, already
 
 
-def dry_run(settings, workdir):
-  """Print the plan (buckets, chunks, models, memory, tokens) and train nothing."""
-  pid, nproc = _process()
+def dry_run(settings, workdir, process=None):
+  """Print the plan (buckets, chunks, models, memory, tokens) and train nothing. `process`:
+  (index, count) from the process flags, which a dry run does not join (it would wait for every
+  process); by default this process's own."""
+  pid, nproc = process or _process()
   plan = sweep.plan_chunks(settings, jax.local_devices())
   done = {r.get("key") for r in sweep.read_all_rows(workdir, repair=False)}  # writes nothing
   print(sweep.format_plan(plan, settings, done, pid, nproc))

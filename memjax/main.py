@@ -57,6 +57,12 @@ def main(argv):
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
     _check_process_flags()
+    if name != "capacity" and (_NUM_PROCESSES.value is not None or _DISTRIBUTED.value):
+      # Only the capacity sweep splits its chunks over processes; every other experiment would
+      # run whole on each process, repeating all the work and writing the same files at once.
+      raise config_lib.ConfigError(
+          f"--coordinator_address, --num_processes, --distributed: experiment {name!r} runs in "
+          "one process (only 'capacity' splits its work over processes); drop these flags")
     if _CPU_DEVICES.value < 0:
       raise config_lib.ConfigError(f"--cpu_devices: must be >= 0, got {_CPU_DEVICES.value}")
     workdir_is_new = not os.path.exists(_WORKDIR.value or ".")
@@ -68,18 +74,25 @@ def main(argv):
   from memjax import devices  # after the config is known good: imports jax
   devices.use_cpu_devices(_CPU_DEVICES.value)  # before anything starts JAX's backends
   from memjax import sweep
-  sweep.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               auto=_DISTRIBUTED.value)
+  if not _DRY_RUN.value:  # a dry run only plans: it must not wait for the other processes
+    try:
+      sweep.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   auto=_DISTRIBUTED.value)
+    except (ValueError, RuntimeError) as e:  # no cluster found, or no coordinator reached
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      _fail_before_writing(
+          f"jax.distributed.initialize: {first[:300]} (--distributed needs a cluster JAX can "
+          "detect, e.g. SLURM under srun; elsewhere give --coordinator_address, "
+          "--num_processes and --process_id)", workdir_is_new)
   try:
-    if _DRY_RUN.value:
+    if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # capacity: say which process owns
+      experiment.dry_run(settings, _WORKDIR.value, (_PROCESS_ID.value, _NUM_PROCESSES.value))
+    elif _DRY_RUN.value:
       experiment.dry_run(settings, _WORKDIR.value)
     else:
       experiment.main(settings, _WORKDIR.value)
   except config_lib.ConfigError as e:  # found while planning (e.g. memory), still before compiling
-    print(f"memjax: error: {e}", file=sys.stderr)
-    if workdir_is_new and os.path.isdir(_WORKDIR.value) and not os.listdir(_WORKDIR.value):
-      os.rmdir(_WORKDIR.value)  # made by this run, which wrote nothing: leave no trace
-    sys.exit(2)
+    _fail_before_writing(str(e), workdir_is_new)
   except KeyboardInterrupt:  # Ctrl-C outside a training loop (those stop at a checkpoint)
     print(f"\nmemjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "
           "command continues from it", file=sys.stderr)
@@ -92,6 +105,13 @@ def main(argv):
           "train.batch_size, eval.batch_size, the dataset sizes or the model widths; what is "
           f"written in {_WORKDIR.value} stays valid", file=sys.stderr)
     _exit_now(1)
+
+
+def _fail_before_writing(message, workdir_is_new):
+  print(f"memjax: error: {message}", file=sys.stderr)
+  if workdir_is_new and os.path.isdir(_WORKDIR.value) and not os.listdir(_WORKDIR.value):
+    os.rmdir(_WORKDIR.value)  # made by this run, which wrote nothing: leave no trace
+  sys.exit(2)
 
 
 def _exit_now(status):

@@ -142,3 +142,32 @@ def test_cli_bad_flags_and_config_files_fail_in_one_line(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr[-2000:])
     assert lines[0].startswith("memjax: error: ") and needle in lines[0], (args, lines)
+
+
+def test_cli_refuses_process_flags_for_experiments_that_do_not_split(tmp_path):
+  # The text experiment has no notion of processes: with these flags every process would train
+  # and write everything. The flags are refused before any process is joined.
+  proc = run_main(["--config=configs/text.py", "--dry_run", "--coordinator_address=127.0.0.1:1",
+                   "--num_processes=2", "--process_id=0"], tmp_path / "w")
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "experiment 'text' runs in one process" in proc.stderr
+
+
+def test_cli_dry_run_with_process_flags_plans_without_waiting_for_the_others(tmp_path):
+  # Nobody listens at the coordinator address: a dry run must not join (it would wait forever).
+  proc = run_main([*TINY, "--dry_run", "--config.sweep.models_per_chunk=2",
+                   "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=1"],
+                  tmp_path / "w")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "x 2 processes" in proc.stdout and "process 1 (this one)" in proc.stdout
+  assert "process 0;" in proc.stdout and not (tmp_path / "w").exists()
+
+
+@pytest.mark.skipif(any(v in os.environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")),
+                    reason="inside a cluster JAX can detect")
+def test_cli_distributed_outside_a_cluster_fails_in_one_line(tmp_path):
+  proc = run_main([*TINY, "--distributed"], tmp_path / "w")
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("memjax: error: jax.distributed.initialize: ")
+  assert "give --coordinator_address" in lines[0] and not (tmp_path / "w").exists()

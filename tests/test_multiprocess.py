@@ -128,3 +128,30 @@ def test_both_processes_resume_their_own_chunks_after_a_kill(tmp_path):
       else:
         assert value == ref[name], name
   assert not (workdir / "checkpoints").exists()
+
+
+def test_processes_that_plan_different_chunks_stop_before_training(tmp_path):
+  # Process 0 splits the host into 2 CPU devices, process 1 into 1. With models_per_chunk=0 and
+  # a per-device memory, their plans cut the bucket into different chunks; chunk c % 2 of each
+  # plan would then train some models twice and others never. Both must refuse, before training.
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "w"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  args = [a for a in ARGS if not a.startswith("--config.sweep.models_per_chunk")] + [
+      "--config.sweep.models_per_chunk=0", "--config.sweep.device_memory_gib=0.0002",
+      "--config.train.steps=20", "--config.train.warmup_steps=5"]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}",
+       f"--cpu_devices={2 - i}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 2, err[-3000:]
+    assert "the processes planned different chunks of the sweep" in err
+  assert not list(workdir.glob("results*.jsonl")) if workdir.exists() else True
