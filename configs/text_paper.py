@@ -2,7 +2,7 @@
 
 FineWeb text (parquet shards, e.g. HuggingFaceFW/fineweb sample-10BT, downloaded beforehand: memjax
 reads no network) tokenized with GPT-2's tokenizer (V=50,257; its tokenizer.json given by path),
-64-token sequences, exactly deduplicated. GPT-2 models of 8 layers and d_model 32 to 256 (2.0M to
+64-token sequences, exactly deduplicated. GPT-2 models of 8 layers and d_model 32 to 256 (1.7M to
 19.2M parameters, most of them in the embedding; bf16 compute, fp32 parameters) each train one stack: a log grid of dataset sizes
 from 2,048 to 2,097,152 sequences plus the shape's reference on the whole 4,194,304-sequence
 training pool. Extraction decodes 10,000 held-out non-members and up to 10,000 members per model.

@@ -117,7 +117,8 @@ def test_stale_chunk_checkpoints_are_removed_only_when_their_models_are_done(tmp
   state = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
   root = tmp_path / "checkpoints"
   for name, keys in (("chunk00000-done", ["a", "b"]), ("chunk00001-other", ["c"]),
-                     ("chunk00002-live", ["d"]), ("chunk00003-notmine", ["e"])):
+                     ("chunk00002-live", ["d"]), ("chunk00003-notmine", ["e"]),
+                     ("chunk00001-recut", ["d", "f"])):
     checkpoint.ChunkCheckpoints(str(root / name)).save(10, state, len(keys), {"keys": keys})
   assert checkpoint.ChunkCheckpoints(str(root / "chunk00001-other")).model_keys() == ["c"]
   (root / "chunk00004-empty").mkdir()
@@ -125,12 +126,14 @@ def test_stale_chunk_checkpoints_are_removed_only_when_their_models_are_done(tmp
   (root / "chunk00004-unreadable" / "10").write_text("not a checkpoint")
   caplog.set_level("WARNING")
   capacity._cleanup_checkpoints(str(root), mine={0, 1, 2, 4}, live_ids={"chunk00002-live"},
-                                done_keys={"a", "b", "x"})
+                                done_keys={"a", "b", "x"}, sweep_keys={"a", "b", "x", "d", "f"})
   # Done models and an empty directory: removed. Another config's partly trained chunk, an
-  # unreadable one, the live one and another process's: kept, the first two with a warning.
-  assert sorted(os.listdir(root)) == ["chunk00001-other", "chunk00002-live",
+  # unreadable one, models of this sweep cut into other chunks (another device count), the
+  # live one and another process's: kept, the first three with a warning saying which case.
+  assert sorted(os.listdir(root)) == ["chunk00001-other", "chunk00001-recut", "chunk00002-live",
                                       "chunk00003-notmine", "chunk00004-unreadable"]
   assert caplog.text.count("this sweep does not train") == 2
+  assert caplog.text.count("this plan cuts into other chunks") == 1
 
 
 # ---------------------------------------------------------------------------------------------
