@@ -52,17 +52,23 @@ def _shape_label(row):
   return f"L{row['layers']} d{row['d_model']} {row['precision']}"
 
 
+# The memorization axis is logarithmic: a point of 0 bits (a model that memorized nothing) is
+# drawn at this floor instead of being dropped, as the text experiment's figure does.
+LOG_FLOOR_BITS = 1e-1
+
+
 def plot_memorization(rows, summary, path):
   """Memorization against dataset size, one line per model shape of the summary's capacity table
   (at each N the seed-mean of the best learning rate), with the memorizable-bits diagonal
-  N (S-1) log2 V (the first token of a sequence has no context, so no model can compress it)."""
+  N (S-1) log2 V (the first token of a sequence has no context, so no model can compress it).
+  Memorization below LOG_FLOOR_BITS (0 bits) is drawn at that floor of the log axis."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   all_n = sorted({r["dataset_size"] for r in rows})
   for t in sorted(summary["models"], key=_shape_label):
     curve = {int(n): m for n, m in t["mem_bits_by_dataset_size"].items()}
     ns = sorted(curve)
-    ax.plot(ns, [curve[n] for n in ns], marker="o", label=_shape_label(t))
+    ax.plot(ns, [max(curve[n], LOG_FLOOR_BITS) for n in ns], marker="o", label=_shape_label(t))
   if all_n and rows:
     # Older rows carry only data_bits (N S log2 V).
     field = "memorizable_bits" if "memorizable_bits" in rows[0] else "data_bits"

@@ -107,3 +107,20 @@ def test_a_shape_whose_every_model_diverged_is_named_under_the_table():
                                          "models": 1}]
   assert ("L1 d32 fp32: all 1 models diverged or gave no finite memorization"
           in report.capacity_table_text(summary))
+
+
+def test_zero_memorization_is_drawn_on_the_log_axis_not_dropped(tmp_path, monkeypatch):
+  # A shape that memorized 0 bits at some N (e.g. a model that never trained) kept its legend
+  # entry but lost those points: a log axis cannot show 0.
+  plt = report.pyplot()
+  figures = []
+  monkeypatch.setattr(plt, "close", figures.append)
+  rows = [_row(16, 10, 0, 0.0, 50), _row(16, 40, 0, 0.0, 50), _row(32, 10, 0, 30.0, 90)]
+  for r in rows:
+    r["memorizable_bits"] = r["dataset_size"] * 12.0
+  summary = memorization.summarize(rows)
+  report.plot_memorization(rows, summary, str(tmp_path / "m.png"))
+  (fig,) = figures
+  curves = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines}
+  assert all(y > 0 for ys in curves.values() for y in ys)
+  assert list(curves["L1 d16 fp32"]) == [report.LOG_FLOOR_BITS] * 2
