@@ -260,15 +260,15 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
   pools = text_lib.PoolSizes(train=t["train_pool"], heldout=t["heldout_pool"],
                              reference=t["reference_pool"])
   pool_split = t.get("pool_split", "sequence")
+  cache_dir = t["cache_dir"] or os.path.join(workdir, "cache")
   try:
     ds = text_lib.build_text_dataset(source, tok, settings.seq_len, pools, settings.data_seed,
-                                     cache_dir=t["cache_dir"] or os.path.join(workdir, "cache"),
-                                     pool_split=pool_split)
+                                     cache_dir=cache_dir, pool_split=pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(
         e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
         extra_fields=(("split by document", "data.pool_split"),
-                      ("pools ask for", "data.train_pool"))) from e
+                      ("pools ask for", "data.train_pool")), cache_dir=cache_dir) from e
   summary = text_lib.write_workdir_summary(
       workdir, ds, pools, settings.data_seed, ds.train_idx, ds.heldout_idx, ds.reference_idx,
       pool_split, corpus_lib.describe_source(source))

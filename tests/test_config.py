@@ -108,3 +108,22 @@ def test_data_errors_name_the_field_and_keep_the_message_whole():
   e = config_lib.data_error(ValueError("'/d/b.jsonl:2' is not valid UTF-8 in 'x'"), True)
   assert str(e) == "config.data.paths: '/d/b.jsonl:2' is not valid UTF-8 in 'x'"
   assert str(config_lib.data_error(ValueError("no text"), False)) == "config.data.source: no text"
+
+
+def test_an_unwritable_cache_dir_is_blamed_on_data_cache_dir(tmp_path):
+  # Was "config.data.source: [Errno 20] Not a directory: ..." (data.paths for a file source).
+  from memjax import dynamics_experiment
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  config = load_config("dynamics")
+  config.data.max_documents = 5
+  config.data.tokenizer = "bytes"
+  config.data.cache_dir = str(blocker / "cache")
+  settings = dynamics_experiment.validate(config)
+  with pytest.raises(config_lib.ConfigError) as e:
+    dynamics_experiment.load_tokens(settings.data, str(tmp_path / "work"))
+  assert str(e.value).startswith("config.data.cache_dir: cannot write the cache in ")
+  # An OSError elsewhere (a source file) still names the source.
+  e = config_lib.data_error(PermissionError(13, "Permission denied", "/corpus/a.txt"), True,
+                            cache_dir=str(tmp_path))
+  assert str(e).startswith("config.data.paths: ")
