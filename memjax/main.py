@@ -44,6 +44,10 @@ EXPERIMENTS = {
 
 
 def main(argv):
+  if _WORKDIR.value:
+    # "--workdir=~/runs/x" arrives unexpanded (a shell expands "~" only at a word's start):
+    # expand it, as data.paths and data.cache_dir are, rather than make a directory named "~".
+    flags.FLAGS.workdir = os.path.expanduser(_WORKDIR.value)
   try:
     if len(argv) > 1:
       raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -171,3 +171,16 @@ def test_cli_distributed_outside_a_cluster_fails_in_one_line(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("memjax: error: jax.distributed.initialize: ")
   assert "give --coordinator_address" in lines[0] and not (tmp_path / "w").exists()
+
+
+def test_cli_expands_a_tilde_in_workdir(tmp_path):
+  # "--workdir=~/x" is not expanded by the shell (the "~" is not at the start of the word): it
+  # made a directory named "~" in the current directory. Here ~/taken is a file, so an expanded
+  # workdir is refused.
+  (tmp_path / "taken").write_text("")
+  proc = subprocess.run(
+      [sys.executable, "-m", "memjax.main", "--config=configs/capacity.py", "--dry_run",
+       "--workdir=~/taken"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)})
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert f"--workdir: '{tmp_path / 'taken'}' is a file" in proc.stderr
