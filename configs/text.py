@@ -1,4 +1,4 @@
-"""Text memorization on the embedded corpus, sized for a 2-core CPU (about 14 minutes).
+"""Text memorization on the embedded corpus, sized for a 2-core CPU (about 10 minutes).
 
 The corpus is `stdlib_docs` (the docstrings of the Python standard library and of numpy, jax,
 flax, optax: about 6.4M characters, nothing to download), tokenized with a 1024-token byte-level
