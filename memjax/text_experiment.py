@@ -885,14 +885,15 @@ def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
       ns = list(curve)
       ax.plot(ns, [max(curve[n], 1e-1) for n in ns], style, marker="o", color=colors[k],
               label=f"{label(k)} ({field[9:].replace('_', ' ')} ref)")
-  data_curve = {}
-  for k, curve in _curves(rows, "dataset_bits").items():
-    for n, v in curve.items():
-      data_curve.setdefault(n, []).append(v)
-  if data_curve:
-    ns = sorted(data_curve)
-    ax.plot(ns, [np.mean(data_curve[n]) for n in ns], "k:", lw=1,
-            label=f"dataset bits ({primary} ref)")
+  # One line when every shape measures the data alike (the oracle reference); else each shape's
+  # own (the same-size reference is the shape's own model): a mean of them matches no shape.
+  data_curves = _curves(rows, "dataset_bits")
+  if len({tuple(c.items()) for c in data_curves.values()}) == 1:
+    data_curves = {None: next(iter(data_curves.values()))}
+  for k, curve in data_curves.items():
+    ns = list(curve)
+    ax.plot(ns, [curve[n] for n in ns], ":", lw=1, color="k" if k is None else colors[k],
+            label=("" if k is None else f"{label(k)} ") + f"dataset bits ({primary} ref)")
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("dataset size N (sequences)")

@@ -397,3 +397,31 @@ def test_dry_run_prints_the_plan_without_reading_the_corpus(tmp_path, capsys):
   assert "L1 d64 fp32: 119,744 params, 6 models" in out
   assert "total: 18 models" in out
   assert not os.listdir(tmp_path)
+
+
+def test_the_memorization_figure_draws_each_shapes_own_dataset_bits(tmp_path, monkeypatch):
+  # With the same-size reference every shape measures the data by its own model: one dotted line
+  # a shape (a mean over shapes matched none of them); one line when all shapes agree.
+  from memjax import report
+  plt = report.pyplot()
+
+  def rows_with(bits_by_d):
+    return [{"status": "ok", "in_grid": True, "layers": 1, "d_model": d, "precision": "fp32",
+             "dataset_size": n, "dataset_bits": bits * n, "mem_bits_oracle": 10.0 * n,
+             "mem_bits_same_size": 5.0 * n, "train_loss": 1.0, "test_loss": 2.0,
+             "dataset_bits_over_capacity": 0.1 * n, "mem_bits": 5.0 * n, "is_reference": False,
+             "key": f"d{d}N{n}"} for d, bits in bits_by_d.items() for n in (32, 64)]
+
+  summary = {"reference": {"primary": "same_size"}, "capacity": {"source": "measured"}}
+  for bits_by_d, expected in (({16: 150.0, 32: 133.0}, {"L1 d16 fp32 dataset bits (same_size ref)":
+                                                         [4800.0, 9600.0],
+                                                         "L1 d32 fp32 dataset bits (same_size ref)":
+                                                         [4256.0, 8512.0]}),
+                              ({16: 150.0, 32: 150.0}, {"dataset bits (same_size ref)":
+                                                         [4800.0, 9600.0]})):
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    tx.write_figures(rows_with(bits_by_d), summary, {}, [], str(tmp_path))
+    lines = {l.get_label(): list(l.get_ydata()) for l in figures[0].axes[0].lines
+             if "dataset bits" in l.get_label()}
+    assert lines == expected
