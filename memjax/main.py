@@ -157,6 +157,7 @@ def _check_process_flags():
 def parse_flags(argv):
   """absl's parser, but a bad flag or --config.* override is one line (naming the field), not a
   traceback."""
+  argv = [("--help" if a == "-h" else a) for a in argv]  # absl knows only --help and -?
   try:
     rest = flags.FLAGS(argv)
     message = config_lib.repeated_list_override(argv, _CONFIG.value)

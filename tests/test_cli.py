@@ -184,3 +184,9 @@ def test_cli_expands_a_tilde_in_workdir(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)})
   assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert f"--workdir: '{tmp_path / 'taken'}' is a file" in proc.stderr
+
+
+def test_cli_short_help_prints_usage():
+  proc = subprocess.run([sys.executable, "-m", "memjax.main", "-h"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and "memjax entry point" in proc.stdout + proc.stderr
