@@ -186,7 +186,9 @@ def test_cli_expands_a_tilde_in_workdir(tmp_path):
   assert f"--workdir: '{tmp_path / 'taken'}' is a file" in proc.stderr
 
 
-def test_cli_short_help_prints_usage():
-  proc = subprocess.run([sys.executable, "-m", "memjax.main", "-h"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
-  assert proc.returncode == 0 and "memjax entry point" in proc.stdout + proc.stderr
+def test_cli_short_help_prints_usage_as_long_help_does():
+  short, long = (subprocess.run([sys.executable, "-m", "memjax.main", flag], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+                 for flag in ("-h", "--help"))
+  assert "memjax entry point" in short.stdout and "memjax: error" not in short.stderr
+  assert (short.returncode, short.stdout) == (long.returncode, long.stdout)
