@@ -373,6 +373,8 @@ def _load_config_file(path):
 
 def config_file_error(path) -> str | None:
   """Why the config file at `path` cannot be loaded, in one line (None if it loads)."""
+  if os.path.isdir(path):
+    return "a directory, not a config file; name one of its .py files"
   try:
     _load_config_file(path)
   except SyntaxError as e:

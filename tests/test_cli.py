@@ -134,6 +134,7 @@ def test_cli_bad_flags_and_config_files_fail_in_one_line(tmp_path):
       ([f"--config={broken}", "--config.train.steps=3"], "SyntaxError: invalid syntax (line 1)"),
       ([f"--config={raising}"], "ValueError: no such dataset"),
       ([], "--config: required"),
+      (["--config=configs/"], "--config: cannot load 'configs/': a directory, not a config file"),
       (["--config=configs/capacity.py", "--bogus"], "Unknown command line flag 'bogus'"),
       (["--config=configs/capacity.py", "stray"], "unexpected arguments: stray"),
   ]
