@@ -18,7 +18,7 @@ def get_config():
   config.quiet = False
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "stdlib_docs"  # stdlib_docs (embedded), txt, jsonl or synthetic
+  config.data.source = "stdlib_docs"  # stdlib_docs (embedded), txt, jsonl, parquet or synthetic
   config.data.paths = ()
   config.data.text_field = "text"
   config.data.doc_packages = ()

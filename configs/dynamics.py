@@ -18,7 +18,7 @@ def get_config():
   config.quiet = False
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "stdlib_docs"  # stdlib_docs (embedded), txt, jsonl or synthetic
+  config.data.source = "stdlib_docs"  # stdlib_docs (embedded), txt, jsonl, parquet or synthetic
   config.data.paths = ()  # txt/jsonl: files, directories or globs
   config.data.text_field = "text"  # jsonl key
   config.data.doc_packages = ()  # stdlib_docs: packages after the stdlib (e.g. ("numpy",))

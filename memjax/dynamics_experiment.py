@@ -45,7 +45,8 @@ from memjax import report
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
 
-DATA_SOURCES = ("stdlib_docs", "txt", "jsonl", "synthetic")
+DATA_SOURCES = ("stdlib_docs", "txt", "jsonl", "parquet", "synthetic")
+FILE_SOURCES = ("txt", "jsonl", "parquet")  # read data.paths
 TOKENIZERS = ("bpe", "bytes")
 
 ALLOWED = {
@@ -113,8 +114,8 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
   _int = config_lib._int
   source = _str(config, "data.source", DATA_SOURCES)
   paths = tuple(os.path.expanduser(p) for p in _str_tuple(config, "data.paths"))
-  config_lib.refuse_unused_paths(config, source, file_kinds=("txt", "jsonl"))
-  if source in ("txt", "jsonl"):
+  config_lib.refuse_unused_paths(config, source, file_kinds=FILE_SOURCES)
+  if source in FILE_SOURCES:
     if not paths:
       _fail("data.paths", f"data.source={source!r} reads files: give files, directories or globs")
     from memjax.data import corpus as corpus_lib
@@ -225,7 +226,7 @@ def load_tokens(d: DataSettings, workdir: str):
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
                                      cache_dir=cache_dir, pool_split=d.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
-    raise config_lib.data_error(e, d.source in ("txt", "jsonl"), cache_dir=cache_dir) from e
+    raise config_lib.data_error(e, d.source in FILE_SOURCES, cache_dir=cache_dir) from e
   need = d.num_samples + d.heldout
   if ds.num_sequences < need:
     if d.heldout > d.num_samples:

@@ -205,6 +205,29 @@ def test_held_out_sequences_split_by_document_come_from_other_documents(tmp_path
                         str(tmp_path))
 
 
+def test_a_parquet_corpus_feeds_the_distributional_experiment(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  words = np.random.default_rng(0).choice(["memorize", "this", "text", "or", "generalize",
+                                            "from", "it", "tokens", "count"], (60, 40))
+  texts = [f"document {i}: " + " ".join(w) + "." for i, w in enumerate(words)]
+  pq.write_table(pa.table({"id": list(range(60)), "body": texts}), str(tmp_path / "c.parquet"))
+  overrides = {"data.tokenizer": "bytes", "data.vocab_size": 256, "data.max_documents": 0,
+               "data.num_samples": 64, "data.heldout": 16, "sweep.dataset_sizes": (8, 64),
+               "distributional.eval_samples": 16, "data.source": "parquet",
+               "data.paths": (str(tmp_path / "*.parquet"),), "data.text_field": "body"}
+  settings = dist_exp.validate(_config("configs/distributional.py", **overrides))
+  train, heldout, vocab, info = dyn_exp.load_tokens(settings.data, str(tmp_path / "w"))
+  assert train.shape == (64, 32) and heldout.shape == (16, 32) and vocab == 256
+  assert info["source"].startswith("parquet source")
+  # the same bytes as the documents: every training row is a slice of the concatenated texts
+  assert bytes(train[0].astype(np.uint8).tolist()).decode("latin-1") in "".join(texts)
+  with pytest.raises(config_lib.ConfigError, match="^config.data.text_field|^config.data.paths"):
+    dyn_exp.load_tokens(dist_exp.validate(_config(
+        "configs/distributional.py", **{**overrides, "data.text_field": "text"})).data,
+        str(tmp_path / "w2"))
+
+
 def test_cli_bad_input_is_one_line(tmp_path):
   proc = run_main(["--config=configs/dynamics.py", "--config.dynamics.continuation=20"], tmp_path)
   assert proc.returncode == 2
