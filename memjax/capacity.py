@@ -166,16 +166,33 @@ def _wait_for_every_process(name, hours=24):
   client.wait_at_barrier(name, timeout_in_ms=int(hours * 3600 * 1000))
 
 
-def _check_same_plan(plan, chunk_keys, pid, nproc, hours=24):
-  """Every process must cut the sweep into the same chunks: chunk c runs on process c % nproc of
-  each process's own plan, so plans that differ (other local device counts or device memory,
-  with sweep.models_per_chunk = 0) would train some models twice and others never. Each process
-  publishes a digest of its plan in the coordination service's key-value store and compares it
-  with every other's; a mismatch is a ConfigError on every process, before anything trains."""
-  from jax._src import distributed
-  client = distributed.global_state.client
-  if nproc == 1 or client is None:
-    return
+def _coordination_client(nproc):
+  """The coordination service's client of a multi-process run, or None."""
+  from jax._src import distributed  # the client jax.distributed.initialize() made
+  return distributed.global_state.client if nproc > 1 else None
+
+
+def _agreed_plan(settings, devices, pid, nproc, hours=24):
+  """(plan, each chunk's model keys), the same on every process.
+
+  Chunk c runs on process c % nproc of each process's own plan, so plans that differ (other
+  local device counts or device memory, with sweep.models_per_chunk = 0) would train some models
+  twice and others never. Each process publishes a digest of its plan, or the error that stopped
+  it planning, in the coordination service's key-value store and reads every other's: a
+  mismatch or another process's error is a ConfigError on every process, before anything trains
+  (a process that failed alone would leave the others waiting for it)."""
+  client = _coordination_client(nproc)
+  try:
+    plan = sweep.plan_chunks(settings, devices)
+    chunk_keys = [[sweep.model_key(chunk.shape, s, settings.train) for s in chunk.specs]
+                  for chunk in plan.chunks]
+  except config_lib.ConfigError as e:
+    if client is not None:
+      client.key_value_set(f"memjax/plan/{pid}", json.dumps({"error": str(e)}),
+                           allow_overwrite=True)
+    raise
+  if client is None:
+    return plan, chunk_keys
   digest = hashlib.sha256(json.dumps(chunk_keys).encode()).hexdigest()[:16]
   mine = {"digest": digest, "chunks": len(plan.chunks), "devices": plan.n_devices,
           "memory": plan.device_memory, "source": plan.memory_source}
@@ -183,6 +200,10 @@ def _check_same_plan(plan, chunk_keys, pid, nproc, hours=24):
   others = [json.loads(client.blocking_key_value_get(f"memjax/plan/{i}",
                                                      int(hours * 3600 * 1000)))
             for i in range(nproc)]
+  failed = [(i, o["error"]) for i, o in enumerate(others) if "error" in o]
+  if failed:
+    i, error = failed[0]
+    raise config_lib.ConfigError(f"process {i} could not plan the sweep: {error}")
   if any(o["digest"] != digest for o in others):
     described = "; ".join(
         f"process {i}: {o['chunks']} chunks on {o['devices']} local device(s) of "
@@ -191,6 +212,7 @@ def _check_same_plan(plan, chunk_keys, pid, nproc, hours=24):
         "the processes planned different chunks of the sweep, so some models would train twice "
         f"and others never ({described}); give every process the same local device count "
         "(--cpu_devices) and sweep.device_memory_gib, or set sweep.models_per_chunk")
+  return plan, chunk_keys
 
 
 def _warn_other_test_size(rows, test_size):
@@ -251,7 +273,7 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   """
   pid, nproc = _process()
   sharding = train_lib.model_sharding()
-  plan = sweep.plan_chunks(settings, list(sharding.mesh.devices.flat))
+  plan, chunk_keys = _agreed_plan(settings, list(sharding.mesh.devices.flat), pid, nproc)
   results = sweep.ResultsFile(sweep.results_path(workdir, pid, nproc))
   done_rows = sweep.read_all_rows(workdir)
   done = {r.get("key") for r in done_rows}
@@ -259,15 +281,11 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   all_keys = []
   mine = {c.index for c in plan.chunks if c.index % nproc == pid}
   work = []
-  chunk_keys = []
-  for chunk in plan.chunks:
-    keys = [sweep.model_key(chunk.shape, s, settings.train) for s in chunk.specs]
+  for chunk, keys in zip(plan.chunks, chunk_keys):
     all_keys.extend(keys)
-    chunk_keys.append(keys)
     todo = [(s, k) for s, k in zip(chunk.specs, keys) if k not in done]
     if chunk.index in mine and todo:
       work.append((chunk, [s for s, _ in todo], sweep.chunk_id(chunk, [k for _, k in todo])))
-  _check_same_plan(plan, chunk_keys, pid, nproc)
   _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done, all_keys)
   skipped = sum(len(c.specs) for c in plan.chunks if c.index in mine) - sum(
       len(w[1]) for w in work)

@@ -130,28 +130,45 @@ def test_both_processes_resume_their_own_chunks_after_a_kill(tmp_path):
   assert not (workdir / "checkpoints").exists()
 
 
-def test_processes_that_plan_different_chunks_stop_before_training(tmp_path):
-  # Process 0 splits the host into 2 CPU devices, process 1 into 1. With models_per_chunk=0 and
-  # a per-device memory, their plans cut the bucket into different chunks; chunk c % 2 of each
-  # plan would then train some models twice and others never. Both must refuse, before training.
+def _two_processes(workdir, args, cpu_devices):
+  """Processes 0 and 1 of a 2-process run, process i on cpu_devices[i] CPU devices: their
+  (return code, stderr)."""
   import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  workdir = tmp_path / "w"
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}",
+       f"--cpu_devices={cpu_devices[i]}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  errors = [p.communicate(timeout=300)[1] for p in procs]
+  return [(p.returncode, err) for p, err in zip(procs, errors)]
+
+
+def test_processes_that_plan_different_chunks_stop_before_training(tmp_path):
+  # Process 0 splits the host into 2 CPU devices, process 1 into 1. With models_per_chunk=0 and
+  # a per-device memory, their plans cut the bucket into different chunks; chunk c % 2 of each
+  # plan would then train some models twice and others never. Both must refuse, before training.
+  workdir = tmp_path / "w"
   args = [a for a in ARGS if not a.startswith("--config.sweep.models_per_chunk")] + [
       "--config.sweep.models_per_chunk=0", "--config.sweep.device_memory_gib=0.0002",
       "--config.train.steps=20", "--config.train.warmup_steps=5"]
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "memjax.main", *args, f"--workdir={workdir}",
-       f"--cpu_devices={2 - i}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-       f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in (0, 1)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 2, err[-3000:]
+  for returncode, err in _two_processes(workdir, args, (2, 1)):
+    assert returncode == 2, err[-3000:]
     assert "the processes planned different chunks of the sweep" in err
   assert not list(workdir.glob("results*.jsonl")) if workdir.exists() else True
+
+
+def test_a_process_that_cannot_plan_stops_the_others_too(tmp_path):
+  # The CPU's assumed 4 GiB is shared by a process's devices: split 8 ways, a model that needs
+  # about 1 GiB (a large scoring batch) fits process 0's one device but not process 1's eight.
+  # Process 1 stops planning; process 0 must stop too, not wait for it.
+  args = [*ARGS, "--config.eval.batch_size=262144"]
+  (rc0, err0), (rc1, err1) = _two_processes(tmp_path / "w", args, (1, 8))
+  assert rc1 == 2 and "memjax: error: config." in err1, err1[-3000:]
+  assert rc0 == 2 and "memjax: error: process 1 could not plan the sweep: config." in err0, (
+      err0[-3000:])
