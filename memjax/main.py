@@ -67,6 +67,11 @@ def main(argv):
       raise config_lib.ConfigError(
           f"--coordinator_address, --num_processes, --distributed: experiment {name!r} runs in "
           "one process (only 'capacity' splits its work over processes); drop these flags")
+    if _DRY_RUN.value and _DISTRIBUTED.value:
+      raise config_lib.ConfigError(
+          "--dry_run, --distributed: a dry run does not join the cluster, so it cannot tell "
+          "which process this is; give --coordinator_address, --num_processes and --process_id "
+          "instead to see a process's share")
     if _CPU_DEVICES.value < 0:
       raise config_lib.ConfigError(f"--cpu_devices: must be >= 0, got {_CPU_DEVICES.value}")
     workdir_is_new = not os.path.exists(_WORKDIR.value or ".")

@@ -162,6 +162,9 @@ def test_cli_dry_run_with_process_flags_plans_without_waiting_for_the_others(tmp
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "x 2 processes" in proc.stdout and "process 1 (this one)" in proc.stdout
   assert "process 0;" in proc.stdout and not (tmp_path / "w").exists()
+  # with --distributed it cannot know which process it is: refused in one line
+  proc = run_main([*TINY, "--dry_run", "--distributed"], tmp_path / "w")
+  assert proc.returncode == 2 and "memjax: error: --dry_run, --distributed:" in proc.stderr
 
 
 @pytest.mark.skipif(any(v in os.environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")),
