@@ -299,12 +299,12 @@ _DATA_ERROR_FIELDS = (
 
 
 def data_error(error: Exception, reads_files: bool, source_field="data.source",
-               extra_fields=(), cache_dir: str | None = None) -> ConfigError:
-  """A data-pipeline error as a ConfigError naming the field to change: data.cache_dir for an
-  OSError on a path inside `cache_dir` (the cache directory in use), else by the words of its
-  message (`extra_fields`, an experiment's own (words, field) pairs, first), else the source's
-  paths (a file source) or the source itself."""
-  if cache_dir and isinstance(error, OSError) and _inside(error.filename, cache_dir):
+               extra_fields=()) -> ConfigError:
+  """A data-pipeline error as a ConfigError naming the field to change: data.cache_dir when the
+  cache could not be written, else by the words of its message (`extra_fields`, an experiment's
+  own (words, field) pairs, first), else the source's paths (a file source) or the source."""
+  cache_dir = getattr(error, "cache_dir", None)  # data.text.CacheWriteError
+  if cache_dir is not None:
     return ConfigError(f"config.data.cache_dir: cannot write the cache in {cache_dir!r} "
                        f"({error.strerror or error}: {error.filename!r}); give a writable "
                        "directory")
@@ -315,14 +315,6 @@ def data_error(error: Exception, reads_files: bool, source_field="data.source",
   if field is None:
     field = "data.paths" if reads_files else source_field
   return ConfigError(f"config.{field}: {message}")
-
-
-def _inside(path, directory) -> bool:
-  """Whether `path` is `directory` or under it (False for no path)."""
-  if not isinstance(path, (str, bytes, os.PathLike)):
-    return False
-  path, directory = os.path.abspath(os.fsdecode(path)), os.path.abspath(directory)
-  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def refuse_unused_paths(config, kind, source_field="data.source", file_kinds=()):

@@ -226,7 +226,7 @@ def load_tokens(d: DataSettings, workdir: str):
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
                                      cache_dir=cache_dir, pool_split=d.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
-    raise config_lib.data_error(e, d.source in FILE_SOURCES, cache_dir=cache_dir) from e
+    raise config_lib.data_error(e, d.source in FILE_SOURCES) from e
   need = d.num_samples + d.heldout
   if ds.num_sequences < need:
     if d.heldout > d.num_samples:

@@ -268,7 +268,7 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
     raise config_lib.data_error(
         e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
         extra_fields=(("split by document", "data.pool_split"),
-                      ("pools ask for", "data.train_pool")), cache_dir=cache_dir) from e
+                      ("pools ask for", "data.train_pool"))) from e
   summary = text_lib.write_workdir_summary(
       workdir, ds, pools, settings.data_seed, ds.train_idx, ds.heldout_idx, ds.reference_idx,
       pool_split, corpus_lib.describe_source(source))
@@ -688,9 +688,14 @@ def summarize(settings, rows, wall_s):
                               for r in targets], f1, x_form="capacity"),
   }
   if targets and all(r["x_capacity"] is None for r in targets):  # say why, not "0 points"
-    fits["capacity"]["reason"] = (
-        "no capacity estimate: text memorization needs a reference model "
-        "(data.reference_pool > 0), or set law.bits_per_param")
+    if all(r["mem_bits_est"] is None for r in targets):
+      fits["capacity"]["reason"] = (
+          "no capacity estimate: text memorization needs a reference model "
+          "(data.reference_pool > 0), or set law.bits_per_param")
+    else:
+      fits["capacity"]["reason"] = (
+          "no capacity estimate: the measured capacity is 0 bits (no target memorized); "
+          "train longer, or set law.bits_per_param")
   curves = {}
   for r in targets:
     curves.setdefault(r["shape"], {}).setdefault(r["dataset_size"], []).append(r)

@@ -249,9 +249,8 @@ def validate(config) -> TextSettings:
 # ---------------------------------------------------------------------------------------------
 # Data.
 
-def _data_error(settings: TextSettings, error: Exception, cache_dir=None) -> ConfigError:
-  return config_lib.data_error(error, settings.source.kind in corpus_lib.FILE_EXTENSIONS,
-                               cache_dir=cache_dir)
+def _data_error(settings: TextSettings, error: Exception) -> ConfigError:
+  return config_lib.data_error(error, settings.source.kind in corpus_lib.FILE_EXTENSIONS)
 
 
 @dataclasses.dataclass
@@ -271,7 +270,7 @@ def load_data(settings: TextSettings, workdir: str) -> Data:
         settings.source, settings.tokenizer, settings.seq_len, text_lib.PoolSizes(),
         settings.data_seed, cache_dir=cache_dir, pool_split=settings.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
-    raise _data_error(settings, e, cache_dir) from e
+    raise _data_error(settings, e) from e
   check_dataset(settings, dataset)
   pools = text_lib.PoolSizes(train=settings.train_pool, heldout=settings.heldout_pool,
                              reference=settings.reference_pool)

@@ -123,7 +123,7 @@ def test_an_unwritable_cache_dir_is_blamed_on_data_cache_dir(tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
     dynamics_experiment.load_tokens(settings.data, str(tmp_path / "work"))
   assert str(e.value).startswith("config.data.cache_dir: cannot write the cache in ")
-  # An OSError elsewhere (a source file) still names the source.
-  e = config_lib.data_error(PermissionError(13, "Permission denied", "/corpus/a.txt"), True,
-                            cache_dir=str(tmp_path))
+  # An OSError reading a source file names the source, even with the cache above the corpus.
+  e = config_lib.data_error(PermissionError(13, "Permission denied", str(tmp_path / "a.txt")),
+                            True)
   assert str(e).startswith("config.data.paths: ")

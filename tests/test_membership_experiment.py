@@ -301,11 +301,11 @@ def test_a_stack_is_keyed_only_by_the_settings_it_reads(tmp_path):
   assert os.path.exists(me.stack_path(settings, str(legacy_dir), "targets L1 d16"))
 
 
-def _fake_target(n, seed, auc):
+def _fake_target(n, seed, auc, mem_bits_est=None):
   attack = {"valid": True, **{m: auc for m in me.METRICS}}
   return {"role": "target", "shape": "L1 d16 fp32", "status": "ok", "n_params": 5000,
           "dataset_size": n, "seed": seed, "x_tokens": n / 10, "x_capacity": None,
-          "capacity_bits": None, "capacity_source": "measured",
+          "capacity_bits": None, "capacity_source": "measured", "mem_bits_est": mem_bits_est,
           "attacks": {a: dict(attack) for a in me.ATTACKS}}
 
 
@@ -320,6 +320,10 @@ def test_report_tells_seeds_apart_and_says_why_no_capacity_law():
   assert header.split()[:4] == ["model", "params", "N", "seed"]
   assert first.split()[4:6] == ["8", "0"] and second.split()[4:6] == ["64", "0"]  # shape is 3 words
   assert "law fit (x_form=capacity): not valid: no capacity estimate" in text
+  # estimates that are all 0 bits: a capacity of 0, not a missing reference model
+  zero = [_fake_target(n, 0, 0.5, mem_bits_est=0.0) for n in (8, 64, 512, 4096)]
+  assert "capacity is 0 bits" in me.summarize(settings, zero, 1.0)["law_fits"]["capacity"][
+      "reason"]
   # one seed: no seed column
   one = [r for r in rows if r["seed"] == 0]
   assert me.report_text(one, me.summarize(settings, one, 1.0)).splitlines()[0].split()[:4] == [

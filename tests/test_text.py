@@ -84,6 +84,9 @@ def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path)
   nulls = write_text(tmp_path / "n.jsonl", '{"text": "a"}\n{"text": null}\n{"text": "b"}\n')
   with pytest.warns(UserWarning, match=r"n\.jsonl: 1 records have a null 'text'; they are skipped"):
     assert docs_of(SourceConfig(kind="jsonl", paths=(nulls,))) == ["a", "b"]
+  null_first = write_text(tmp_path / "f.jsonl", '{"text": null}\n{"text": "a"}\n{"text": "b"}\n')
+  with pytest.warns(UserWarning, match=r"f\.jsonl: 1 records have a null"):  # read cut short
+    assert docs_of(SourceConfig(kind="jsonl", paths=(null_first,), max_documents=1)) == ["a"]
   number = write_text(tmp_path / "i.jsonl", '{"text": 3}\n')
   with pytest.raises(ValueError, match=r"i\.jsonl:1: field 'text' holds int, not a string"):
     docs_of(SourceConfig(kind="jsonl", paths=(number,)))
@@ -126,6 +129,9 @@ def test_parquet_source_reads_a_multi_file_glob_in_sorted_order(tmp_path):
   with pytest.warns(UserWarning, match=r"nulls\.parquet: 2 records have a null 'text'"):
     assert docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "nulls.parquet"),))) == [
         "p", "q"]
+  with pytest.warns(UserWarning, match=r"nulls\.parquet: 2 records have a null 'text'"):
+    assert docs_of(SourceConfig(kind="parquet", paths=(str(tmp_path / "nulls.parquet"),),
+                                max_documents=2)) == ["p", "q"]
   (tmp_path / "shards" / "002.parquet").write_bytes(b"not parquet at all")
   with pytest.raises(ValueError, match=r"002\.parquet' is not a readable parquet file"):
     docs_of(cfg)

@@ -232,22 +232,24 @@ def _warn_null_texts(path: str, text_field: str, nulls: int) -> None:
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["jsonl"]):
     nulls = 0
-    with open(path, "rb") as f:
-      for line_number, raw in enumerate(f, start=1):
-        try:  # decoded line by line, so that an error can say where
-          text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
-        except UnicodeDecodeError as e:
-          raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
-                           f"{e.start}); JSON lines must be UTF-8.") from e
-        # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
-        for line in _newlines_as_lf(text).split("\n"):
-          if line.strip():
-            text = _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
-            if text is None:
-              nulls += 1
-            else:
-              yield text
-    _warn_null_texts(path, cfg.text_field, nulls)
+    try:  # the count is said even when max_documents stops the reading early
+      with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+          try:  # decoded line by line, so that an error can say where
+            text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
+          except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
+                             f"{e.start}); JSON lines must be UTF-8.") from e
+          # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
+          for line in _newlines_as_lf(text).split("\n"):
+            if line.strip():
+              text = _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
+              if text is None:
+                nulls += 1
+              else:
+                yield text
+    finally:
+      _warn_null_texts(path, cfg.text_field, nulls)
 
 
 def _jsonl_text(line: str, text_field: str, where: str) -> str | None:
@@ -294,11 +296,16 @@ def _read_parquet(cfg: SourceConfig) -> Iterator[str]:
       raise ValueError(f"parquet file {path!r}: column {cfg.text_field!r} holds {column_type}, "
                        "not strings; set text_field to the column with the text.")
     nulls = 0
-    for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
-                                           columns=[cfg.text_field]):
-      nulls += batch.column(0).null_count
-      yield from (text for text in batch.column(0).to_pylist() if text is not None)
-    _warn_null_texts(path, cfg.text_field, nulls)
+    try:  # the count is said even when max_documents stops the reading early
+      for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
+                                             columns=[cfg.text_field]):
+        for text in batch.column(0).to_pylist():
+          if text is None:
+            nulls += 1
+          else:
+            yield text
+    finally:
+      _warn_null_texts(path, cfg.text_field, nulls)
 
 
 # ---------------------------------------------------------------------------------------------

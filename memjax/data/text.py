@@ -25,6 +25,7 @@ The trainer keeps `tokens` on the device and gathers batches by index (see DESIG
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -204,6 +205,24 @@ def get_tokenizer(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | N
   return _trained_bpe(source, cfg, cache_dir, source_fingerprint)
 
 
+class CacheWriteError(OSError):
+  """An OSError while writing under the cache directory (`cache_dir`): not the corpus's fault."""
+
+  def __init__(self, error: OSError, cache_dir: str):
+    super().__init__(error.errno, error.strerror, error.filename)
+    self.cache_dir = cache_dir
+
+
+@contextlib.contextmanager
+def _writing_cache(cache_dir: str):
+  try:
+    yield
+  except CacheWriteError:
+    raise
+  except OSError as e:
+    raise CacheWriteError(e, cache_dir) from e
+
+
 def _trained_bpe(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | None,
                  source_fingerprint: dict[str, Any] | None) -> TextTokenizer:
   if source_fingerprint is None:
@@ -218,7 +237,8 @@ def _trained_bpe(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | No
   documents = _nonempty_documents(source)
   trained = tokenize_lib.train_byte_level_bpe(documents, cfg)
   if cached_path is not None:
-    trained.save_to_workdir(os.path.dirname(cached_path))
+    with _writing_cache(cache_dir):
+      trained.save_to_workdir(os.path.dirname(cached_path))
   return trained
 
 
@@ -339,7 +359,8 @@ def _cached_sequences(source: SourceConfig, source_fingerprint: dict[str, Any],
               "dtype": tokens_NxS.dtype.name, **counts}
   manifest = json.loads(json.dumps(manifest))  # The same types as a manifest read from disk.
   if entry_path is not None:
-    _save_cache_entry(entry_path, tokens_NxS, doc_ids_N, manifest)
+    with _writing_cache(cache_dir):
+      _save_cache_entry(entry_path, tokens_NxS, doc_ids_N, manifest)
     tokens_NxS = np.load(os.path.join(entry_path, _TOKENS_FILENAME), mmap_mode="r")
   return tokens_NxS, doc_ids_N, manifest, entry_path, False
 
