@@ -93,6 +93,8 @@ def main(argv):
           f"jax.distributed.initialize: {first[:300]} (--distributed needs a cluster JAX can "
           "detect, e.g. SLURM under srun; elsewhere give --coordinator_address, "
           "--num_processes and --process_id)", workdir_is_new)
+  if not _DRY_RUN.value:
+    _hold_workdir(workdir_is_new)
   try:
     if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # capacity: say which process owns
       experiment.dry_run(settings, _WORKDIR.value, (_PROCESS_ID.value, _NUM_PROCESSES.value))
@@ -116,8 +118,28 @@ def main(argv):
     _exit_now(1)
 
 
+# (open lock file, process index) while this process holds the workdir (memjax.workdir_lock)
+_held = None
+
+
+def _hold_workdir(workdir_is_new):
+  """One run a workdir: a second one stops here, before it trains or writes anything."""
+  global _held
+  import jax
+  from memjax import workdir_lock
+  index = jax.process_index()
+  try:
+    _held = (workdir_lock.hold(_WORKDIR.value, index), index)
+  except workdir_lock.WorkdirBusy as e:
+    print(f"memjax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _fail_before_writing(message, workdir_is_new):
   print(f"memjax: error: {message}", file=sys.stderr)
+  if workdir_is_new and _held is not None:  # nothing written: the lock file goes too
+    from memjax import workdir_lock
+    workdir_lock.release(_held[0], _WORKDIR.value, _held[1])
   if workdir_is_new and os.path.isdir(_WORKDIR.value) and not os.listdir(_WORKDIR.value):
     os.rmdir(_WORKDIR.value)  # made by this run, which wrote nothing: leave no trace
   sys.exit(2)
