@@ -43,7 +43,8 @@ def hold(workdir: str, process_index: int = 0):
     f.close()
     raise WorkdirBusy(
         f"--workdir: another memjax run is using {os.path.dirname(path) or '.'} ({holder}); "
-        "wait for it to end, or give another --workdir") from None
+        f"wait for it to end, or give another --workdir (if that process is gone, as after a "
+        f"host crash on a network file system, remove {path})") from None
   except OSError as e:  # ENOLCK and the like: no locks on this file system
     logging.warning("cannot lock %s (%s): nothing keeps a second run out of this workdir",
                     path, e)
