@@ -966,6 +966,12 @@ def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
     paths.append(os.path.join(workdir, "tfidf_vs_memorization.png"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+  # A figure not drawn this time (no prefixes, no memorizing model) must not survive from an
+  # earlier run in the same workdir: it would show results that are no longer there.
+  for name in ("extraction_vs_dataset_size.png", "tfidf_vs_memorization.png"):
+    stale = os.path.join(workdir, name)
+    if stale not in paths and os.path.exists(stale):
+      os.remove(stale)
   return paths
 
 
@@ -1094,6 +1100,8 @@ def run(settings: TextSettings, workdir: str):
     positions_of = {s.key: s.positions for s in scored}
     write_top_memorized(rows, per_sample, positions_of, data, settings.top_k,
                         settings.reference_primary, os.path.join(workdir, "top_memorized.txt"))
+  elif os.path.exists(os.path.join(workdir, "top_memorized.txt")):
+    os.remove(os.path.join(workdir, "top_memorized.txt"))  # an earlier run's, of other models
   return rows, summary, (trained, rescored, found)
 
 
@@ -1113,7 +1121,7 @@ def dry_run(settings: TextSettings, workdir: str):
   tokens = tcfg.steps * tcfg.batch_size * settings.seq_len
   lines = [f"plan: text memorization on the {corpus_lib.describe_source(settings.source)}, "
            f"tokenizer {settings.tokenizer.kind} (V={vocab:,}), S={settings.seq_len}; training "
-           f"pool {f'{pool:,}' if pool else 'every sequence left'} sequences, held-out "
+           f"pool {f'{pool:,} sequences' if pool else 'every sequence left'}, held-out "
            f"{settings.heldout_pool:,}, drawn by {settings.pool_split}",
            f"training: {tcfg.steps:,} steps of {tcfg.batch_size} sequences, so at most "
            f"{tokens:,} tokens a model"]
@@ -1143,4 +1151,5 @@ def main(settings: TextSettings, workdir: str):
   print(table_text(rows, summary, settings.prefix_lengths))
   rescored_text = f", {rescored} rescored from stored parameters" if rescored else ""
   print(f"{trained} models trained{rescored_text}, {found} already done; results in {workdir}: "
-        f"results.jsonl, summary.json, figures, top_memorized.txt ({time.time() - start:.0f}s)")
+        f"results.jsonl, summary.json, figures{', top_memorized.txt' if settings.top_k else ''} "
+        f"({time.time() - start:.0f}s)")

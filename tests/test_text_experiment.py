@@ -425,3 +425,22 @@ def test_the_memorization_figure_draws_each_shapes_own_dataset_bits(tmp_path, mo
     lines = {l.get_label(): list(l.get_ydata()) for l in figures[0].axes[0].lines
              if "dataset bits" in l.get_label()}
     assert lines == expected
+
+
+def test_a_rerun_without_extraction_or_top_k_leaves_no_stale_outputs(tmp_path):
+  # A rerun in the same workdir that draws no extraction figure and writes no top_memorized.txt
+  # must not leave the earlier run's files there: they describe results no longer reported.
+  corpus = write_corpus(tmp_path / "corpus")
+  config = tiny_config(corpus)
+  config.sweep.d_model = (8,)
+  workdir = str(tmp_path / "run")
+  tx.run(tx.validate(config), workdir)
+  for name in ("extraction_vs_dataset_size.png", "top_memorized.txt"):
+    assert os.path.exists(os.path.join(workdir, name))
+  config.extraction.prefix_lengths = ()
+  config.analysis.top_k = 0
+  rows, _, (trained, rescored, _) = tx.run(tx.validate(config), workdir)
+  assert (trained, rescored) == (0, 3)
+  assert all(r["extraction"] == {} for r in rows)
+  assert not os.path.exists(os.path.join(workdir, "extraction_vs_dataset_size.png"))
+  assert not os.path.exists(os.path.join(workdir, "top_memorized.txt"))
