@@ -261,6 +261,18 @@ def train_config(config) -> TrainConfig:
     else:
       train_fields[f.name] = _float(config, field)
   tcfg = TrainConfig(**train_fields)
+  if tcfg.saturation:
+    # The first window only sets the estimate to compare with, so the earliest a model can be
+    # frozen is after saturation_patience + 1 windows: beyond train.steps, saturation never acts
+    # and the run is a fixed budget under another key.
+    first = (tcfg.saturation_patience + 1) * tcfg.saturation_window
+    if first > tcfg.steps:
+      _fail("train.saturation_window",
+            f"with train.saturation_patience={tcfg.saturation_patience} a model can be frozen "
+            f"only after {tcfg.saturation_patience + 1} windows of {tcfg.saturation_window} "
+            f"steps ({first:,} steps), beyond train.steps={tcfg.steps:,}, so saturation would "
+            "never act; lower train.saturation_window or train.saturation_patience, or set "
+            "train.saturation_tolerance=0.0 for a fixed budget")
   if tcfg.warmup_steps >= tcfg.steps:
     logging.warning(
         "train.warmup_steps (%d) >= train.steps (%d): the learning rate is still warming up when "

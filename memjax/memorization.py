@@ -115,8 +115,12 @@ def capacity_table(rows: Iterable[dict]):
   rows = list(rows)
   largest_n = collections.defaultdict(int)
   by_shape = collections.defaultdict(list)
+  # Every (N, learning rate) point tried, usable or not: a point all of whose seeds diverged is
+  # left out as much as one that only some completed.
+  points_tried = collections.defaultdict(set)
   for row in rows:
     largest_n[shape_key(row)] = max(largest_n[shape_key(row)], row["dataset_size"])
+    points_tried[shape_key(row)].add((row["dataset_size"], row.get("learning_rate")))
     if _usable(row):
       by_shape[shape_key(row)].append(row)
   table = []
@@ -152,7 +156,7 @@ def capacity_table(rows: Iterable[dict]):
         "best_learning_rate": best_lr,
         "num_seeds": len({r["seed"] for r in shape_rows}),
         "seeds_at_best": most_seeds,
-        "points_left_out": len(by_n_lr) - len(mean_by_n_lr),
+        "points_left_out": len(points_tried[key]) - len(mean_by_n_lr),
         "best_at_largest_n": best_n == largest_n[key],
         "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
     })

@@ -45,7 +45,8 @@ def capacity_table_text(summary) -> str:
 
 
 def _rate(value) -> str:
-  return "-" if value is None else f"{value:.2g}"  # rows written before rates were recorded
+  # As many digits as the rate has (up to 6): two swept rates must not print the same.
+  return "-" if value is None else f"{value:g}"  # "-": rows written before rates were recorded
 
 
 def _shape_label(row):

@@ -97,6 +97,19 @@ def test_capacity_ignores_points_that_only_some_seeds_completed():
   assert "L1 d16 fp32: 2 (N, learning rate) point(s) left out" in text
 
 
+def test_a_point_every_seed_of_which_diverged_is_counted_as_left_out():
+  # At lr 1e-2 both seeds diverged at N=200: that point is left out like one that only some seeds
+  # completed, and the table says so (it said nothing, while one surviving seed was reported).
+  rows = []
+  for seed in (0, 1):
+    rows.append(_row(16, 200, seed, 900.0, 50, lr=1e-3))
+    rows.append(_row(16, 200, seed, float("nan"), 50, lr=1e-2, status="diverged"))
+  summary = memorization.summarize(rows)
+  (t,) = summary["models"]
+  assert t["capacity_bits"] == 900.0 and t["points_left_out"] == 1
+  assert "L1 d16 fp32: 1 (N, learning rate) point(s) left out" in report.capacity_table_text(summary)
+
+
 def test_a_shape_whose_every_model_diverged_is_named_under_the_table():
   rows = [_row(16, 10, 0, 100.0, 50), _row(16, 40, 0, 150.0, 50),
           _row(32, 10, 0, float("nan"), 100, status="diverged")]
@@ -107,6 +120,14 @@ def test_a_shape_whose_every_model_diverged_is_named_under_the_table():
                                          "models": 1}]
   assert ("L1 d32 fp32: all 1 models diverged or gave no finite memorization"
           in report.capacity_table_text(summary))
+
+
+def test_best_lr_column_tells_close_rates_apart():
+  # 1.04e-3 printed as "0.001" (2 significant digits), the same as the other rate swept.
+  rows = [_row(16, 200, 0, 900.0, 50, lr=1e-3), _row(16, 200, 0, 950.0, 50, lr=1.04e-3)]
+  summary = memorization.summarize(rows)
+  assert summary["models"][0]["best_learning_rate"] == 1.04e-3
+  assert report.capacity_table_text(summary).splitlines()[1].split()[-1] == "0.00104"
 
 
 def test_zero_memorization_is_drawn_on_the_log_axis_not_dropped(tmp_path, monkeypatch):

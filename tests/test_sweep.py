@@ -241,6 +241,21 @@ def test_saturation_config_fields_validate():
   config.train.saturation_window = 0
   with pytest.raises(config_lib.ConfigError, match="^config.train.saturation_window: "):
     config_lib.validate(config)
+  # A window (times the patience) longer than the run: saturation could never freeze a model.
+  for window, patience, steps in ((5000, 2, 1000), (400, 2, 1000)):
+    config = load_config()
+    config.train.saturation_tolerance = 0.01
+    config.train.saturation_window = window
+    config.train.saturation_patience = patience
+    config.train.steps = steps
+    with pytest.raises(config_lib.ConfigError,
+                       match="^config.train.saturation_window: .*never act"):
+      config_lib.validate(config)
+  config.train.saturation_window = 300  # 3 windows of 300 fit in 1,000 steps
+  assert config_lib.validate(config).train.saturation_window == 300
+  config.train.saturation_tolerance = 0.0  # a fixed budget ignores the window
+  config.train.saturation_window = 5000
+  config_lib.validate(config)
   config = load_config()
   config.sweep.models_per_chunk = -1
   with pytest.raises(config_lib.ConfigError, match="^config.sweep.models_per_chunk: "):
