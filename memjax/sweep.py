@@ -47,6 +47,9 @@ def model_key(shape: model_lib.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, 
   """A stable id of everything that determines a trained model, for skipping finished work."""
   identity = {"shape": dataclasses.asdict(shape), "spec": dataclasses.asdict(spec),
               "train": dataclasses.asdict(tcfg), "extra": list(extra)}
+  # The model trains at its spec's rate: train.learning_rate is only the default rate of a sweep
+  # without sweep.learning_rates (where the two are equal, so those keys are unchanged).
+  identity["train"]["learning_rate"] = spec.learning_rate
   # steps_per_call only changes how steps are dispatched, not the result.
   identity["train"].pop("steps_per_call")
   # Nor does how often it is checkpointed.

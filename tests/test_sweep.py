@@ -232,6 +232,18 @@ def test_model_key_ignores_checkpointing_and_unused_saturation_settings():
       sweep.model_key(shape, spec, on)
 
 
+def test_model_key_holds_the_rate_the_model_trains_at_not_the_default_rate():
+  shape = model_lib.ModelConfig(16, 8, 1, 8, 2)
+  base = TrainConfig()
+  # A model at the default rate keeps the key it had before (golden: workdirs stay resumable).
+  assert sweep.model_key(shape, ModelSpec(32, 0, base.learning_rate), base) == "f6035cfbc8362e80"
+  # With sweep.learning_rates, train.learning_rate changes nothing the model trains with.
+  spec = ModelSpec(32, 0, 3e-3)
+  assert sweep.model_key(shape, spec, base) == sweep.model_key(
+      shape, spec, dataclasses.replace(base, learning_rate=3e-3))
+  assert sweep.model_key(shape, spec, base) != sweep.model_key(shape, ModelSpec(32, 0, 1e-3), base)
+
+
 def test_saturation_config_fields_validate():
   config = load_config()
   config.train.saturation_tolerance = -0.1
