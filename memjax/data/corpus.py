@@ -223,33 +223,39 @@ def _newlines_as_lf(text: str) -> str:
   return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _warn_null_texts(path: str, text_field: str, nulls: int) -> None:
-  # Missing values are common in exported datasets: skipped, as an empty text would be, but said.
-  if nulls:
-    warnings.warn(f"{path}: {nulls} records have a null {text_field!r}; they are skipped")
+def _skipping_nulls(texts: Iterator[str | None], path: str, text_field: str) -> Iterator[str]:
+  """The texts of one file that are not null. Missing values are common in exported datasets:
+  skipped, as an empty text would be, and counted in a warning, said even when max_documents
+  stops the reading early (closing this generator runs the `finally`)."""
+  nulls = 0
+  try:
+    for text in texts:
+      if text is None:
+        nulls += 1
+      else:
+        yield text
+  finally:
+    if nulls:
+      warnings.warn(f"{path}: {nulls} records have a null {text_field!r}; they are skipped")
 
 
 def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["jsonl"]):
-    nulls = 0
-    try:  # the count is said even when max_documents stops the reading early
-      with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-          try:  # decoded line by line, so that an error can say where
-            text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
-          except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
-                             f"{e.start}); JSON lines must be UTF-8.") from e
-          # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
-          for line in _newlines_as_lf(text).split("\n"):
-            if line.strip():
-              text = _jsonl_text(line, cfg.text_field, f"{path}:{line_number}")
-              if text is None:
-                nulls += 1
-              else:
-                yield text
-    finally:
-      _warn_null_texts(path, cfg.text_field, nulls)
+    yield from _skipping_nulls(_jsonl_file_texts(path, cfg.text_field), path, cfg.text_field)
+
+
+def _jsonl_file_texts(path: str, text_field: str) -> Iterator[str | None]:
+  with open(path, "rb") as f:
+    for line_number, raw in enumerate(f, start=1):
+      try:  # decoded line by line, so that an error can say where
+        text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line_number} is not valid UTF-8 ({e.reason} at byte "
+                         f"{e.start}); JSON lines must be UTF-8.") from e
+      # Old-Mac "\r" line ends too, as text mode would (JSON strings never hold a raw "\r").
+      for line in _newlines_as_lf(text).split("\n"):
+        if line.strip():
+          yield _jsonl_text(line, text_field, f"{path}:{line_number}")
 
 
 def _jsonl_text(line: str, text_field: str, where: str) -> str | None:
@@ -295,17 +301,9 @@ def _read_parquet(cfg: SourceConfig) -> Iterator[str]:
             or getattr(pa.types, "is_string_view", lambda _: False)(column_type)):
       raise ValueError(f"parquet file {path!r}: column {cfg.text_field!r} holds {column_type}, "
                        "not strings; set text_field to the column with the text.")
-    nulls = 0
-    try:  # the count is said even when max_documents stops the reading early
-      for batch in parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
-                                             columns=[cfg.text_field]):
-        for text in batch.column(0).to_pylist():
-          if text is None:
-            nulls += 1
-          else:
-            yield text
-    finally:
-      _warn_null_texts(path, cfg.text_field, nulls)
+    batches = parquet_file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[cfg.text_field])
+    texts = (text for batch in batches for text in batch.column(0).to_pylist())
+    yield from _skipping_nulls(texts, path, cfg.text_field)
 
 
 # ---------------------------------------------------------------------------------------------
