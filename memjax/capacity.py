@@ -157,8 +157,7 @@ def _wait_for_every_process(name, hours=24):
   chunks can take very different times (3 chunks over 2 processes, or a resume where one has
   nothing left): a device collective (sync_global_devices) gives up after Gloo's 30 s on CPUs,
   so this uses the coordination service's barrier with its own timeout."""
-  from jax._src import distributed  # the client jax.distributed.initialize() made
-  client = distributed.global_state.client
+  client = _coordination_client(jax.process_count())
   if client is None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
@@ -246,7 +245,7 @@ def _cleanup_checkpoints(root, mine, live_ids, done_keys, sweep_keys=frozenset()
     keys = ckpts.model_keys()
     if (keys is not None and set(keys) <= done_keys) or not os.listdir(ckpts.directory):
       ckpts.delete()
-    elif keys is not None and set(keys) <= set(sweep_keys):
+    elif keys is not None and set(keys) <= sweep_keys:
       logging.warning(
           "%s holds a partly trained chunk whose models this plan cuts into other chunks (were "
           "the local device count or sweep.device_memory_gib changed?): they train again from "
@@ -286,7 +285,7 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
     todo = [(s, k) for s, k in zip(chunk.specs, keys) if k not in done]
     if chunk.index in mine and todo:
       work.append((chunk, [s for s, _ in todo], sweep.chunk_id(chunk, [k for _, k in todo])))
-  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done, all_keys)
+  _cleanup_checkpoints(ckpt_root, mine, {w[2] for w in work}, done, set(all_keys))
   skipped = sum(len(c.specs) for c in plan.chunks if c.index in mine) - sum(
       len(w[1]) for w in work)
   if skipped:

@@ -216,11 +216,10 @@ def report_text(results) -> str:
            f"{'d_model':>7} {'N':>6} {'set':>9} {'n':>2} {'pairs':>7} {'seen':>5} "
            f"{'spearman':>9} {'kendall':>8} {'gen':>6}"]
   for r in results["rows"]:
-    fmt = lambda v: "nan*" if not r["defined"] else f"{v:+.3f}"
+    fmt = lambda v, spec="+.3f": "nan*" if not r["defined"] else format(v, spec)
     lines.append(f"{r['d_model']:>7} {r['dataset_size']:>6} {r['set']:>9} {r['n']:>2} "
                  f"{r['n_pairs']:>7} {r['context_seen']:5.2f} {fmt(r['spearman']):>9} "
-                 f"{fmt(r['kendall_tau']):>8} "
-                 f"{'nan*' if not r['defined'] else format(r['kendall_tau_distance'], '.3f'):>6}")
+                 f"{fmt(r['kendall_tau']):>8} {fmt(r['kendall_tau_distance'], '.3f'):>6}")
   if any(not r["defined"] for r in results["rows"]):
     lines.append("nan*: undefined (fewer than 3 usable pairs or a constant side)")
   lines.append(f"({results['seconds']}s; results.json and distributional.png in the workdir)")

@@ -221,10 +221,10 @@ def load_tokens(d: DataSettings, workdir: str):
                                  max_documents=d.max_documents or None)
   tok = text_lib.TokenizerConfig(kind=d.tokenizer,
                                  vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
-  cache_dir = d.cache_dir or os.path.join(workdir, "cache")
   try:
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
-                                     cache_dir=cache_dir, pool_split=d.pool_split)
+                                     cache_dir=d.cache_dir or os.path.join(workdir, "cache"),
+                                     pool_split=d.pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(e, d.source in FILE_SOURCES) from e
   need = d.num_samples + d.heldout

@@ -93,8 +93,7 @@ def main(argv):
           f"jax.distributed.initialize: {first[:300]} (--distributed needs a cluster JAX can "
           "detect, e.g. SLURM under srun; elsewhere give --coordinator_address, "
           "--num_processes and --process_id)", workdir_is_new)
-  if not _DRY_RUN.value:
-    _hold_workdir(workdir_is_new)
+    _hold_workdir()
   try:
     if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # capacity: say which process owns
       experiment.dry_run(settings, _WORKDIR.value, (_PROCESS_ID.value, _NUM_PROCESSES.value))
@@ -122,7 +121,7 @@ def main(argv):
 _held = None
 
 
-def _hold_workdir(workdir_is_new):
+def _hold_workdir():
   """One run a workdir: a second one stops here, before it trains or writes anything."""
   global _held
   import jax

@@ -260,10 +260,10 @@ def load_text(settings: MembershipSettings, workdir: str) -> TextData:
   pools = text_lib.PoolSizes(train=t["train_pool"], heldout=t["heldout_pool"],
                              reference=t["reference_pool"])
   pool_split = t.get("pool_split", "sequence")
-  cache_dir = t["cache_dir"] or os.path.join(workdir, "cache")
   try:
     ds = text_lib.build_text_dataset(source, tok, settings.seq_len, pools, settings.data_seed,
-                                     cache_dir=cache_dir, pool_split=pool_split)
+                                     cache_dir=t["cache_dir"] or os.path.join(workdir, "cache"),
+                                     pool_split=pool_split)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise config_lib.data_error(
         e, t["corpus"] in corpus_lib.FILE_EXTENSIONS, "data.corpus",
@@ -371,9 +371,11 @@ def _stack_identity(settings, name, legacy=False):
               if k not in NOT_IN_STACK_KEY}
   if legacy:  # the key of stacks stored before it was narrowed to what each stack reads
     return identity
-  lira = name.startswith("lira")
-  return {k: v for k, v in identity.items() if k not in NOT_IN_ANY_STACK
-          and not (k.startswith("lira_") if not lira else k in TARGETS_ONLY)}
+  if name.startswith("lira"):
+    unread = lambda k: k in NOT_IN_ANY_STACK or k in TARGETS_ONLY
+  else:
+    unread = lambda k: k in NOT_IN_ANY_STACK or k.startswith("lira_")
+  return {k: v for k, v in identity.items() if not unread(k)}
 
 
 def stack_path(settings, workdir, name, data_key=None, legacy=False):

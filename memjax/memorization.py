@@ -113,13 +113,11 @@ def capacity_table(rows: Iterable[dict]):
   same points).
   """
   rows = list(rows)
-  largest_n = collections.defaultdict(int)
   by_shape = collections.defaultdict(list)
   # Every (N, learning rate) point tried, usable or not: a point all of whose seeds diverged is
   # left out as much as one that only some completed.
   points_tried = collections.defaultdict(set)
   for row in rows:
-    largest_n[shape_key(row)] = max(largest_n[shape_key(row)], row["dataset_size"])
     points_tried[shape_key(row)].add((row["dataset_size"], row.get("learning_rate")))
     if _usable(row):
       by_shape[shape_key(row)].append(row)
@@ -157,7 +155,7 @@ def capacity_table(rows: Iterable[dict]):
         "num_seeds": len({r["seed"] for r in shape_rows}),
         "seeds_at_best": most_seeds,
         "points_left_out": len(points_tried[key]) - len(mean_by_n_lr),
-        "best_at_largest_n": best_n == largest_n[key],
+        "best_at_largest_n": best_n == max(n for n, _ in points_tried[key]),
         "mem_bits_by_dataset_size": {str(n): m for n, m in curve.items()},
     })
   return sorted(table, key=lambda t: (t["precision"], t["n_params"]))

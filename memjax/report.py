@@ -53,8 +53,8 @@ def _shape_label(row):
   return f"L{row['layers']} d{row['d_model']} {row['precision']}"
 
 
-# The memorization axis is logarithmic: a point of 0 bits (a model that memorized nothing) is
-# drawn at this floor instead of being dropped, as the text experiment's figure does.
+# The memorization axes are logarithmic: a point of 0 bits (a model that memorized nothing) is
+# drawn at this floor instead of being dropped (this figure's and the text experiment's).
 LOG_FLOOR_BITS = 1e-1
 
 
