@@ -9,6 +9,17 @@ capacity (docs/results.md: 2.26 bits/param on an H100); add "bf16" to compare.
 Every model trains until its memorization saturates (estimated memorization changing by less than
 0.1% between windows of 1,000 steps, twice in a row), at most 100,000 steps. Chunks are sized
 from the device memory automatically; `--dry_run` prints the plan.
+
+Where this departs from the paper (arXiv 2505.24832): the paper trains every model for 10^6 steps
+(its first author: models saturate "around 1M steps"), with Adam, in bf16; here a model gets at
+most 10^5 steps and stops earlier once it grows by less than 0.1% a window, which a model still
+creeping up (up to 10% over the next 10^5 steps) also passes, so a capacity can come out low:
+compare `mem_bits` with `steps` and `saturated_step`, and raise `train.steps` (the cosine schedule
+then stretches with it) or lower `train.saturation_tolerance` to check. The paper's widths go to
+d_model 512 (models of 100K to 20M parameters; its capacity figure shows 32-256); add 512 to
+`sweep.d_model` for those. Adam here is AdamW with weight decay 0 (the same update), with this
+file's b2 0.98, gradient clipping at 1.0, warmup and cosine decay: memjax's choices, not taken
+from the paper.
 """
 
 import importlib.util
