@@ -11,7 +11,7 @@ Every model trains until its memorization saturates (estimated memorization chan
 from the device memory automatically; `--dry_run` prints the plan.
 
 Where this departs from the paper (arXiv 2505.24832): the paper trains every model for 10^6 steps
-(its first author: models saturate "around 1M steps"), with Adam, in bf16; here a model gets at
+(its first author: models saturate "around 1M steps"), with Adam; here a model gets at
 most 10^5 steps and stops earlier once it grows by less than 0.1% a window, which a model still
 creeping up (up to 10% over the next 10^5 steps) also passes, so a capacity can come out low:
 compare `mem_bits` with `steps` and `saturated_step`, and raise `train.steps` (the cosine schedule
