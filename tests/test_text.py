@@ -461,6 +461,27 @@ def test_cache_entry_without_document_ids_serves_a_sequence_split_and_is_remade_
   assert build_text_dataset(source, BYTES, **kwargs, pool_split="document").from_cache
 
 
+@pytest.mark.parametrize("damage", ["manifest.json", "tokens.npy", "doc_ids.npy", "bpe"])
+def test_a_damaged_cache_entry_is_built_again_with_a_warning(tmp_path, damage):
+  # A cut copy or a full disk can leave a file short; it must not fail every later run with an
+  # error naming data.paths or data.tokenizer_path (an empty tokens.npy gave a traceback).
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
+  tokenizer = TokenizerConfig(kind="bpe", vocab_size=260)
+  kwargs = dict(seq_len=16, cache_dir=str(tmp_path / "cache"), pool_sizes=PoolSizes(train=4))
+  first = build_text_dataset(source, tokenizer, **kwargs)
+  tokens = np.array(first.tokens)  # a copy: the memory map reads the file to be damaged
+  if damage == "bpe":
+    (bpe_dir,) = [d for d in os.listdir(tmp_path / "cache") if d.startswith("bpe-")]
+    path = tmp_path / "cache" / bpe_dir / "tokenizer.json"
+  else:
+    path = tmp_path / "cache" / os.path.basename(first.cache_path) / damage
+  path.write_bytes(path.read_bytes()[:7])
+  with pytest.warns(UserWarning, match="does not load"):
+    again = build_text_dataset(source, tokenizer, **kwargs)
+  np.testing.assert_array_equal(again.tokens, tokens)
+  assert build_text_dataset(source, tokenizer, **kwargs).from_cache  # and it was repaired
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input.
 

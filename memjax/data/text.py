@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -233,7 +234,11 @@ def _trained_bpe(source: SourceConfig, cfg: TokenizerConfig, cache_dir: str | No
                       "bpe": dataclasses.asdict(cfg)})
     cached_path = os.path.join(cache_dir, f"bpe-{key[:16]}", tokenize_lib.HF_TOKENIZER_FILENAME)
     if os.path.isfile(cached_path):
-      return _load_cached_bpe(cached_path)
+      try:
+        return _load_cached_bpe(cached_path)
+      except ValueError as e:  # damaged (a cut copy, a full disk): train again and overwrite it
+        warnings.warn(f"the cached BPE {cached_path} does not load ({e.__cause__ or e}); "
+                      "training it again")
   documents = _nonempty_documents(source)
   trained = tokenize_lib.train_byte_level_bpe(documents, cfg)
   if cached_path is not None:
@@ -378,13 +383,19 @@ def _load_cache_entry(entry_path: str, cache_key: dict[str, Any], need_doc_ids: 
     return None
   if need_doc_ids and not os.path.isfile(doc_ids_path):
     return None
-  with open(manifest_path, encoding="utf-8") as f:
-    manifest = json.load(f)
-  # Round-trip the key through json so tuples compare equal to the lists stored.
-  if manifest.get("key") != json.loads(json.dumps(cache_key)):
+  try:
+    with open(manifest_path, encoding="utf-8") as f:
+      manifest = json.load(f)
+    # Round-trip the key through json so tuples compare equal to the lists stored.
+    if not isinstance(manifest, dict) or manifest.get("key") != json.loads(json.dumps(cache_key)):
+      return None
+    tokens_NxS = np.load(tokens_path, mmap_mode="r")
+    doc_ids_N = np.load(doc_ids_path) if os.path.isfile(doc_ids_path) else None
+  except (OSError, ValueError, EOFError) as e:
+    # A damaged entry (a cut copy, a full disk) is built again and overwritten, rather than
+    # failing every later run with an error that does not name the cache.
+    warnings.warn(f"the cache entry {entry_path} does not load ({e}); building it again")
     return None
-  tokens_NxS = np.load(tokens_path, mmap_mode="r")
-  doc_ids_N = np.load(doc_ids_path) if os.path.isfile(doc_ids_path) else None
   if (tokens_NxS.shape != (manifest["num_sequences"], manifest["seq_len"])
       or (doc_ids_N is not None and doc_ids_N.shape != (manifest["num_sequences"],))):
     return None
