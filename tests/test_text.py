@@ -147,14 +147,15 @@ def prepare_tiny_tfds(data_dir: str, texts_by_split: dict) -> str:
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+          builder=self, features=tfds.features.FeaturesDict(
+              {"text": tfds.features.Text(), "id": tfds.features.Tensor(shape=(), dtype=np.int64)}))
 
     def _split_generators(self, dl_manager):
       return {split: self._generate_examples(texts) for split, texts in texts_by_split.items()}
 
     def _generate_examples(self, texts):
       for i, text in enumerate(texts):
-        yield i, {"text": text}
+        yield i, {"text": text, "id": i}
 
   MemjaxTinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return "memjax_tiny_text"
@@ -178,6 +179,9 @@ def test_tfds_source_loads_a_prepared_dataset_by_name_and_data_dir(tmp_path):
                                   data_dir=str(tmp_path)))) == 4
   with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train'\]"):
     docs_of(SourceConfig(kind="tfds", name=name, split="validation", data_dir=str(tmp_path)))
+  # A number is not text: str() of each id would have been trained on.
+  with pytest.raises(ValueError, match=r"feature 'id' holds Tensor\(int64.*not text; set text_field"):
+    docs_of(SourceConfig(kind="tfds", name=name, text_field="id", data_dir=str(tmp_path)))
 
 
 def test_stdlib_docs_gives_over_a_million_characters_of_docstrings_in_a_fixed_order():

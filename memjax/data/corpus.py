@@ -340,6 +340,13 @@ def _read_tfds(cfg: SourceConfig) -> Iterator[str]:
   if cfg.text_field not in features:
     raise ValueError(f"TFDS dataset {cfg.name!r} has no feature {cfg.text_field!r} "
                      f"(it has {features}); set text_field.")
+  feature = builder.info.features[cfg.text_field]
+  # Only one string an example is text: str() of a number or an array would be trained on as if
+  # it were (as the parquet and jsonl readers refuse other types).
+  if getattr(feature.np_dtype, "kind", None) != "O" or tuple(feature.shape) != ():
+    raise ValueError(f"TFDS dataset {cfg.name!r}: feature {cfg.text_field!r} holds "
+                     f"{type(feature).__name__}({feature.np_dtype}, shape {feature.shape}), not "
+                     "text; set text_field to the feature with the text.")
   _check_tfds_split(builder, cfg)
   if _tfds_is_random_access(builder):
     examples = _tfds_array_record_examples(builder, cfg.split)
