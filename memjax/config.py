@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -323,7 +324,10 @@ def data_error(error: Exception, reads_files: bool, source_field="data.source",
   # str(KeyError) quotes its message; other messages keep their quotes.
   message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   fields = (*extra_fields, *_DATA_ERROR_FIELDS)
-  field = next((f for words, f in fields if words in message), None)
+  # The words are looked for outside quotes and paths: a file under /data/tfds_export/, or a
+  # record's keys listed in the message, must not decide the field.
+  words_of_message = re.sub(r"\"[^\"]*\"|(?<!\w)'[^']*'|\S*/\S*", " ", message)
+  field = next((f for words, f in fields if words in words_of_message), None)
   if field is None:
     field = "data.paths" if reads_files else source_field
   return ConfigError(f"config.{field}: {message}")

@@ -108,6 +108,16 @@ def test_data_errors_name_the_field_and_keep_the_message_whole():
   e = config_lib.data_error(ValueError("'/d/b.jsonl:2' is not valid UTF-8 in 'x'"), True)
   assert str(e) == "config.data.paths: '/d/b.jsonl:2' is not valid UTF-8 in 'x'"
   assert str(config_lib.data_error(ValueError("no text"), False)) == "config.data.source: no text"
+  # The field's words count only outside paths and quotes: these were blamed on data.tfds_name
+  # and data.vocab_size.
+  e = config_lib.data_error(ValueError("/data/tfds_export/a.jsonl:2 is not valid JSON (x)"), True)
+  assert str(e).startswith("config.data.paths: /data/tfds_export/")
+  e = config_lib.data_error(ValueError(
+      "/d/a.jsonl:1 has no field 'text' (it has ['content', 'vocab_size']); set text_field."), True)
+  assert str(e).startswith("config.data.text_field: ")
+  e = config_lib.data_error(ValueError("split by document, the corpus's 9 sequences"), True,
+                            extra_fields=(("split by document", "data.pool_split"),))
+  assert str(e).startswith("config.data.pool_split: ")
 
 
 def test_an_unwritable_cache_dir_is_blamed_on_data_cache_dir(tmp_path):
