@@ -534,6 +534,11 @@ def test_bpe_vocab_larger_than_the_corpus_supports_is_refused(tmp_path):
   source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", "ab ab ab ab"),))
   with pytest.raises(ValueError, match=r"reached only \d+ tokens.*lower vocab_size"):
     build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=5000))
+  # A large corpus cut short by max_train_chars: the message says so (it said only "use a
+  # larger corpus").
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "b.txt", random_text(0, 2000)),))
+  with pytest.raises(ValueError, match=r"or raise max_train_chars \(it trained on the first 50 "):
+    build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=300, max_train_chars=50))
 
 
 @pytest.mark.parametrize("seq_len", [1, 0, -3])

@@ -190,7 +190,10 @@ def train_byte_level_bpe(documents: Iterator[str], cfg: TokenizerConfig) -> HFTo
     raise ValueError(
         f"BPE training on this corpus reached only {trained.vocab_size} tokens, fewer than the "
         f"requested tokenizer vocab_size {cfg.vocab_size}: lower vocab_size to at most "
-        f"{trained.vocab_size} or use a larger corpus.")
+        f"{trained.vocab_size} or use a larger corpus"
+        # The corpus may be large and the cut what limits it.
+        + (f", or raise max_train_chars (it trained on the first {cfg.max_train_chars:,} "
+           "characters)." if cfg.max_train_chars else "."))
   return trained
 
 
