@@ -4,6 +4,7 @@ All data is written into tmp_path; nothing touches the network. Most tests use t
 whose ids are predictable, so counts of sequences can be checked exactly.
 """
 
+import gzip
 import itertools
 import json
 import os
@@ -59,6 +60,21 @@ def test_txt_bytes_that_are_not_utf8_read_as_replacement_with_a_warning(tmp_path
                                        r"byte 3\).*iconv"):
     docs = docs_of(SourceConfig(kind="txt", paths=(str(tmp_path),)))
   assert docs == ["caf\ufffd na\ufffdve\nline two\n", "plain \u00e9"]
+
+
+def test_gzipped_txt_and_jsonl_are_decompressed_and_a_damaged_one_is_named(tmp_path):
+  # Read as plain bytes, a .txt.gz trained on noise (with only a UTF-8 warning) and a .jsonl.gz
+  # failed as "not valid UTF-8".
+  (tmp_path / "a.txt.gz").write_bytes(gzip.compress("first file\n\npara two".encode()))
+  write_text(tmp_path / "b.txt", "plain")
+  assert docs_of(SourceConfig(kind="txt", paths=(str(tmp_path),), txt_split="blank_lines")) == [
+      "first file", "para two", "plain"]
+  jsonl = tmp_path / "d.jsonl.gz"
+  jsonl.write_bytes(gzip.compress(b'{"text": "hello"}\n{"text": "world"}\n'))
+  assert docs_of(SourceConfig(kind="jsonl", paths=(str(tmp_path),))) == ["hello", "world"]
+  jsonl.write_bytes(jsonl.read_bytes()[:20])  # cut short, as by a failed download
+  with pytest.raises(ValueError, match=r"d\.jsonl\.gz' is not a readable gzip file"):
+    docs_of(SourceConfig(kind="jsonl", paths=(str(jsonl),)))
 
 
 def test_jsonl_source_reads_the_configured_field_and_skips_blank_lines(tmp_path):

@@ -5,6 +5,7 @@ Sources (the `kind` of a `SourceConfig`):
 * ``"txt"``      local text files. ``txt_split="file"`` (default) makes each file one document;
                  ``txt_split="blank_lines"`` splits each file into paragraphs at blank lines.
 * ``"jsonl"``    JSON-lines files, one object a line; the document is ``obj[text_field]``.
+                 txt and jsonl files may be gzipped (``.jsonl.gz``): they are decompressed as read.
 * ``"parquet"``  Parquet files; the document is the ``text_field`` column (a FineWeb shard works
                  as is, its column is ``text``). Read in record batches, so a shard of gigabytes
                  streams without being loaded whole.
@@ -39,8 +40,10 @@ The dataset cache compares fingerprints to decide whether to rebuild.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import glob
+import gzip
 import hashlib
 import importlib.util
 import itertools
@@ -50,11 +53,15 @@ import re
 import sys
 import sysconfig
 import warnings
-from typing import Any, Iterable, Iterator, Sequence
+import zlib
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 SOURCE_KINDS = ("txt", "jsonl", "parquet", "tfds", "stdlib_docs")
 TXT_SPLITS = ("file", "blank_lines")
-FILE_EXTENSIONS = {"txt": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+# A directory source reads its files with these endings; gzipped txt and jsonl are read as they
+# are (found by their magic bytes, whatever the name).
+FILE_EXTENSIONS = {"txt": (".txt", ".txt.gz"), "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
+                   "parquet": (".parquet",)}
 
 # memjax dependencies whose docstrings extend the stdlib ones: present wherever memjax installs.
 DEFAULT_DOC_PACKAGES = ("numpy", "jax", "flax", "optax")
@@ -191,10 +198,28 @@ def _file_stat(path: str) -> dict[str, Any]:
 # Local files.
 
 
+def _open_bytes(path: str) -> IO[bytes]:
+  """A file opened for reading bytes, decompressed when it is gzip (its first two bytes): read
+  as plain bytes, a .jsonl.gz would be an error and a .txt.gz would train on noise."""
+  with open(path, "rb") as f:
+    gzipped = f.read(2) == b"\x1f\x8b"
+  return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+@contextlib.contextmanager
+def _gzip_errors(path: str):
+  """A damaged gzip file named as such, not as a traceback from deep inside a reader."""
+  try:
+    yield
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path!r} is not a readable gzip file ({e or type(e).__name__}); fix or "
+                     "remove it.") from e
+
+
 def _read_txt(cfg: SourceConfig) -> Iterator[str]:
   not_utf8 = []  # files with undecodable bytes: the first three named as read, then a count
   for path in resolve_paths(cfg.paths, FILE_EXTENSIONS["txt"]):
-    with open(path, "rb") as f:
+    with _gzip_errors(path), _open_bytes(path) as f:
       raw = f.read()
     try:
       text = raw.decode("utf-8")
@@ -245,7 +270,7 @@ def _read_jsonl(cfg: SourceConfig) -> Iterator[str]:
 
 
 def _jsonl_file_texts(path: str, text_field: str) -> Iterator[str | None]:
-  with open(path, "rb") as f:
+  with _gzip_errors(path), _open_bytes(path) as f:
     for line_number, raw in enumerate(f, start=1):
       try:  # decoded line by line, so that an error can say where
         text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a leading BOM too
