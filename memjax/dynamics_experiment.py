@@ -212,7 +212,17 @@ def load_tokens(d: DataSettings, workdir: str):
   rng = np.random.default_rng(d.seed)
   if d.source == "synthetic":
     tokens = rng.integers(0, d.vocab_size, (d.num_samples + d.heldout, d.seq_len)).astype(np.int32)
-    return (tokens[: d.num_samples], tokens[d.num_samples:], d.vocab_size,
+    train_NxS, heldout_HxS = tokens[: d.num_samples], tokens[d.num_samples:]
+    # A held-out sequence that is also a training one would be scored as unseen (a text corpus
+    # gives distinct sequences; uniform draws repeat when V**S is small).
+    seen = {row.tobytes() for row in train_NxS}
+    repeats = sum(row.tobytes() in seen for row in heldout_HxS)
+    if repeats:
+      raise ConfigError(
+          f"config.data.seq_len: {repeats} of the {d.heldout} held-out synthetic sequences are "
+          f"also training sequences: V**S = {d.vocab_size}**{d.seq_len} distinct sequences are "
+          "too few; raise data.seq_len or data.vocab_size")
+    return (train_NxS, heldout_HxS, d.vocab_size,
             {"source": "synthetic (uniform)", "vocab_size": d.vocab_size})
   from memjax.data import text as text_lib
   from memjax.data import corpus as corpus_lib

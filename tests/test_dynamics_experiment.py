@@ -172,6 +172,19 @@ def test_a_corpus_too_small_names_the_field_that_asks_too_much(overrides, field,
     dyn_exp.load_tokens(settings.data, str(tmp_path))
 
 
+def test_synthetic_held_out_sequences_that_repeat_training_ones_are_refused(tmp_path):
+  # V**S = 16 sequences: uniform draws repeat, and a repeat would be scored as unseen.
+  settings = dist_exp.validate(_config("configs/distributional.py", **{
+      "data.source": "synthetic", "data.vocab_size": 2, "data.seq_len": 4,
+      "data.num_samples": 64, "data.heldout": 16, "sweep.dataset_sizes": (64,),
+      "distributional.context": 2, "distributional.eval_samples": 16}))
+  with pytest.raises(config_lib.ConfigError, match=r"^config.data.seq_len: \d+ of the 16 held-out"):
+    dyn_exp.load_tokens(settings.data, str(tmp_path))
+  big = dataclasses.replace(settings.data, vocab_size=512, seq_len=8)
+  train_NxS, heldout_HxS, _, _ = dyn_exp.load_tokens(big, str(tmp_path))
+  assert train_NxS.shape == (64, 8) and heldout_HxS.shape == (16, 8)
+
+
 def test_held_out_sequences_split_by_document_come_from_other_documents(tmp_path):
   overrides = {"data.tokenizer": "bytes", "data.vocab_size": 256, "data.max_documents": 40,
                "data.num_samples": 200, "data.heldout": 40, "sweep.dataset_sizes": (64, 200),
