@@ -144,6 +144,7 @@ def run_width(settings, cfg, train_NxS, heldout, members, indexes):
   tcfg, s, sizes = settings.train, settings.data.seq_len, settings.dataset_sizes
   state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
                                        [settings.data.seed] * len(sizes), 1)
+  dx.check_not_diverged(state, f"L{cfg.layers}_d{cfg.d_model}", [f"N={n}" for n in sizes])
   params_M = state.params
   sets = {"heldout": (heldout, likelihood.shared_token_logprobs(cfg, params_M, heldout), 0),
           "train": (members, likelihood.shared_token_logprobs(cfg, params_M, members), 0)}

@@ -292,6 +292,16 @@ def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, on_s
   return state, losses
 
 
+def check_not_diverged(state, label, names):
+  """One line instead of a traceback: a model whose loss became NaN or inf is frozen at
+  parameters that score nothing (NaN probabilities; the embeddings' SVD does not converge)."""
+  diverged = np.flatnonzero(np.asarray(state.diverged_M))
+  if diverged.size:
+    _fail("train.learning_rate", f"{label} diverged (training loss NaN or inf) for "
+                                 f"{', '.join(names[i] for i in diverged)}; lower "
+                                 "train.learning_rate (nothing of this width is stored)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Resume: each finished width is stored in one file, so a rerun after a kill (or with a width
 # added) trains only the widths that are not stored yet.
@@ -374,6 +384,7 @@ def run_width(settings, cfg, label, train_NxS, samples, index):
   t_model = time.time()
   state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
                                [settings.data.seed], settings.checkpoints, on_segment)
+  check_not_diverged(state, label, ["its model"])
   params_M = state.params
   params = train_lib.model_slice(params_M, 0)
   scores_CxB = np.stack(scores_C)

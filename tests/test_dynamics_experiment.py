@@ -305,3 +305,28 @@ def test_a_rerun_after_a_kill_trains_only_the_widths_not_stored(module, args, tm
               str(tmp_path))  # another training budget: both widths train again
   assert trained == [16, 24, 24, 16, 24]
   capsys.readouterr()
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    (dyn_exp, TINY_DYNAMICS, "L1_d16 diverged (training loss NaN or inf) for its model"),
+    (dist_exp, TINY_DISTRIBUTIONAL, "L1_d16 diverged (training loss NaN or inf) for N=64")],
+    ids=["dynamics", "distributional"])
+def test_a_diverged_model_stops_with_one_line_naming_the_learning_rate(module, args, needle,
+                                                                       monkeypatch):
+  # A loss gone NaN froze the model at NaN parameters: the dynamics run died in the embeddings'
+  # SVD with a traceback, and the distributional rows read as "too few pairs".
+  from memjax import model as model_lib
+  settings = _settings(module, args)
+  sizes = getattr(settings, "dataset_sizes", (1,))
+  state = type("State", (), {"diverged_M": np.array([False] * (len(sizes) - 1) + [True]),
+                             "params": None})()
+  monkeypatch.setattr(dyn_exp, "train_in_segments",
+                      lambda *a, **k: (state, np.array([1.0] * (len(sizes) - 1) + [np.nan])))
+  cfg = model_lib.ModelConfig(256, 32, 1, 16, 2)
+  tokens = np.zeros((64, 32), np.int32)
+  with pytest.raises(config_lib.ConfigError, match="config.train.learning_rate: ") as e:
+    if module is dyn_exp:
+      module.run_width(settings, cfg, "L1_d16", tokens, tokens[:8], None)
+    else:
+      module.run_width(settings, cfg, tokens, tokens[:16], tokens[:8], {})
+  assert needle in str(e.value) and "\n" not in str(e.value)
