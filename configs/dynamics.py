@@ -43,7 +43,13 @@ def get_config():
   config.train.learning_rate = 1e-2
   config.train.warmup_steps = 50
   config.train.min_lr_ratio = 0.1
+  config.train.weight_decay = 0.0
+  config.train.b1 = 0.9
+  config.train.b2 = 0.98
+  config.train.eps = 1e-8
+  config.train.grad_clip = 1.0
   config.train.steps_per_call = 100
+  config.train.vocab_chunk = 4096
 
   config.dynamics = ml_collections.ConfigDict()
   config.dynamics.context = 16  # the main setting: scored at every checkpoint
