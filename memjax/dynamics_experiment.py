@@ -532,7 +532,14 @@ def write_figures(results, arrays, workdir):
     o = m["over_training"]
     counts = np.array(o["bucket_counts"], float)
     counts /= counts.sum(1, keepdims=True)
-    ax.stackplot(o["steps"], counts.T, colors=colors, labels=dynamics.BUCKET_LABELS)
+    if len(o["steps"]) > 1:
+      ax.stackplot(o["steps"], counts.T, colors=colors, labels=dynamics.BUCKET_LABELS)
+    else:  # one checkpoint: an area over one step has no width, so one stacked bar
+      bottom = 0.0
+      for b in range(nb):
+        ax.bar(o["steps"], counts[:, b], bottom=bottom, width=o["steps"][0] * 0.2,
+               color=colors[b], label=dynamics.BUCKET_LABELS[b])
+        bottom += counts[:, b]
     ax.set_xlabel("training step")
     ax.set_ylabel("fraction of samples")
     ax.set_title(m["label"])
@@ -550,6 +557,9 @@ def write_figures(results, arrays, workdir):
       ax = axes[i][j]
       if mat is None:
         ax.set_axis_off()
+        if i == 0:
+          ax.text(0.5, 0.5, f"{m['label']}: one checkpoint, no transitions\n"
+                  "(dynamics.checkpoints >= 2 for them)", ha="center", va="center", fontsize=9)
         continue
       mat = np.array(mat)
       ax.imshow(mat, cmap="Blues")
