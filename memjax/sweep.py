@@ -90,9 +90,13 @@ class ResultsFile:
     for i, line in enumerate(complete.splitlines(), 1):
       if line.strip():
         try:
-          rows.append(json.loads(line))
+          row = json.loads(line)
         except json.JSONDecodeError:
-          logging.warning("%s:%d: skipping a line that is not JSON", self.path, i)
+          row = None
+        if isinstance(row, dict):  # a damaged line can still parse, e.g. as a number or null
+          rows.append(row)
+        else:
+          logging.warning("%s:%d: skipping a line that is not a JSON object", self.path, i)
     return rows
 
   def done_keys(self) -> set:
@@ -105,7 +109,11 @@ class ResultsFile:
     blob = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in rows).encode()
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-      os.write(fd, blob)
+      # os.write may write only part of the blob (a disk filling up): write the rest, so a full
+      # disk raises here (keeping the chunk's checkpoint) instead of leaving rows torn off.
+      view = memoryview(blob)
+      while view:
+        view = view[os.write(fd, view):]
       os.fsync(fd)
     finally:
       os.close(fd)

@@ -302,3 +302,23 @@ def test_merge_waits_for_every_model_then_writes_each_row_once(tmp_path):
   assert sweep.merge_results(w, list("dcba"))
   assert sweep.ResultsFile(os.path.join(w, "results.jsonl")).read() == rows
   assert {r["key"] for r in sweep.read_all_rows(w)} == set("abcd")
+
+
+def test_results_lines_that_parse_but_are_not_rows_are_skipped(tmp_path):
+  # A damaged line that still parses as JSON (null, a number, a list) is skipped like one that
+  # does not parse, instead of crashing every later run with an AttributeError.
+  path = str(tmp_path / "results.jsonl")
+  with open(path, "w") as f:
+    f.write('{"key": "a"}\nnull\n123\n[1, 2]\n"x"\n{"key": "b"}\n')
+  assert sweep.ResultsFile(path).done_keys() == {"a", "b"}
+
+
+def test_results_append_writes_the_rest_after_a_short_write(tmp_path, monkeypatch):
+  # os.write may write part of a blob (a disk filling up); every row must still land whole.
+  real_write = os.write
+  monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+  path = str(tmp_path / "results.jsonl")
+  rows = [{"key": k, "v": i} for i, k in enumerate("abc")]
+  sweep.ResultsFile(path).append(rows)
+  monkeypatch.setattr(os, "write", real_write)
+  assert sweep.ResultsFile(path).read() == rows
