@@ -319,8 +319,7 @@ def data_error(error: Exception, reads_files: bool, source_field="data.source",
   cache_dir = getattr(error, "cache_dir", None)  # data.text.CacheWriteError
   if cache_dir is not None:
     return ConfigError(f"config.data.cache_dir: cannot write the cache in {cache_dir!r} "
-                       f"({error.strerror or error}: {error.filename!r}); give a writable "
-                       "directory")
+                       f"({error.reason}); give a writable directory with free space")
   # str(KeyError) quotes its message; other messages keep their quotes.
   message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   fields = (*extra_fields, *_DATA_ERROR_FIELDS)

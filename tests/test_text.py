@@ -502,6 +502,25 @@ def test_a_damaged_cache_entry_is_built_again_with_a_warning(tmp_path, damage):
   assert build_text_dataset(source, tokenizer, **kwargs).from_cache  # and it was repaired
 
 
+def test_a_full_disk_while_caching_names_the_reason_and_leaves_no_temporary_file(
+    tmp_path, monkeypatch):
+  # numpy reports a short write as OSError("N requested and M written"), with no errno: the
+  # message was "([Errno None] None: None)", and the half-written temporary file stayed.
+  from memjax import config as config_lib
+  def full_disk(f, array):
+    f.write(b"x" * 10)
+    raise OSError("1000 requested and 10 written")
+  monkeypatch.setattr(np, "save", full_disk)
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
+  cache_dir = str(tmp_path / "cache")
+  with pytest.raises(OSError) as e:
+    build_text_dataset(source, BYTES, seq_len=16, cache_dir=cache_dir,
+                       pool_sizes=PoolSizes(train=4))
+  message = str(config_lib.data_error(e.value, True))
+  assert "1000 requested and 10 written" in message and "None" not in message, message
+  assert [f for _, _, fs in os.walk(cache_dir) for f in fs if ".tmp" in f] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input.
 

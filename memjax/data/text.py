@@ -212,6 +212,9 @@ class CacheWriteError(OSError):
   def __init__(self, error: OSError, cache_dir: str):
     super().__init__(error.errno, error.strerror, error.filename)
     self.cache_dir = cache_dir
+    # numpy's "N requested and M written" (a full disk) has no errno, strerror or filename.
+    self.reason = (f"{error.strerror}: {error.filename!r}" if error.strerror
+                   else str(error) or type(error).__name__)
 
 
 @contextlib.contextmanager
@@ -408,9 +411,13 @@ def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, doc_ids_N: np.nda
   os.makedirs(entry_path, exist_ok=True)
   for name, array in ((_TOKENS_FILENAME, tokens_NxS), (_DOC_IDS_FILENAME, doc_ids_N)):
     tmp = os.path.join(entry_path, f"{name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-      np.save(f, np.ascontiguousarray(array))
-    os.replace(tmp, os.path.join(entry_path, name))
+    try:
+      with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+      os.replace(tmp, os.path.join(entry_path, name))
+    finally:  # a write that failed (a full disk) leaves no temporary file behind
+      if os.path.exists(tmp):
+        os.remove(tmp)
   jsonio.write_atomic(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
 
 
