@@ -4,6 +4,7 @@ Fields of the config can be overridden on the command line, e.g.
 --config.sweep.d_model='(32,64)' --config.train.steps=2000.
 """
 
+import errno
 import importlib
 import os
 import sys
@@ -107,6 +108,14 @@ def main(argv):
     print(f"\nmemjax: interrupted; what is written in {_WORKDIR.value} stays valid, and the same "
           "command continues from it", file=sys.stderr)
     _exit_now(130)
+  except OSError as e:  # a full disk: one line, not a traceback; the files written stay valid
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # EFBIG: a file size limit
+      raise
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"\nmemjax: error: cannot write{where}: {e.strerror}; free space (or give another "
+          f"--workdir) and run the same command again: what is written in {_WORKDIR.value} "
+          "stays valid, and it continues from there", file=sys.stderr)
+    _exit_now(1)
   except Exception as e:  # noqa: BLE001 - only device out-of-memory is turned into one line
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise

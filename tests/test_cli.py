@@ -196,3 +196,20 @@ def test_cli_short_help_prints_usage_as_long_help_does():
                  for flag in ("-h", "--help"))
   assert "memjax entry point" in short.stdout and "memjax: error" not in short.stderr
   assert (short.returncode, short.stdout) == (long.returncode, long.stdout)
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+  # A write that fails for want of space (here a file size limit: EFBIG, as ENOSPC needs a full
+  # file system) was a traceback; it is one line. (A rerun continues from the files written:
+  # checked by hand on a 2 MB tmpfs.)
+  import resource
+  limit = 4096  # a chunk's first checkpoint is larger
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "memjax.main", *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("memjax: error: cannot write") and "File too large" in lines[0]
