@@ -112,7 +112,7 @@ def main(argv):
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # EFBIG: a file size limit
       raise
     where = f" ({e.filename})" if e.filename else ""
-    print(f"\nmemjax: error: cannot write{where}: {e.strerror}; free space (or give another "
+    print(f"\nmemjax: error: a write failed{where}: {e.strerror}; free space (or give another "
           f"--workdir) and run the same command again: what is written in {_WORKDIR.value} "
           "stays valid, and it continues from there", file=sys.stderr)
     _exit_now(1)

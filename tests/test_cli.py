@@ -212,4 +212,4 @@ def test_a_full_disk_is_one_line(tmp_path):
       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
-  assert lines[0].startswith("memjax: error: cannot write") and "File too large" in lines[0]
+  assert lines[0].startswith("memjax: error: a write failed") and "File too large" in lines[0]
