@@ -343,10 +343,10 @@ def stored_width(directory, label, key):
 def store_width(directory, label, key, result, arrays):
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{label}.npz")
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, key=np.array(key), result=np.array(json.dumps(result, default=jsonio.default)),
-           **{f"arrays/{k}": v for k, v in arrays.items()})
-  os.replace(tmp, path)  # a killed write leaves the previous file or none, never half of one
+  # A killed write leaves the previous file or none, never half of one.
+  jsonio.savez_atomic(path, key=np.array(key),
+                      result=np.array(json.dumps(result, default=jsonio.default)),
+                      **{f"arrays/{k}": v for k, v in arrays.items()})
 
 
 def _log(settings, *args):

@@ -1,9 +1,10 @@
-"""JSON files written whole or not at all.
+"""JSON and npz files written whole or not at all.
 
-Every summary and results file goes through `write_atomic`: the JSON is written to a temporary
-file beside the target and swapped in with os.replace, so a run killed mid-write leaves the
-previous file intact instead of half a file. numpy scalars and arrays and dataclasses are
-written as plain JSON values.
+Every summary and results file goes through `write_atomic`, and every stored array file through
+`savez_atomic`: the file is written to a temporary file beside the target and swapped in with
+os.replace, so a run killed mid-write leaves the previous file intact instead of half a file,
+and a write that fails (a full disk) leaves no temporary file. numpy scalars and arrays and
+dataclasses are written as plain JSON values.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ def write_atomic(path: str, value, indent: int = 2):
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(value, f, indent=indent, sort_keys=True, default=default, allow_nan=True)
       f.write("\n")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def savez_atomic(path: str, /, **arrays):
+  """np.savez(path, **arrays), whole or not at all (see the module docstring)."""
+  tmp = f"{path}.tmp{os.getpid()}.npz"  # .npz: np.savez would append it otherwise
+  try:
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

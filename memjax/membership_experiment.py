@@ -398,9 +398,7 @@ def _save_stack(path, rows, design_part):
   arrays["rows"] = np.array(json.dumps([{k: v for k, v in r.items() if k != "_roc"}
                                         for r in rows]))
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)  # a killed write leaves no half-stored stack
+  jsonio.savez_atomic(path, **arrays)  # a killed write leaves no half-stored stack
 
 
 def _load_stack(path):

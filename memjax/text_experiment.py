@@ -439,9 +439,7 @@ def score_shared(cfg, params_M, rows, corpus_NxS, batch, vocab_chunk):
 def _save_params(path, params_M):
   leaves, _ = jax.tree_util.tree_flatten_with_path(params_M)
   arrays = {jax.tree_util.keystr(p): np.asarray(a, np.float32) for p, a in leaves}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  jsonio.savez_atomic(path, **arrays)
 
 
 def _load_params(path, template_M):
@@ -465,12 +463,6 @@ def _load_trained(stack_dir, template_M, label):
     logging.warning("%s: the stored parameters %s do not load (%s); training the stack again",
                     label, params_path, e)
     return None
-
-
-def _save_npz(path, arrays):
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
@@ -513,7 +505,7 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
     steps_M = np.asarray(state.step_M)[:n]
     diverged_M = np.asarray(state.diverged_M)[:n]
     if settings.save_params:
-      _save_npz(stack_dir + ".train_state.npz", {"steps": steps_M, "diverged": diverged_M})
+      jsonio.savez_atomic(stack_dir + ".train_state.npz", steps=steps_M, diverged=diverged_M)
       _save_params(params_path, params_M)
   train_s = time.time() - start
 
@@ -561,7 +553,7 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
                                                  else np.zeros((n, 0)))
   arrays["wall_s"] = np.float64(time.time() - start)
   arrays["train_s"] = np.float64(train_s)
-  _save_npz(stack_dir + ".scores.npz", arrays)
+  jsonio.savez_atomic(stack_dir + ".scores.npz", **arrays)
   return arrays, trained
 
 

@@ -1,4 +1,4 @@
-"""jsonio.write_atomic: whole files or the previous one, numpy values as JSON."""
+"""jsonio.write_atomic and savez_atomic: whole files or the previous one, numpy values as JSON."""
 
 import json
 import os
@@ -27,3 +27,20 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
   with open(path) as f:
     assert json.load(f) == {"rows": 1}
   assert os.listdir(tmp_path) == ["a.json"]  # no temporary file left behind
+
+
+def test_savez_atomic_writes_whole_or_keeps_the_previous_file(tmp_path, monkeypatch):
+  path = os.path.join(tmp_path, "a.npz")
+  jsonio.savez_atomic(path, path=np.arange(3), w=np.ones(2))  # an array may be named "path"
+  def full_disk(file, **arrays):
+    with open(file, "wb") as f:
+      f.write(b"PK partial")
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(np, "savez", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    jsonio.savez_atomic(path, w=np.zeros(2))
+  monkeypatch.undo()
+  with np.load(path) as f:
+    np.testing.assert_array_equal(f["path"], np.arange(3))
+    np.testing.assert_array_equal(f["w"], np.ones(2))
+  assert os.listdir(tmp_path) == ["a.npz"]  # the text experiment left its .tmp.npz behind
