@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -359,7 +360,9 @@ def results_path(workdir: str, process_index: int = 0, process_count: int = 1) -
 
 def result_files(workdir: str) -> list[str]:
   """results.jsonl and every per-process results.<i>.jsonl in the workdir."""
-  per_process = sorted(glob.glob(os.path.join(workdir, "results.*.jsonl")),
+  # Only numbered files: a user's copy such as results.bak.jsonl is not read as results.
+  per_process = sorted((p for p in glob.glob(os.path.join(workdir, "results.*.jsonl"))
+                        if re.fullmatch(r"results\.\d+\.jsonl", os.path.basename(p))),
                        key=lambda p: (len(p), p))
   return [os.path.join(workdir, "results.jsonl")] + per_process
 

@@ -302,6 +302,9 @@ def test_merge_waits_for_every_model_then_writes_each_row_once(tmp_path):
   assert sweep.merge_results(w, list("dcba"))
   assert sweep.ResultsFile(os.path.join(w, "results.jsonl")).read() == rows
   assert {r["key"] for r in sweep.read_all_rows(w)} == set("abcd")
+  # A user's copy beside them is not a process's file: its rows are not read as results.
+  sweep.ResultsFile(os.path.join(w, "results.bak.jsonl")).append([{"key": "z", "v": 9}])
+  assert {r["key"] for r in sweep.read_all_rows(w)} == set("abcd")
 
 
 def test_results_lines_that_parse_but_are_not_rows_are_skipped(tmp_path):
