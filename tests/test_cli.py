@@ -198,12 +198,14 @@ def test_cli_short_help_prints_usage_as_long_help_does():
   assert (short.returncode, short.stdout) == (long.returncode, long.stdout)
 
 
-def test_a_full_disk_is_one_line(tmp_path):
+# 4096: a chunk's first checkpoint is larger; 0: a disk full before the run starts, where the
+# workdir's lock file is the first write (that was still a traceback).
+@pytest.mark.parametrize("limit", [4096, 0], ids=["checkpoint", "lock_file"])
+def test_a_full_disk_is_one_line(tmp_path, limit):
   # A write that fails for want of space (here a file size limit: EFBIG, as ENOSPC needs a full
   # file system) was a traceback; it is one line. (A rerun continues from the files written:
   # checked by hand on a 2 MB tmpfs.)
   import resource
-  limit = 4096  # a chunk's first checkpoint is larger
   workdir = tmp_path / "run"
   proc = subprocess.run(
       [sys.executable, "-m", "memjax.main", *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
