@@ -502,14 +502,19 @@ def test_a_damaged_cache_entry_is_built_again_with_a_warning(tmp_path, damage):
   assert build_text_dataset(source, tokenizer, **kwargs).from_cache  # and it was repaired
 
 
+@pytest.mark.parametrize("error,reason", [
+    (OSError("1000 requested and 10 written"), "(1000 requested and 10 written)"),
+    (OSError(28, "No space left on device"), "(No space left on device)")],
+    ids=["numpy_short_write", "enospc_without_file_name"])
 def test_a_full_disk_while_caching_names_the_reason_and_leaves_no_temporary_file(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, error, reason):
   # numpy reports a short write as OSError("N requested and M written"), with no errno: the
-  # message was "([Errno None] None: None)", and the half-written temporary file stayed.
+  # message was "([Errno None] None: None)", and the half-written temporary file stayed. A
+  # write to an open file fails with ENOSPC and no file name: that read "(...: None)".
   from memjax import config as config_lib
   def full_disk(f, array):
     f.write(b"x" * 10)
-    raise OSError("1000 requested and 10 written")
+    raise error
   monkeypatch.setattr(np, "save", full_disk)
   source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
   cache_dir = str(tmp_path / "cache")
@@ -517,7 +522,7 @@ def test_a_full_disk_while_caching_names_the_reason_and_leaves_no_temporary_file
     build_text_dataset(source, BYTES, seq_len=16, cache_dir=cache_dir,
                        pool_sizes=PoolSizes(train=4))
   message = str(config_lib.data_error(e.value, True))
-  assert "1000 requested and 10 written" in message and "None" not in message, message
+  assert reason in message and "None" not in message, message
   assert [f for _, _, fs in os.walk(cache_dir) for f in fs if ".tmp" in f] == []
 
 

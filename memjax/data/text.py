@@ -212,9 +212,11 @@ class CacheWriteError(OSError):
   def __init__(self, error: OSError, cache_dir: str):
     super().__init__(error.errno, error.strerror, error.filename)
     self.cache_dir = cache_dir
-    # numpy's "N requested and M written" (a full disk) has no errno, strerror or filename.
-    self.reason = (f"{error.strerror}: {error.filename!r}" if error.strerror
-                   else str(error) or type(error).__name__)
+    # numpy's "N requested and M written" (a full disk) has no errno, strerror or filename, and
+    # a write to an open file (ENOSPC) no filename.
+    self.reason = error.strerror or str(error) or type(error).__name__
+    if error.strerror and error.filename:
+      self.reason += f": {error.filename!r}"
 
 
 @contextlib.contextmanager
