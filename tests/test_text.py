@@ -579,6 +579,10 @@ def test_bpe_vocab_larger_than_the_corpus_supports_is_refused(tmp_path):
   source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "b.txt", random_text(0, 2000)),))
   with pytest.raises(ValueError, match=r"or raise max_train_chars \(it trained on the first 50 "):
     build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=300, max_train_chars=50))
+  # A cut the corpus does not reach is not blamed: it trained on the whole corpus.
+  with pytest.raises(ValueError, match=r"or use a larger corpus\.$"):
+    build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=5000,
+                                               max_train_chars=10 ** 6))
 
 
 @pytest.mark.parametrize("seq_len", [1, 0, -3])

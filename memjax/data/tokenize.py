@@ -184,16 +184,25 @@ def train_byte_level_bpe(documents: Iterator[str], cfg: TokenizerConfig) -> HFTo
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
       special_tokens=[],
       show_progress=False)
-  tokenizer.train_from_iterator(_take_chars(documents, cfg.max_train_chars), trainer)
+  chars = [0]  # characters trained on: they tell whether max_train_chars cut the corpus
+
+  def counted(texts):
+    for text in texts:
+      chars[0] += len(text)
+      yield text
+
+  tokenizer.train_from_iterator(counted(_take_chars(documents, cfg.max_train_chars)), trainer)
   trained = HFTokenizer(tokenizer, kind="bpe")
   if trained.vocab_size < cfg.vocab_size:
+    cut = bool(cfg.max_train_chars) and chars[0] >= cfg.max_train_chars
     raise ValueError(
         f"BPE training on this corpus reached only {trained.vocab_size} tokens, fewer than the "
         f"requested tokenizer vocab_size {cfg.vocab_size}: lower vocab_size to at most "
         f"{trained.vocab_size} or use a larger corpus"
-        # The corpus may be large and the cut what limits it.
+        # The corpus may be large and the cut what limits it (a corpus shorter than the cut was
+        # read whole: raising it would not help).
         + (f", or raise max_train_chars (it trained on the first {cfg.max_train_chars:,} "
-           "characters)." if cfg.max_train_chars else "."))
+           "characters)." if cut else "."))
   return trained
 
 
