@@ -526,6 +526,24 @@ def test_a_full_disk_while_caching_names_the_reason_and_leaves_no_temporary_file
   assert [f for _, _, fs in os.walk(cache_dir) for f in fs if ".tmp" in f] == []
 
 
+def test_a_full_disk_while_caching_the_bpe_leaves_no_temporary_file(tmp_path):
+  # The text cache cleaned up after a failed write, the cached BPE did not: each failed run left
+  # a tokenizer.json.tmp<pid> that no later run removes. A file size limit stands in for a
+  # full disk (Python ignores SIGXFSZ, so the write fails with EFBIG).
+  import resource
+  source = SourceConfig(kind="txt", paths=(write_text(tmp_path / "a.txt", random_text(0, 300)),))
+  cache_dir = str(tmp_path / "cache")
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the tokenizer.json is larger
+  try:
+    with pytest.raises(OSError, match="File too large"):
+      build_text_dataset(source, TokenizerConfig(kind="bpe", vocab_size=260), seq_len=16,
+                         cache_dir=cache_dir, pool_sizes=PoolSizes(train=4))
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  assert [f for _, _, fs in os.walk(cache_dir) for f in fs] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input.
 

@@ -257,7 +257,11 @@ def _write_text_atomically(path: str, text: str) -> str:
   """Writes via a temporary file and a rename, so readers never see half a file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp_path = f"{path}.tmp{os.getpid()}"
-  with open(tmp_path, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp_path, path)
+  try:
+    with open(tmp_path, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp_path, path)
+  finally:  # a write that failed (a full disk) leaves no temporary file behind
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
   return path
