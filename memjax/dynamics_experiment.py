@@ -480,7 +480,7 @@ def main(settings: DynamicsSettings, workdir: str):
     arrays.update(width_arrays)
   results["seconds"] = round(time.time() - t0, 1)
   jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
-  np.savez(os.path.join(workdir, "scores.npz"), **arrays)
+  jsonio.savez_atomic(os.path.join(workdir, "scores.npz"), **arrays)
   write_figures(results, arrays, workdir)
   print(report_text(results))
 

@@ -1,10 +1,11 @@
 """JSON and npz files written whole or not at all.
 
-Every summary and results file goes through `write_atomic`, and every stored array file through
-`savez_atomic`: the file is written to a temporary file beside the target and swapped in with
-os.replace, so a run killed mid-write leaves the previous file intact instead of half a file,
-and a write that fails (a full disk) leaves no temporary file. numpy scalars and arrays and
-dataclasses are written as plain JSON values.
+Every summary and results file goes through `write_atomic`, and every array file an experiment
+stores through `savez_atomic` (checkpoints have their own, `memjax.checkpoint`): the file is
+written to a temporary file beside the target and swapped in with os.replace, so a run killed
+mid-write leaves the previous file intact instead of half a file, and a write that fails (a full
+disk) leaves no temporary file. numpy scalars and arrays and dataclasses are written as plain
+JSON values.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def write_atomic(path: str, value, indent: int = 2):
 
 def savez_atomic(path: str, /, **arrays):
   """np.savez(path, **arrays), whole or not at all (see the module docstring)."""
-  tmp = f"{path}.tmp{os.getpid()}.npz"  # .npz: np.savez would append it otherwise
+  # One fixed name (unlike write_atomic's: no two processes write these files), so that a write
+  # killed outright leaves a file the next write replaces. .npz: np.savez would append it.
+  tmp = f"{path}.tmp.npz"
   try:
     np.savez(tmp, **arrays)
     os.replace(tmp, path)

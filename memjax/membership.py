@@ -145,7 +145,7 @@ def save_design(path, matrix, **seeds) -> str:
                      f"of shape {matrix.shape}")
   path = os.fspath(path)
   path = path if path.endswith(".npz") else path + ".npz"
-  np.savez(path, membership=matrix, seeds=np.array(json.dumps(seeds)))
+  jsonio.savez_atomic(path, membership=matrix, seeds=np.array(json.dumps(seeds)))
   return path
 
 

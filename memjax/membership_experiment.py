@@ -819,7 +819,7 @@ def run(settings: MembershipSettings, workdir: str):
   if settings.lira_num_models:
     rows += cached_stack(settings, workdir, "lira shadows", design, counts,
                          lambda part: run_lira(settings, workdir, text, part), text)
-  np.savez(os.path.join(workdir, "design.npz"), **design)
+  jsonio.savez_atomic(os.path.join(workdir, "design.npz"), **design)
   jsonio.write_atomic(os.path.join(workdir, "design.json"), {
       "settings": config_lib.to_jsonable(settings),
       "seeds": {"data_seed": settings.data_seed, "model_seeds": list(settings.seeds),

@@ -31,7 +31,10 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 
 def test_savez_atomic_writes_whole_or_keeps_the_previous_file(tmp_path, monkeypatch):
   path = os.path.join(tmp_path, "a.npz")
+  with open(path + ".tmp.npz", "wb") as f:  # left by a write killed outright: replaced, not kept
+    f.write(b"PK partial")
   jsonio.savez_atomic(path, path=np.arange(3), w=np.ones(2))  # an array may be named "path"
+  assert os.listdir(tmp_path) == ["a.npz"]
   def full_disk(file, **arrays):
     with open(file, "wb") as f:
       f.write(b"PK partial")
