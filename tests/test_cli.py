@@ -205,13 +205,16 @@ def test_a_full_disk_is_one_line(tmp_path, limit):
   # A write that fails for want of space (here a file size limit: EFBIG, as ENOSPC needs a full
   # file system) was a traceback; it is one line. (A rerun continues from the files written:
   # checked by hand on a 2 MB tmpfs.)
-  import resource
   workdir = tmp_path / "run"
+  # The limit is set in a small launcher that then execs memjax (a preexec_fn would fork this
+  # multithreaded test process, which can deadlock).
+  launcher = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
+              f"{limit})); os.execv(sys.executable, [sys.executable, '-m', 'memjax.main', "
+              "*sys.argv[1:]])")
   proc = subprocess.run(
-      [sys.executable, "-m", "memjax.main", *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
+      [sys.executable, "-c", launcher, *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
-      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("memjax: error: a write failed") and "File too large" in lines[0]
