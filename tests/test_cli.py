@@ -201,18 +201,13 @@ def test_cli_short_help_prints_usage_as_long_help_does():
 # 4096: a chunk's first checkpoint is larger; 0: a disk full before the run starts, where the
 # workdir's lock file is the first write (that was still a traceback).
 @pytest.mark.parametrize("limit", [4096, 0], ids=["checkpoint", "lock_file"])
-def test_a_full_disk_is_one_line(tmp_path, limit):
+def test_a_full_disk_is_one_line(tmp_path, limit, memjax_main_under_limit):
   # A write that fails for want of space (here a file size limit: EFBIG, as ENOSPC needs a full
   # file system) was a traceback; it is one line. (A rerun continues from the files written:
   # checked by hand on a 2 MB tmpfs.)
   workdir = tmp_path / "run"
-  # The limit is set in a small launcher that then execs memjax (a preexec_fn would fork this
-  # multithreaded test process, which can deadlock).
-  launcher = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
-              f"{limit})); os.execv(sys.executable, [sys.executable, '-m', 'memjax.main', "
-              "*sys.argv[1:]])")
   proc = subprocess.run(
-      [sys.executable, "-c", launcher, *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
+      [*memjax_main_under_limit("RLIMIT_FSIZE", limit), *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   lines = [l for l in proc.stderr.splitlines() if l.strip()]

@@ -229,18 +229,16 @@ def test_cli_bad_input_fails_in_one_line(tmp_path):
   assert needle in lines[0]
 
 
-def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path):
-  import resource
+def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, memjax_main_under_limit):
   limit = 12 * 2**30  # address space: the 228 GB batch below cannot be allocated
   proc = subprocess.run(
-      [sys.executable, "-m", "memjax.main",
+      [*memjax_main_under_limit("RLIMIT_AS", limit),
        *[a for a in TINY if not a.startswith(("--config.sweep.d_model", "--config.sweep.data"))],
        "--config.sweep.d_model=(256,)",
        "--config.sweep.dataset_sizes=(1024,)", "--config.train.batch_size=200000",
        "--config.lira.num_models=0", f"--workdir={tmp_path / 'w'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"},
-      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("memjax: error: out of device memory (RESOURCE_EXHAUSTED")
