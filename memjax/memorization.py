@@ -8,8 +8,8 @@ and of a dataset, the sum over its samples (a lower bound on what the model stor
 synthetic data the reference is the true distribution: uniform, log2 p(x) = -S log2 V. The first
 token of a sequence has no context and costs log2 V under both, so at most (S - 1) log2 V bits of
 a sequence can be memorized, and log2 n fewer when n training sequences share its first token (no
-model can tell them apart at position 1). Capacity of a model shape = the largest seed-mean memorization over
-the dataset sizes tried; alpha = bits per parameter.
+model can tell them apart at position 1). Capacity of a model shape = the largest seed-mean
+memorization over the dataset sizes tried; alpha = bits per parameter.
 """
 
 from __future__ import annotations

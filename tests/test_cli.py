@@ -207,7 +207,8 @@ def test_a_full_disk_is_one_line(tmp_path, limit, memjax_main_under_limit):
   # checked by hand on a 2 MB tmpfs.)
   workdir = tmp_path / "run"
   proc = subprocess.run(
-      [*memjax_main_under_limit("RLIMIT_FSIZE", limit), *TINY, "--cpu_devices=1", f"--workdir={workdir}"],
+      [*memjax_main_under_limit("RLIMIT_FSIZE", limit), *TINY, "--cpu_devices=1",
+       f"--workdir={workdir}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   lines = [l for l in proc.stderr.splitlines() if l.strip()]

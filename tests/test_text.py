@@ -196,7 +196,8 @@ def test_tfds_source_loads_a_prepared_dataset_by_name_and_data_dir(tmp_path):
   with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train'\]"):
     docs_of(SourceConfig(kind="tfds", name=name, split="validation", data_dir=str(tmp_path)))
   # A number is not text: str() of each id would have been trained on.
-  with pytest.raises(ValueError, match=r"feature 'id' holds Tensor\(int64.*not text; set text_field"):
+  with pytest.raises(ValueError,
+                     match=r"feature 'id' holds Tensor\(int64.*not text; set text_field"):
     docs_of(SourceConfig(kind="tfds", name=name, text_field="id", data_dir=str(tmp_path)))
 
 

@@ -60,7 +60,8 @@ SOURCE_KINDS = ("txt", "jsonl", "parquet", "tfds", "stdlib_docs")
 TXT_SPLITS = ("file", "blank_lines")
 # A directory source reads its files with these endings; gzipped txt and jsonl are read as they
 # are (found by their magic bytes, whatever the name).
-FILE_EXTENSIONS = {"txt": (".txt", ".txt.gz"), "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
+FILE_EXTENSIONS = {"txt": (".txt", ".txt.gz"),
+                   "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
                    "parquet": (".parquet",)}
 
 # memjax dependencies whose docstrings extend the stdlib ones: present wherever memjax installs.
