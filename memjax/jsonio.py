@@ -10,6 +10,7 @@ JSON values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,27 +33,29 @@ def default(x):
   raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-def write_atomic(path: str, value, indent: int = 2):
-  # The pid keeps two processes writing the same file from sharing a temporary file.
-  tmp = f"{path}.tmp{os.getpid()}"
+@contextlib.contextmanager
+def swapped_in(path: str, tmp: str):
+  """Yields `tmp` to write `path`'s new content to: swapped in for `path` when the block ends,
+  removed when it fails (a full disk), so that no half file and no temporary file is left."""
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=indent, sort_keys=True, default=default, allow_nan=True)
-      f.write("\n")
+    yield tmp
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_atomic(path: str, value, indent: int = 2):
+  # The pid keeps two processes writing the same file from sharing a temporary file.
+  with swapped_in(path, f"{path}.tmp{os.getpid()}") as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=indent, sort_keys=True, default=default, allow_nan=True)
+      f.write("\n")
 
 
 def savez_atomic(path: str, /, **arrays):
   """np.savez(path, **arrays), whole or not at all (see the module docstring)."""
   # One fixed name (unlike write_atomic's: no two processes write these files), so that a write
   # killed outright leaves a file the next write replaces. .npz: np.savez would append it.
-  tmp = f"{path}.tmp.npz"
-  try:
+  with swapped_in(path, f"{path}.tmp.npz") as tmp:
     np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -412,14 +412,10 @@ def _save_cache_entry(entry_path: str, tokens_NxS: np.ndarray, doc_ids_N: np.nda
   """Arrays first, manifest last, each by rename: an entry with a manifest is complete."""
   os.makedirs(entry_path, exist_ok=True)
   for name, array in ((_TOKENS_FILENAME, tokens_NxS), (_DOC_IDS_FILENAME, doc_ids_N)):
-    tmp = os.path.join(entry_path, f"{name}.tmp{os.getpid()}")
-    try:
+    path = os.path.join(entry_path, name)
+    with jsonio.swapped_in(path, f"{path}.tmp{os.getpid()}") as tmp:
       with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
-      os.replace(tmp, os.path.join(entry_path, name))
-    finally:  # a write that failed (a full disk) leaves no temporary file behind
-      if os.path.exists(tmp):
-        os.remove(tmp)
   jsonio.write_atomic(os.path.join(entry_path, _MANIFEST_FILENAME), manifest)
 
 

@@ -27,6 +27,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from memjax import jsonio
+
 TOKENIZER_KINDS = ("file", "bpe", "bytes")
 NUM_BYTES = 256
 # A byte-level BPE starts from the 256 byte symbols; it needs at least one merge to be a BPE.
@@ -256,12 +258,7 @@ def load_tokenizer_from_workdir(workdir: str) -> TextTokenizer:
 def _write_text_atomically(path: str, text: str) -> str:
   """Writes via a temporary file and a rename, so readers never see half a file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp_path = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp_path, "w", encoding="utf-8") as f:
+  with jsonio.swapped_in(path, f"{path}.tmp{os.getpid()}") as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
-    os.replace(tmp_path, path)
-  finally:  # a write that failed (a full disk) leaves no temporary file behind
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
   return path
