@@ -94,12 +94,9 @@ def main(argv):
           f"jax.distributed.initialize: {first[:300]} (--distributed needs a cluster JAX can "
           "detect, e.g. SLURM under srun; elsewhere give --coordinator_address, "
           "--num_processes and --process_id)", workdir_is_new)
-    try:
-      _hold_workdir()
-    except OSError as e:  # a disk already full: the lock file is the run's first write
-      _exit_if_disk_full(e)
-      raise
   try:
+    if not _DRY_RUN.value:
+      _hold_workdir()  # the run's first write: a disk already full shows here
     if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # capacity: say which process owns
       experiment.dry_run(settings, _WORKDIR.value, (_PROCESS_ID.value, _NUM_PROCESSES.value))
     elif _DRY_RUN.value:
@@ -113,8 +110,13 @@ def main(argv):
           "command continues from it", file=sys.stderr)
     _exit_now(130)
   except OSError as e:  # a full disk: one line, not a traceback; the files written stay valid
-    _exit_if_disk_full(e)
-    raise
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # EFBIG: a file size limit
+      raise
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"\nmemjax: error: a write failed{where}: {e.strerror}; free space (or give another "
+          f"--workdir) and run the same command again: what is written in {_WORKDIR.value} "
+          "stays valid, and it continues from there", file=sys.stderr)
+    _exit_now(1)
   except Exception as e:  # noqa: BLE001 - only device out-of-memory is turned into one line
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -140,17 +142,6 @@ def _hold_workdir():
   except workdir_lock.WorkdirBusy as e:
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
-
-
-def _exit_if_disk_full(e: OSError):
-  """A full disk (ENOSPC, EDQUOT, EFBIG: a file size limit) is one line, not a traceback."""
-  if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-    return
-  where = f" ({e.filename})" if e.filename else ""
-  print(f"\nmemjax: error: a write failed{where}: {e.strerror}; free space (or give another "
-        f"--workdir) and run the same command again: what is written in {_WORKDIR.value} "
-        "stays valid, and it continues from there", file=sys.stderr)
-  _exit_now(1)
 
 
 def _fail_before_writing(message, workdir_is_new):
