@@ -874,8 +874,8 @@ def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
   for field, style in (("mem_bits_oracle", "-"), ("mem_bits_same_size", "--")):
     for k, curve in _curves(rows, field).items():
       ns = list(curve)
-      ax.plot(ns, [max(curve[n], report.LOG_FLOOR_BITS) for n in ns], style, marker="o", color=colors[k],
-              label=f"{label(k)} ({field[9:].replace('_', ' ')} ref)")
+      ax.plot(ns, [max(curve[n], report.LOG_FLOOR_BITS) for n in ns], style, marker="o",
+              color=colors[k], label=f"{label(k)} ({field[9:].replace('_', ' ')} ref)")
   # One line when every shape measures the data alike (the oracle reference); else each shape's
   # own (the same-size reference is the shape's own model): a mean of them matches no shape.
   data_curves = _curves(rows, "dataset_bits")
