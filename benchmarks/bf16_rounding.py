@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax import train as train_lib
 
 
@@ -58,7 +58,7 @@ def main():
   print(f"device: {jax.devices()[0].device_kind}; L1 d{args.d_model} V={args.vocab_size} "
         f"S={args.seq_len} N={args.dataset_size}, AdamW lr {args.lr} (warmup 100, cosine to 0.1x)")
   for precision in ("bf16", "bf16-mixed", "fp32"):
-    cfg = model_lib.ModelConfig(args.vocab_size, args.seq_len, 1, args.d_model, 2, precision)
+    cfg = gpt2.ModelConfig(args.vocab_size, args.seq_len, 1, args.d_model, 2, precision)
     tcfg = dataclasses.replace(train_lib.TrainConfig(), steps=args.steps, batch_size=64,
                                learning_rate=args.lr, steps_per_call=args.steps_per_call)
     state = train_lib.init_stack_from_specs(

@@ -3,7 +3,7 @@
 For each training row (model shape, sequences per model per step) it times:
   a. a stack of M models in one memjax program (`train.train_steps`), M swept upwards until
      memory runs out (the out-of-memory error is caught, recorded and ends that sweep). The stack
-     is sharded over the local devices as `memjax.capacity` shards a chunk; on a CPU the host is
+     is sharded over the local devices as `memjax.experiments.capacity` shards a chunk; on a CPU the host is
      split into one device per core (`--cpu_devices`, as `memjax.main` does), and the same stack
      on one device is timed too, so that the report shows what the sharding adds;
   b. the same M models one after another through memjax's single-model path
@@ -59,9 +59,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from memjax import devices as devices_lib
+from memjax.engine import devices as devices_lib
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax import train as train_lib
 
 # Dense peak TFLOP/s by device kind (matched as a substring of jax's device_kind) and precision:
@@ -88,7 +88,7 @@ class Row:
 
   @property
   def cfg(self):
-    return model_lib.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
+    return gpt2.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
                                  self.heads, self.precision)
 
   @property
@@ -112,7 +112,7 @@ class ScoreRow:
 
   @property
   def cfg(self):
-    return model_lib.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
+    return gpt2.ModelConfig(self.vocab_size, self.seq_len, self.layers, self.d_model,
                                  self.heads, self.precision)
 
 
@@ -147,7 +147,7 @@ def peak_tflops(precision, override=None):
   """The device's dense peak for the precision's matmuls ("bf16-mixed" computes in bf16)."""
   if override:
     return override
-  compute = "bf16" if model_lib.PRECISIONS[precision][0] == jnp.bfloat16 else "fp32"
+  compute = "bf16" if gpt2.PRECISIONS[precision][0] == jnp.bfloat16 else "fp32"
   for name, peaks in PEAK_TFLOPS.items():
     if name in device_kind():
       return peaks[compute]
@@ -155,7 +155,7 @@ def peak_tflops(precision, override=None):
 
 
 def train_flops_per_token(cfg):
-  return 6 * model_lib.n_params(cfg) + 6 * cfg.layers * cfg.seq_len * cfg.d_model
+  return 6 * gpt2.n_params(cfg) + 6 * cfg.layers * cfg.seq_len * cfg.d_model
 
 
 def compile_stack(cfg, tcfg, state, k):
@@ -197,7 +197,7 @@ def _specs(m):
 def placed_stack(cfg, tcfg, m):
   """A fresh stack of m models, sharded over as many local devices as divide m evenly (all of
   them, on a CPU split into one device per core, when m is a multiple of their count), as
-  `memjax.capacity` places a chunk. Returns (state, devices used)."""
+  `memjax.experiments.capacity` places a chunk. Returns (state, devices used)."""
   n = math.gcd(m, jax.local_device_count())
   if n == 1:
     return train_lib.init_stack_from_specs(cfg, tcfg, _specs(m)), 1
@@ -262,7 +262,7 @@ def bench_training_row(row: Row, preset: Preset, peak_override=None, deadline=ma
     try:
       run_torch, torch_params = torch_gpt2.make_trainer(
           row.vocab_size, row.seq_len, row.layers, row.d_model, row.heads, row.batch_size)
-      assert torch_params == model_lib.n_params(cfg), (torch_params, model_lib.n_params(cfg))
+      assert torch_params == gpt2.n_params(cfg), (torch_params, gpt2.n_params(cfg))
       torch_timer = _Timer(lambda s: (s, run_torch(preset.torch_steps)))
       torch_note = f"ok ({torch_gpt2.describe()})"
     except Exception as e:  # noqa: BLE001 - a baseline that does not fit is reported, not fatal
@@ -349,7 +349,7 @@ def _training_report(row, cfg, flops, peak, single, torch_timer, torch_note, tor
       one = s["one_device_seconds_per_step"]
       s["one_device_ratio_vs_one_after_another"] = single_s * s["models"] / one if one else None
   return {
-      "row": dataclasses.asdict(row), "label": row.label, "n_params": model_lib.n_params(cfg),
+      "row": dataclasses.asdict(row), "label": row.label, "n_params": gpt2.n_params(cfg),
       "flops_per_token": flops, "peak_tflops": peak,
       "one_after_another": {"extrapolated_from": "1 model, time x M",
                             "seconds_per_model_step": single_s,
@@ -391,7 +391,7 @@ def bench_scoring(row: ScoreRow, peak_override=None):
   mem = peak_bytes()
   if mem is not None and peak_before is not None and mem <= peak_before:
     mem = None  # an earlier, larger program set the process's peak: nothing measured
-  return {"row": dataclasses.asdict(row), "n_params": model_lib.n_params(cfg),
+  return {"row": dataclasses.asdict(row), "n_params": gpt2.n_params(cfg),
           "sequences_scored": done * row.batch, "seconds": seconds,
           "sequences_per_s": seqs_s, "model_sequences_per_s": seqs_s * row.models,
           "tokens_per_s": tokens_s,
@@ -587,7 +587,7 @@ def main(argv=None):
   parser.add_argument("--kernel", choices=("xla", "pallas"), default="xla",
                       help="the likelihood kernel of every memjax row (likelihood.KERNEL): the "
                            "chunked XLA one or the fused Pallas one (GPU; d_model a power of 2)")
-  parser.add_argument("--precision", choices=tuple(model_lib.PRECISIONS),
+  parser.add_argument("--precision", choices=tuple(gpt2.PRECISIONS),
                       help="train and score every row in this precision instead of the "
                            "preset's (GPU: bf16, CPU: fp32); bf16-mixed keeps fp32 master "
                            "weights, as the PyTorch baseline's autocast does")

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from benchmarks import throughput
 from memjax import fused_logprobs
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax import train as train_lib
 
 
@@ -107,8 +107,8 @@ NEW_TARGET_LOGPROBS = likelihood.target_logprobs
 
 def set_variant(variant):
   """Apply a variant's knobs (and drop compiled programs, which baked in the previous ones)."""
-  model_lib.ATTENTION = variant.get("attention", "auto")
-  model_lib.EXPLICIT_TRANSPOSES = variant.get("explicit_transposes")
+  gpt2.ATTENTION = variant.get("attention", "auto")
+  gpt2.EXPLICIT_TRANSPOSES = variant.get("explicit_transposes")
   likelihood.LOGITS_BLOCK_ELEMENTS = variant.get("logits_block")
   likelihood.target_logprobs = (old_target_logprobs if variant.get("kernel") == "old"
                                 else NEW_TARGET_LOGPROBS)
@@ -229,7 +229,7 @@ def main(argv=None):
                         "skipped": "over the time budget"})
         continue
       set_variant(variant)
-      cfg = model_lib.ModelConfig(*shape)
+      cfg = gpt2.ModelConfig(*shape)
       t0 = time.perf_counter()
       try:
         if kind == "score":

@@ -15,10 +15,10 @@ from typing import Any
 
 from absl import logging
 
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax.train import TrainConfig
 
-PRECISIONS = tuple(model_lib.PRECISIONS)
+PRECISIONS = tuple(gpt2.PRECISIONS)
 MAX_INT32 = 2**31 - 1
 
 
@@ -285,15 +285,15 @@ def train_config(config) -> TrainConfig:
 
 def model_shapes(s: CapacitySettings):
   """Every model shape of the sweep, as ModelConfig."""
-  return [model_lib.ModelConfig(s.vocab_size, s.seq_len, l, d, s.num_heads, p)
+  return [gpt2.ModelConfig(s.vocab_size, s.seq_len, l, d, s.num_heads, p)
           for p in s.precisions for l in s.layers for d in s.d_model]
 
 
-def dataset_sizes_for(s: CapacitySettings, shape: model_lib.ModelConfig):
+def dataset_sizes_for(s: CapacitySettings, shape: gpt2.ModelConfig):
   """The dataset sizes of one shape: given, or a grid around its expected capacity."""
   if not s.dataset_size_factors:
     return tuple(sorted(set(s.dataset_sizes)))
-  expected_n = 3.6 * model_lib.n_params(shape) / (s.seq_len * math.log2(s.vocab_size))
+  expected_n = 3.6 * gpt2.n_params(shape) / (s.seq_len * math.log2(s.vocab_size))
   return tuple(sorted({max(1, round(f * expected_n)) for f in s.dataset_size_factors}))
 
 

@@ -36,11 +36,11 @@ _CPU_DEVICES = flags.DEFINE_integer(
 # config.experiment -> the module that runs it. Each module has `validate(config) -> settings`
 # (raising config.ConfigError) and `main(settings, workdir)`, which runs and prints its report.
 EXPERIMENTS = {
-    "capacity": "memjax.capacity",
-    "text": "memjax.text_experiment",
-    "dynamics": "memjax.dynamics_experiment",
-    "distributional": "memjax.distributional_experiment",
-    "membership": "memjax.membership_experiment",
+    "capacity": "memjax.experiments.capacity",
+    "text": "memjax.experiments.text",
+    "dynamics": "memjax.experiments.dynamics",
+    "distributional": "memjax.experiments.distributional",
+    "membership": "memjax.experiments.membership",
 }
 
 
@@ -81,9 +81,9 @@ def main(argv):
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING if getattr(settings, "quiet", False) else logging.INFO)
-  from memjax import devices  # after the config is known good: imports jax
+  from memjax.engine import devices  # after the config is known good: imports jax
   devices.use_cpu_devices(_CPU_DEVICES.value)  # before anything starts JAX's backends
-  from memjax import sweep
+  from memjax.engine import sweep
   if not _DRY_RUN.value:  # a dry run only plans: it must not wait for the other processes
     try:
       sweep.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -127,7 +127,7 @@ def main(argv):
     _exit_now(1)
 
 
-# (open lock file, process index) while this process holds the workdir (memjax.workdir_lock)
+# (open lock file, process index) while this process holds the workdir (memjax.engine.workdir_lock)
 _held = None
 
 
@@ -135,7 +135,7 @@ def _hold_workdir():
   """One run a workdir: a second one stops here, before it trains or writes anything."""
   global _held
   import jax
-  from memjax import workdir_lock
+  from memjax.engine import workdir_lock
   index = jax.process_index()
   try:
     _held = (workdir_lock.hold(_WORKDIR.value, index), index)
@@ -147,7 +147,7 @@ def _hold_workdir():
 def _fail_before_writing(message, workdir_is_new):
   print(f"memjax: error: {message}", file=sys.stderr)
   if workdir_is_new and _held is not None:  # nothing written: the lock file goes too
-    from memjax import workdir_lock
+    from memjax.engine import workdir_lock
     workdir_lock.release(_held[0], _WORKDIR.value, _held[1])
   if workdir_is_new and os.path.isdir(_WORKDIR.value) and not os.listdir(_WORKDIR.value):
     os.rmdir(_WORKDIR.value)  # made by this run, which wrote nothing: leave no trace

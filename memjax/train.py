@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax.data import synthetic
 
 
@@ -131,11 +131,11 @@ def make_optimizer(tcfg: TrainConfig):
   return optax.inject_hyperparams(adamw)(peak_lr=tcfg.learning_rate)
 
 
-def init_model_state(cfg: model_lib.ModelConfig, tcfg: TrainConfig, seed, dataset_size,
+def init_model_state(cfg: gpt2.ModelConfig, tcfg: TrainConfig, seed, dataset_size,
                      learning_rate):
   """State of one model; seeds and sizes may be traced, so this vmaps over a stack."""
   init_key, data_key = jax.random.split(jax.random.key(seed))
-  params = model_lib.init_params(cfg, init_key)
+  params = gpt2.init_params(cfg, init_key)
   opt_state = make_optimizer(tcfg).init(params)
   opt_state.hyperparams["peak_lr"] = jnp.asarray(learning_rate, jnp.float32)
   return StackState(
@@ -212,7 +212,7 @@ def batch_tokens(cfg, tcfg, state: StackState, corpus_NxS=None):
   return jnp.take(corpus_NxS, state.members_MxN[indices_B], axis=0).astype(jnp.int32)
 
 
-def train_step(cfg: model_lib.ModelConfig, tcfg: TrainConfig, state: StackState, corpus_NxS=None):
+def train_step(cfg: gpt2.ModelConfig, tcfg: TrainConfig, state: StackState, corpus_NxS=None):
   """One optimizer step of one model (vmap lifts it to the stack). Returns (state, loss)."""
   tokens_BxS = batch_tokens(cfg, tcfg, state, corpus_NxS)
   loss_fn = lambda p: likelihood.mean_loss(cfg, p, tokens_BxS, tcfg.vocab_chunk)

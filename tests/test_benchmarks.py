@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import throughput
-from memjax import model as model_lib
+from memjax.model import gpt2
 
 TINY = throughput.Preset(
     rows=(throughput.Row(1, 16, 4, (2, 4, 8), vocab_size=64, seq_len=8, heads=2, precision="fp32"),),
@@ -37,7 +37,7 @@ def test_tiny_run_reports_every_field(tmp_path, capsys, monkeypatch):
     assert key in report
   (row,) = report["training"]
   cfg = TINY.rows[0].cfg
-  assert row["n_params"] == model_lib.n_params(cfg)
+  assert row["n_params"] == gpt2.n_params(cfg)
   assert row["flops_per_token"] == 6 * row["n_params"] + 6 * 1 * 8 * 16
   assert row["one_after_another"]["extrapolated_from"].startswith("1 model")
   assert row["torch"]["note"].startswith("skipped") and row["torch"]["tokens_per_s"] is None
@@ -77,7 +77,7 @@ def test_mfu_uses_the_peak_override():
 
 def test_peak_table_and_flops_formula():
   assert throughput.PEAK_TFLOPS["H100"]["bf16"] == 989.0
-  cfg = model_lib.ModelConfig(2048, 64, 8, 256, 4, "bf16")
+  cfg = gpt2.ModelConfig(2048, 64, 8, 256, 4, "bf16")
   assert throughput.train_flops_per_token(cfg) == 6 * 6_859_264 + 6 * 8 * 64 * 256
 
 
@@ -100,16 +100,16 @@ def test_torch_baseline_has_the_same_parameter_count():
   from benchmarks import torch_gpt2
   seconds, n = torch_gpt2.time_training(64, 8, 2, 16, 2, batch_size=2, steps=1, calls=1,
                                         warmup_steps=1)
-  assert n == model_lib.n_params(model_lib.ModelConfig(64, 8, 2, 16, 2)) and seconds > 0
+  assert n == gpt2.n_params(gpt2.ModelConfig(64, 8, 2, 16, 2)) and seconds > 0
 
 
 def test_bf16_rounding_counts_the_updates_that_leave_a_parameter_unchanged():
   from benchmarks import bf16_rounding
-  from memjax import model as model_lib
+  from memjax.model import gpt2
   from memjax import train as train_lib
 
   def lost(precision, lr):
-    cfg = model_lib.ModelConfig(32, 8, 1, 16, 2, precision)
+    cfg = gpt2.ModelConfig(32, 8, 1, 16, 2, precision)
     tcfg = train_lib.TrainConfig(steps=10, batch_size=4, learning_rate=lr, warmup_steps=0)
     state = train_lib.init_stack_from_specs(cfg, tcfg, [train_lib.ModelSpec(8, 0, lr)])
     return bf16_rounding.lost_fraction(cfg, tcfg, state)
@@ -122,7 +122,7 @@ def test_bf16_rounding_counts_the_updates_that_leave_a_parameter_unchanged():
 
 def test_variant_layouts_time_the_same_training():
   from benchmarks import variants
-  cfg = model_lib.ModelConfig(64, 8, 1, 16, 2, "fp32")
+  cfg = gpt2.ModelConfig(64, 8, 1, 16, 2, "fp32")
   for layout in ("vmap", "map", None):
     seconds, tokens_s = variants.train_row(cfg, batch=4, models=2, steps=2, calls=1,
                                            layout=layout)

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from memjax import checkpoint
-from memjax import model as model_lib
+from memjax.engine import checkpoint
+from memjax.model import gpt2
 from memjax import train as train_lib
 from memjax.train import ModelSpec, TrainConfig
 
@@ -38,7 +38,7 @@ def leaves_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-CFG = model_lib.ModelConfig(16, 8, 1, 8, 2, "bf16")
+CFG = gpt2.ModelConfig(16, 8, 1, 8, 2, "bf16")
 TCFG = TrainConfig(steps=2, batch_size=4, steps_per_call=2)
 SPECS = [ModelSpec(4, i, 1e-2) for i in range(3)]
 
@@ -113,7 +113,7 @@ def test_checkpoints_of_the_earlier_orbax_format_are_reported_not_read(tmp_path,
 
 
 def test_stale_chunk_checkpoints_are_removed_only_when_their_models_are_done(tmp_path, caplog):
-  from memjax import capacity
+  from memjax.experiments import capacity
   state = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
   root = tmp_path / "checkpoints"
   for name, keys in (("chunk00000-done", ["a", "b"]), ("chunk00001-other", ["c"]),

@@ -131,7 +131,7 @@ def test_data_errors_name_the_field_and_keep_the_message_whole():
 
 def test_an_unwritable_cache_dir_is_blamed_on_data_cache_dir(tmp_path):
   # Was "config.data.source: [Errno 20] Not a directory: ..." (data.paths for a file source).
-  from memjax import dynamics_experiment
+  from memjax.experiments import dynamics as dynamics_experiment
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   config = load_config("dynamics")

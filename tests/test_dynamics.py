@@ -1,4 +1,4 @@
-"""Tests of memjax.dynamics: memorization scores, buckets, transitions, embeddings, decoding
+"""Tests of memjax.estimators.dynamics: memorization scores, buckets, transitions, embeddings, decoding
 dynamics around the divergence point, and the memorization-score predictor."""
 
 import collections
@@ -8,16 +8,16 @@ import jax
 import numpy as np
 import pytest
 
-from memjax import dynamics
-from memjax import model as model_lib
-from memjax import ngram
+from memjax.estimators import dynamics
+from memjax.model import gpt2
+from memjax.estimators import ngram
 from memjax import train as train_lib
 
 V, S = 16, 12
 
 
 def _trained_stack(corpus, steps=250, d=32):
-  cfg = model_lib.ModelConfig(V, S, 1, d, 2)
+  cfg = gpt2.ModelConfig(V, S, 1, d, 2)
   tcfg = train_lib.TrainConfig(steps=steps, batch_size=len(corpus), learning_rate=1e-2,
                                warmup_steps=10, steps_per_call=steps)
   specs = [train_lib.ModelSpec(len(corpus), 0, 1e-2)]
@@ -35,7 +35,7 @@ def test_memorized_sample_scores_one_and_untrained_model_scores_about_one_over_v
   np.testing.assert_array_equal(scores, 1.0)
   assert (dynamics.score_buckets(scores) == 4).all()
 
-  fresh = jax.vmap(lambda k: model_lib.init_params(cfg, k))(jax.random.split(jax.random.key(3), 1))
+  fresh = jax.vmap(lambda k: gpt2.init_params(cfg, k))(jax.random.split(jax.random.key(3), 1))
   samples = rng.integers(0, V, (512, S))
   untrained = dynamics.memorization_scores(cfg, fresh, samples, context=4, continuation=8)
   # uniform random truths: each decoded token matches with probability 1/V = 0.0625
@@ -43,8 +43,8 @@ def test_memorized_sample_scores_one_and_untrained_model_scores_about_one_over_v
 
 
 def test_sizes_longer_than_the_sequence_are_an_error():
-  cfg = model_lib.ModelConfig(V, S, 1, 8, 2)
-  params = jax.vmap(lambda k: model_lib.init_params(cfg, k))(jax.random.split(jax.random.key(0), 1))
+  cfg = gpt2.ModelConfig(V, S, 1, 8, 2)
+  params = jax.vmap(lambda k: gpt2.init_params(cfg, k))(jax.random.split(jax.random.key(0), 1))
   with pytest.raises(ValueError, match=r"context \(8\) \+ continuation \(8\) = 16 is longer"):
     dynamics.memorization_scores(cfg, params, np.zeros((2, S), int), 8, 8)
   with pytest.raises(ValueError, match="must both be >= 1"):
@@ -108,8 +108,8 @@ def test_step_dynamics_entropy_and_ngram_counts():
   rng = np.random.default_rng(2)
   corpus = rng.integers(0, V, (6, S))
   index = ngram.NgramIndex.build(corpus, max_n=3, vocab_size=V)
-  cfg = model_lib.ModelConfig(V, S, 1, 8, 2)
-  params = model_lib.init_params(cfg, jax.random.key(0))
+  cfg = gpt2.ModelConfig(V, S, 1, 8, 2)
+  params = gpt2.init_params(cfg, jax.random.key(0))
   gen = np.concatenate([corpus[:2, :8], rng.integers(0, V, (1, 8))])
   out = dynamics.step_dynamics(cfg, params, gen, context=3, index=index, n=3)
   assert out["entropy"].shape == (3, 5) and out["count"].shape == (3, 5)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from memjax import config as config_lib
-from memjax import distributional_experiment as dist_exp
-from memjax import dynamics
-from memjax import dynamics_experiment as dyn_exp
-from memjax import ngram
+from memjax.experiments import distributional as dist_exp
+from memjax.estimators import dynamics
+from memjax.experiments import dynamics as dyn_exp
+from memjax.estimators import ngram
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The embedded corpus, cut down: 40 stdlib docstrings as raw bytes (no BPE to train).
@@ -315,14 +315,14 @@ def test_a_diverged_model_stops_with_one_line_naming_the_learning_rate(module, a
                                                                        monkeypatch):
   # A loss gone NaN froze the model at NaN parameters: the dynamics run died in the embeddings'
   # SVD with a traceback, and the distributional rows read as "too few pairs".
-  from memjax import model as model_lib
+  from memjax.model import gpt2
   settings = _settings(module, args)
   sizes = getattr(settings, "dataset_sizes", (1,))
   state = type("State", (), {"diverged_M": np.array([False] * (len(sizes) - 1) + [True]),
                              "params": None})()
   monkeypatch.setattr(dyn_exp, "train_in_segments",
                       lambda *a, **k: (state, np.array([1.0] * (len(sizes) - 1) + [np.nan])))
-  cfg = model_lib.ModelConfig(256, 32, 1, 16, 2)
+  cfg = gpt2.ModelConfig(256, 32, 1, 16, 2)
   tokens = np.zeros((64, 32), np.int32)
   with pytest.raises(config_lib.ConfigError, match="config.train.learning_rate: ") as e:
     if module is dyn_exp:

@@ -5,19 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memjax import extraction
+from memjax.estimators import extraction
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax import train as train_lib
 from memjax.train import ModelSpec, TrainConfig
 
-CFG = model_lib.ModelConfig(vocab_size=37, seq_len=12, layers=1, d_model=16, num_heads=2)
+CFG = gpt2.ModelConfig(vocab_size=37, seq_len=12, layers=1, d_model=16, num_heads=2)
 
 
 @pytest.fixture(scope="module")
 def stack_params():
   keys = jax.random.split(jax.random.key(0), 3)
-  params_M = jax.vmap(lambda k: model_lib.init_params(CFG, k))(keys)
+  params_M = jax.vmap(lambda k: gpt2.init_params(CFG, k))(keys)
   # Larger weights, so the greedy choices depend on the context and errors would show.
   return jax.tree.map(lambda x: x * 6, params_M)
 
@@ -87,7 +87,7 @@ def test_extract_batches_every_prefix_and_matches_unbatched(stack_params):
 
 
 def test_a_model_that_memorized_four_sequences_extracts_them_and_an_untrained_one_does_not():
-  cfg = model_lib.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
+  cfg = gpt2.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
   tcfg = TrainConfig(steps=300, batch_size=4, learning_rate=1e-2, warmup_steps=20,
                      steps_per_call=150)
   corpus = np.asarray(jax.random.randint(jax.random.key(6), (40, 16), 0, 32))
@@ -112,10 +112,10 @@ def test_a_model_that_memorized_four_sequences_extracts_them_and_an_untrained_on
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_kv_cache_decoding_equals_the_full_forward_decoding(precision):
-  cfg = model_lib.ModelConfig(vocab_size=41, seq_len=14, layers=2, d_model=16, num_heads=4,
+  cfg = gpt2.ModelConfig(vocab_size=41, seq_len=14, layers=2, d_model=16, num_heads=4,
                               precision=precision)
   keys = jax.random.split(jax.random.key(7), 2)
-  params_M = jax.vmap(lambda k: model_lib.init_params(cfg, k))(keys)
+  params_M = jax.vmap(lambda k: gpt2.init_params(cfg, k))(keys)
   params_M = jax.tree.map(lambda x: x * 6, params_M)
   tokens = jax.random.randint(jax.random.key(8), (2, 6, 14), 0, 41)
   for p in (1, 5):

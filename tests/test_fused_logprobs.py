@@ -7,7 +7,7 @@ import pytest
 
 from memjax import fused_logprobs
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax import train as train_lib
 
 
@@ -55,7 +55,7 @@ def test_fused_kernel_gives_the_xla_kernels_logprobs_and_gradients(small_blocks,
 
 
 def test_a_stack_trains_the_same_with_either_kernel(small_blocks, pallas_kernel):
-  cfg = model_lib.ModelConfig(97, 12, 1, 32, 2, "fp32")
+  cfg = gpt2.ModelConfig(97, 12, 1, 32, 2, "fp32")
   tcfg = train_lib.TrainConfig(steps=4, batch_size=8, learning_rate=3e-3, warmup_steps=2,
                                steps_per_call=4)
   specs = [train_lib.ModelSpec(16, i, 3e-3) for i in range(2)]
@@ -74,8 +74,8 @@ def test_a_stack_trains_the_same_with_either_kernel(small_blocks, pallas_kernel)
 def test_unsupported_widths_and_kernel_names_are_refused(pallas_kernel):
   assert fused_logprobs.supported(16) and fused_logprobs.supported(256)
   assert not any(fused_logprobs.supported(d) for d in (8, 24, 48, 100))
-  cfg = model_lib.ModelConfig(50, 8, 1, 24, 2)
-  params = model_lib.init_params(cfg, jax.random.key(0))
+  cfg = gpt2.ModelConfig(50, 8, 1, 24, 2)
+  params = gpt2.init_params(cfg, jax.random.key(0))
   tokens = jnp.zeros((2, 8), jnp.int32)
   with pytest.raises(ValueError, match="power of two >= 16, got 24"):
     likelihood.token_logprobs(cfg, params, tokens)

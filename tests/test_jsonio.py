@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from memjax import jsonio
+from memjax.engine import jsonio
 
 
 def test_numpy_values_are_plain_json(tmp_path):

@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 
-CFG = model_lib.ModelConfig(vocab_size=97, seq_len=10, layers=1, d_model=16, num_heads=2)
+CFG = gpt2.ModelConfig(vocab_size=97, seq_len=10, layers=1, d_model=16, num_heads=2)
 
 
 def dense_logprobs(cfg, params, tokens):
   """Reference: full [B, S, V] logits and log-softmax, no chunking."""
-  h = model_lib.hidden_states(cfg, params, tokens).astype(jnp.float32)
+  h = gpt2.hidden_states(cfg, params, tokens).astype(jnp.float32)
   logp = jax.nn.log_softmax(h @ params["wte"].astype(jnp.float32).T, -1) / math.log(2)
   return logp
 
 
 @pytest.fixture(scope="module")
 def params_and_tokens():
-  params = model_lib.init_params(CFG, jax.random.key(0))
+  params = gpt2.init_params(CFG, jax.random.key(0))
   # Larger weights so the distribution is far from uniform and errors would show.
   params = jax.tree.map(lambda x: x * 8, params)
   tokens = jax.random.randint(jax.random.key(1), (3, CFG.seq_len), 0, CFG.vocab_size)
@@ -74,7 +74,7 @@ def test_next_token_stats_match_dense(params_and_tokens):
 
 def test_stack_kernel_scores_each_model_on_its_own_tokens(params_and_tokens):
   params, tokens = params_and_tokens
-  params2 = model_lib.init_params(CFG, jax.random.key(5))
+  params2 = gpt2.init_params(CFG, jax.random.key(5))
   stack = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, params2)
   tokens2 = (tokens + 1) % CFG.vocab_size
   got = likelihood.stack_token_logprobs(CFG, stack, jnp.stack([tokens, tokens2]), 32)
@@ -84,9 +84,9 @@ def test_stack_kernel_scores_each_model_on_its_own_tokens(params_and_tokens):
 
 
 def test_bf16_model_gives_fp32_logprobs_close_to_fp32_model():
-  cfg32 = model_lib.ModelConfig(97, 10, 1, 16, 2, "fp32")
-  cfg16 = model_lib.ModelConfig(97, 10, 1, 16, 2, "bf16")
-  params = model_lib.init_params(cfg32, jax.random.key(0))
+  cfg32 = gpt2.ModelConfig(97, 10, 1, 16, 2, "fp32")
+  cfg16 = gpt2.ModelConfig(97, 10, 1, 16, 2, "bf16")
+  params = gpt2.init_params(cfg32, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, 97)
   lp32 = likelihood.token_logprobs(cfg32, params, tokens)
   lp16 = likelihood.token_logprobs(cfg16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params),
@@ -136,13 +136,13 @@ def test_effective_chunk_bounds_the_logits_block(monkeypatch):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_bf16_and_fp32_gradients_of_the_kernel_agree(precision):
   # The bf16 backward forms (onehot - p) in bf16 for the matmuls: close to the fp32 gradient.
-  cfg = model_lib.ModelConfig(97, 10, 1, 16, 2, precision)
-  params32 = model_lib.init_params(model_lib.ModelConfig(97, 10, 1, 16, 2), jax.random.key(0))
+  cfg = gpt2.ModelConfig(97, 10, 1, 16, 2, precision)
+  params32 = gpt2.init_params(gpt2.ModelConfig(97, 10, 1, 16, 2), jax.random.key(0))
   params = jax.tree.map(lambda x: x.astype(cfg.dtype), params32)
   tokens = jax.random.randint(jax.random.key(1), (4, 10), 0, 97)
   g = jax.grad(lambda p: likelihood.mean_loss(cfg, p, tokens, 32))(params)
   g32 = jax.grad(lambda p: likelihood.mean_loss(
-      model_lib.ModelConfig(97, 10, 1, 16, 2), p, tokens, 32))(params32)
+      gpt2.ModelConfig(97, 10, 1, 16, 2), p, tokens, 32))(params32)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g32)):
     scale = float(jnp.abs(b).max()) + 1e-6
     assert float(jnp.abs(a.astype(jnp.float32) - b).max()) <= 0.05 * scale

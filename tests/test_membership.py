@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from memjax import membership as mb
+from memjax.estimators import membership as mb
 
 # 4 members, 4 non-members, one member tied with one non-member at 0.5.
 HAND_SCORES = [0.9, 0.8, 0.5, 0.3, 0.7, 0.5, 0.2, 0.1]

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from memjax import membership_experiment as me
+from memjax.experiments import membership as me
 from memjax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -248,9 +248,12 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, memjax_main_un
 def test_untrained_model_is_at_chance():
   """Members and held-out samples of an untrained model: AUC within 0.05 of 0.5 (512 each)."""
   import jax.numpy as jnp
-  from memjax import likelihood, membership as mi, model as model_lib, train as train_lib
+  from memjax import likelihood
+  from memjax.estimators import membership as mi
+  from memjax.model import gpt2
+  from memjax import train as train_lib
   from memjax.data import synthetic
-  cfg = model_lib.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
+  cfg = gpt2.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
   tcfg = train_lib.TrainConfig(steps=1, batch_size=16)
   state = train_lib.init_stack_from_specs(cfg, tcfg, [train_lib.ModelSpec(512, 0, 1e-2)])
   key = state.data_key_M[0]

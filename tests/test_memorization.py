@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from memjax import memorization, report
+from memjax.estimators import memorization
+from memjax import report
 
 
 def test_uniform_model_memorizes_zero_bits():

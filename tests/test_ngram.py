@@ -1,4 +1,4 @@
-"""Tests of memjax.ngram: exact n-gram counts, n-gram probabilities, document co-occurrence,
+"""Tests of memjax.estimators.ngram: exact n-gram counts, n-gram probabilities, document co-occurrence,
 per-position statistics along sequences, and the distributional rank correlations."""
 
 import collections
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from memjax import ngram
+from memjax.estimators import ngram
 
 GPT2_VOCAB = 50257
 

@@ -67,11 +67,12 @@ def test_eight_devices_give_the_results_of_one(tmp_path):
 SHARDED = textwrap.dedent("""
     import types
     import jax, numpy as np
-    from memjax import model as model_lib, train as train_lib
+    from memjax.model import gpt2
+    from memjax import train as train_lib
     from memjax.train import ModelSpec, TrainConfig
     assert jax.local_device_count() == 8
     sharding = train_lib.model_sharding()
-    cfg = model_lib.ModelConfig(16, 8, 1, 8, 2)
+    cfg = gpt2.ModelConfig(16, 8, 1, 8, 2)
     tcfg = TrainConfig(steps=4, batch_size=4, steps_per_call=2)
     specs = [ModelSpec(4, i, 1e-2) for i in range(8)]
     state = train_lib.init_stack_from_specs(cfg, tcfg, specs, sharding=sharding)
@@ -114,7 +115,7 @@ def test_every_leaf_is_sharded_over_the_devices_without_collectives():
 
 DEVICES = textwrap.dedent("""
     import sys
-    from memjax import devices
+    from memjax.engine import devices
     print("asked", devices.use_cpu_devices(int(sys.argv[1])))
     import jax
     print("devices", jax.local_device_count())
@@ -131,7 +132,7 @@ def run_devices(count, xla_flags=None, cpu_devices=None):
 
 
 def test_cpu_devices_default_to_one_per_core_and_keep_what_the_user_set():
-  from memjax import devices
+  from memjax.engine import devices
   cores = str(min(devices.cpu_cores(), devices.MAX_DEFAULT_CPU_DEVICES))
   assert run_devices(0) == ["asked", cores, "devices", cores, "again", "None"]
   assert run_devices(0, EIGHT) == ["asked", "None", "devices", "8", "again", "None"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from memjax import config as config_lib
-from memjax import model as model_lib
-from memjax import sweep
+from memjax.model import gpt2
+from memjax.engine import sweep
 from memjax import train as train_lib
 from memjax.train import ModelSpec, TrainConfig
 
@@ -90,7 +90,7 @@ def plan_shape(settings, i):
 
 
 def test_memory_estimate_terms():
-  shape = model_lib.ModelConfig(2048, 64, 2, 128, 4, "bf16")
+  shape = gpt2.ModelConfig(2048, 64, 2, 128, 4, "bf16")
   tcfg = TrainConfig(batch_size=32, vocab_chunk=1024)
   mem = sweep.model_memory(shape, tcfg, eval_batch=64)
   assert mem.state == 4 * 2 * 667_136  # params, grads and two Adam moments, in bf16
@@ -172,7 +172,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Saturation.
 
-CFG = model_lib.ModelConfig(16, 8, 1, 16, 2)
+CFG = gpt2.ModelConfig(16, 8, 1, 16, 2)
 SAT = TrainConfig(steps=200, batch_size=16, learning_rate=1e-2, warmup_steps=5, steps_per_call=10,
                   saturation_tolerance=0.02, saturation_window=10, saturation_patience=2)
 SPECS = [ModelSpec(2, 0, 1e-2), ModelSpec(512, 1, 1e-2), ModelSpec(4, 2, 1e-2)]
@@ -233,7 +233,7 @@ def test_model_key_ignores_checkpointing_and_unused_saturation_settings():
 
 
 def test_model_key_holds_the_rate_the_model_trains_at_not_the_default_rate():
-  shape = model_lib.ModelConfig(16, 8, 1, 8, 2)
+  shape = gpt2.ModelConfig(16, 8, 1, 8, 2)
   base = TrainConfig()
   # A model at the default rate keeps the key it had before (golden: workdirs stay resumable).
   assert sweep.model_key(shape, ModelSpec(32, 0, base.learning_rate), base) == "f6035cfbc8362e80"

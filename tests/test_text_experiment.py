@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from memjax import likelihood
-from memjax import model as model_lib
-from memjax import text_experiment as tx
-from memjax import tfidf as tfidf_lib
+from memjax.model import gpt2
+from memjax.experiments import text as tx
+from memjax.estimators import tfidf as tfidf_lib
 from memjax.config import ConfigError
 from memjax.train import ModelSpec
 
@@ -178,7 +178,7 @@ def test_members_of_a_smaller_n_are_a_subset_and_the_reference_holds_them_all():
   np.testing.assert_array_equal(large[:10], small)
   assert sorted(ref.tolist()) == list(range(100))
   assert not np.array_equal(tx.member_positions(settings, 100, 1, 10), small)
-  shape = model_lib.ModelConfig(64, 64, 1, 16, 2)
+  shape = gpt2.ModelConfig(64, 64, 1, 16, 2)
   members = tx.shape_members(settings, shape, 8192)
   assert members[0].is_reference and members[0].spec.dataset_size == 8192
   assert [m.spec.dataset_size for m in members[1:]] == list(settings.dataset_sizes)
@@ -198,8 +198,8 @@ def test_memorization_against_the_same_size_and_the_oracle_reference():
   config.extraction.prefix_lengths = ()
   config.reference.alpha = 2.0
   settings = tx.validate(config)
-  small = model_lib.ModelConfig(8, 4, 1, 4, 2)
-  large = model_lib.ModelConfig(8, 4, 1, 8, 2)
+  small = gpt2.ModelConfig(8, 4, 1, 4, 2)
+  large = gpt2.ModelConfig(8, 4, 1, 8, 2)
   pool = np.arange(6)
   # Constructed log2-likelihoods (sequence sums, bits) of the six pool sequences.
   ref_small = _scored(small, 6, 0, pool, [-100.0] * 6, 30.0, True)
@@ -226,7 +226,7 @@ def test_memorization_against_the_same_size_and_the_oracle_reference():
   assert row["mem_bits"] == 20.0 and row["dataset_bits"] == 240.0
   np.testing.assert_allclose(per_sample[model.key]["mem"], [0.0, 0.0, 20.0])
   # Capacity = alpha x params; losses in nats per predicted token (position 0 excluded).
-  assert row["capacity_bits"] == 2.0 * model_lib.n_params(small)
+  assert row["capacity_bits"] == 2.0 * gpt2.n_params(small)
   assert row["dataset_bits_over_capacity"] == 240.0 / row["capacity_bits"]
   expected_train = np.mean([90, 120, 60]) - 3  # minus log2 V for position 0
   assert math.isclose(row["train_loss"], expected_train / 3 * math.log(2))
@@ -257,9 +257,9 @@ def test_tfidf_is_the_mean_over_token_positions_with_idf_over_the_pool():
 
 
 def test_each_model_scores_exactly_its_own_members():
-  cfg = model_lib.ModelConfig(vocab_size=23, seq_len=6, layers=1, d_model=8, num_heads=2)
+  cfg = gpt2.ModelConfig(vocab_size=23, seq_len=6, layers=1, d_model=8, num_heads=2)
   keys = jax.random.split(jax.random.key(0), 3)
-  params_M = jax.vmap(lambda k: model_lib.init_params(cfg, k))(keys)
+  params_M = jax.vmap(lambda k: gpt2.init_params(cfg, k))(keys)
   params_M = jax.tree.map(lambda x: x * 5, params_M)
   corpus = jax.random.randint(jax.random.key(1), (30, 6), 0, 23)
   rows = [np.arange(3, 10), np.array([0, 29]), np.arange(12, 30)]

@@ -4,12 +4,12 @@ import numpy as np
 import optax
 
 from memjax import likelihood
-from memjax import memorization
-from memjax import model as model_lib
+from memjax.estimators import memorization
+from memjax.model import gpt2
 from memjax import train as train_lib
 from memjax.train import ModelSpec, TrainConfig
 
-CFG = model_lib.ModelConfig(vocab_size=64, seq_len=12, layers=1, d_model=16, num_heads=2)
+CFG = gpt2.ModelConfig(vocab_size=64, seq_len=12, layers=1, d_model=16, num_heads=2)
 TCFG = TrainConfig(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=5, steps_per_call=20)
 SPECS = [ModelSpec(16, 0, 3e-3), ModelSpec(5, 1, 1e-2), ModelSpec(40, 2, 1e-3),
          ModelSpec(8, 3, 5e-3)]
@@ -61,7 +61,7 @@ def test_a_diverging_model_is_frozen_and_marked_while_others_train():
 
 
 def test_bf16_stack_trains_with_bf16_params_and_fp32_loss():
-  cfg = model_lib.ModelConfig(64, 12, 1, 16, 2, "bf16")
+  cfg = gpt2.ModelConfig(64, 12, 1, 16, 2, "bf16")
   stack = train_lib.init_stack_from_specs(cfg, TCFG, SPECS[:2])
   stack, losses = train_lib.train_steps(cfg, TCFG, stack, 20)
   assert losses.dtype == jnp.float32
@@ -72,8 +72,8 @@ def test_bf16_stack_trains_with_bf16_params_and_fp32_loss():
 def test_mixed_precision_steps_fp32_parameters_with_the_gradient_of_the_bf16_model():
   # "bf16-mixed": the loss and gradient are those of the bf16 model at the casts of the fp32
   # parameters; Adam updates the fp32 parameters and keeps fp32 moments.
-  mixed = model_lib.ModelConfig(64, 12, 1, 16, 2, "bf16-mixed")
-  bf16 = model_lib.ModelConfig(64, 12, 1, 16, 2, "bf16")
+  mixed = gpt2.ModelConfig(64, 12, 1, 16, 2, "bf16-mixed")
+  bf16 = gpt2.ModelConfig(64, 12, 1, 16, 2, "bf16")
   stack = train_lib.init_stack_from_specs(mixed, TCFG, SPECS[:1])
   one = train_lib.model_slice(stack, 0)
   tokens = train_lib.batch_tokens(mixed, TCFG, one)
@@ -106,7 +106,7 @@ def test_mixed_precision_keeps_the_updates_that_pure_bf16_rounds_away():
   specs = [ModelSpec(32, 0, 3e-3), ModelSpec(32, 1, 3e-3)]
   final, gain_moved = {}, {}
   for precision in ("bf16", "bf16-mixed", "fp32"):
-    cfg = model_lib.ModelConfig(64, 16, 1, 16, 2, precision)
+    cfg = gpt2.ModelConfig(64, 16, 1, 16, 2, precision)
     state = train_lib.init_stack_from_specs(cfg, tcfg, specs)
     state, _ = train_lib.train_steps(cfg, tcfg, state, 8)  # the compiled call of train()
     gain_moved[precision] = bool((state.params["h_0"]["ln_1"]["scale"] != 1).any())
@@ -119,7 +119,7 @@ def test_mixed_precision_keeps_the_updates_that_pure_bf16_rounds_away():
 
 
 def test_a_tiny_model_memorizes_nearly_all_bits_of_a_few_sequences():
-  cfg = model_lib.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
+  cfg = gpt2.ModelConfig(vocab_size=32, seq_len=16, layers=1, d_model=32, num_heads=2)
   tcfg = TrainConfig(steps=300, batch_size=8, learning_rate=1e-2, warmup_steps=20,
                      steps_per_call=100)
   state = train_lib.init_stack_from_specs(cfg, tcfg, [ModelSpec(8, 0, 1e-2), ModelSpec(4, 1, 1e-2)])

@@ -1,4 +1,4 @@
-"""One memjax run a workdir at a time (memjax/workdir_lock.py)."""
+"""One memjax run a workdir at a time (memjax/engine/workdir_lock.py)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from memjax import workdir_lock
+from memjax.engine import workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from memjax import jsonio
+from memjax.engine import jsonio
 from memjax.data import corpus as corpus_lib
 from memjax.data import tokenize as tokenize_lib
 from memjax.data.corpus import SourceConfig

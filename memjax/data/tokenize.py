@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from memjax import jsonio
+from memjax.engine import jsonio
 
 TOKENIZER_KINDS = ("file", "bpe", "bytes")
 NUM_BYTES = 256

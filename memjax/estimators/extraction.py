@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import likelihood
-from memjax import model as model_lib
+from memjax.model import gpt2
 
 
 def chunked_argmax(h_BxD, w_VxD, vocab_chunk=likelihood.DEFAULT_VOCAB_CHUNK):
@@ -67,10 +67,10 @@ def _greedy_full_forward(cfg, params, prompts_BxP, total_len, vocab_chunk):
   """One model, recomputing the whole forward pass over the buffer each step (the plain way)."""
   b, p = prompts_BxP.shape
   buf_BxT = jnp.zeros((b, total_len), jnp.int32).at[:, :p].set(prompts_BxP.astype(jnp.int32))
-  w_VxD = model_lib.output_embedding(params)
+  w_VxD = gpt2.output_embedding(params)
 
   def body(t, buf_BxT):
-    h_BxTxD = model_lib.hidden_states(cfg, params, buf_BxT)
+    h_BxTxD = gpt2.hidden_states(cfg, params, buf_BxT)
     h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t - 1, axis=1, keepdims=False)
     next_B = chunked_argmax(h_BxD, w_VxD, vocab_chunk)
     return jax.lax.dynamic_update_index_in_dim(buf_BxT, next_B, t, axis=1)
@@ -101,7 +101,7 @@ def _greedy_kv_cache(cfg, params, prompts_BxP, total_len, vocab_chunk):
   k = d // h
   buf_BxT = jnp.zeros((b, total_len), jnp.int32).at[:, :p].set(prompts_BxP.astype(jnp.int32))
   cache = jnp.zeros((L, 2, b, total_len, h, k), cfg.dtype)
-  w_VxD = model_lib.output_embedding(params)
+  w_VxD = gpt2.output_embedding(params)
   positions_T = jnp.arange(total_len)
 
   def body(t, carry):
@@ -145,13 +145,13 @@ _METHODS = {"kv_cache": _greedy_kv_cache, "full_forward": _greedy_full_forward}
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _greedy_stack(cfg, params_M, prompts, total_len, vocab_chunk, method):
   one = lambda params, prompts_BxP: _METHODS[method](
-      cfg, model_lib.compute_params(cfg, params), prompts_BxP, total_len, vocab_chunk)
+      cfg, gpt2.compute_params(cfg, params), prompts_BxP, total_len, vocab_chunk)
   if prompts.ndim == 2:
     return jax.vmap(one, in_axes=(0, None))(params_M, prompts)
   return jax.vmap(one)(params_M, prompts)
 
 
-def greedy_continue(cfg: model_lib.ModelConfig, params_M, prompts, total_len: int | None = None,
+def greedy_continue(cfg: gpt2.ModelConfig, params_M, prompts, total_len: int | None = None,
                     vocab_chunk: int = likelihood.DEFAULT_VOCAB_CHUNK, method: str = "kv_cache"):
   """Greedy decoding of every model of a stack from the given prompts.
 
@@ -203,7 +203,7 @@ def extraction_scores(generated, targets, prefix_len: int):
   return {"exact": match.all(-1), "token_match": match.mean(-1, dtype=np.float64)}
 
 
-def extract(cfg: model_lib.ModelConfig, params_M, tokens, prefix_lengths: Sequence[int],
+def extract(cfg: gpt2.ModelConfig, params_M, tokens, prefix_lengths: Sequence[int],
             batch_size: int = 256, vocab_chunk: int = likelihood.DEFAULT_VOCAB_CHUNK,
             progress=None):
   """Extraction of full sequences from their prefixes, for every prefix length, in batches.

@@ -52,8 +52,8 @@ The printed x = capacity / |D| does not reproduce the paper's numbers; the worki
 x = S log2(V) N / params (tokens per parameter times log2 V). Both are provided; fit and report
 both. Command line (published constants, or --constants FILE written by `save_constants`):
 
-  python -m memjax.membership predict --n_params 1e6 --dataset_size 1e5 --seq_len 64 --vocab_size 2048
-  python -m memjax.membership solve --n_params 1e6 --target_f1 0.6 --seq_len 64 --vocab_size 2048
+  python -m memjax.estimators.membership predict --n_params 1e6 --dataset_size 1e5 --seq_len 64 --vocab_size 2048
+  python -m memjax.estimators.membership solve --n_params 1e6 --target_f1 0.6 --seq_len 64 --vocab_size 2048
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from scipy import optimize
 from scipy import special
 from scipy import stats
 
-from memjax import jsonio
+from memjax.engine import jsonio
 
 PUBLISHED = {"c1": 1.34, "c2": -0.034, "c3": -33.14}
 DEFAULT_FPRS = (0.001, 0.01)
@@ -678,7 +678,7 @@ def load_constants(path) -> dict:
 
 def cli(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m memjax.membership",
+      prog="python -m memjax.estimators.membership",
       description="F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))), x = S log2(V) N / params: predict the "
                   "membership F1 of a model, or solve for the dataset size that gives a target F1.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -709,7 +709,7 @@ def cli(argv=None) -> int:
     else:
       result = {"dataset_size": solve_dataset_size(args.n_params, args.target_f1, *shape, constants)}
   except (ValueError, OSError) as e:
-    print(f"memjax.membership: error: {e}", file=sys.stderr)
+    print(f"memjax.estimators.membership: error: {e}", file=sys.stderr)
     return 2
   print(json.dumps({**vars(args), **result, "constants": dict(zip(("c1", "c2", "c3"),
                                                                   _constants(constants)))}))

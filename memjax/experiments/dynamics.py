@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
-from memjax import jsonio
+from memjax.engine import jsonio
 from memjax import report
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
@@ -152,7 +152,7 @@ def validate_model(config, field="sweep.d_model"):
 
 def validate(config) -> DynamicsSettings:
   """Check a dynamics config; raises ConfigError naming the field."""
-  from memjax import dynamics
+  from memjax.estimators import dynamics
   config_lib.check_fields(config, ALLOWED)
   _int, _float = config_lib._int, config_lib._float
   data = validate_data(config)
@@ -360,8 +360,8 @@ def _log(settings, *args):
 
 def run_width(settings, cfg, label, train_NxS, samples, index):
   """Trains one width and measures everything of it: (its results dict, its arrays)."""
-  from memjax import dynamics
-  from memjax import model as model_lib
+  from memjax.estimators import dynamics
+  from memjax.model import gpt2
   from memjax import train as train_lib
   c, k = settings.context, settings.continuation
   tcfg = settings.train
@@ -435,20 +435,20 @@ def run_width(settings, cfg, label, train_NxS, samples, index):
                  f"{label}/ngram_count_steps": steps_out["count"], f"{label}/divergence": div})
   result = {
       "label": label, "layers": settings.layers, "d_model": cfg.d_model,
-      "n_params": model_lib.n_params(cfg), "train_loss": over["loss"][-1],
+      "n_params": gpt2.n_params(cfg), "train_loss": over["loss"][-1],
       "mean_score": float(final_scores.mean()), "over_training": over, "grid": grid,
       "embeddings": embeddings, "decoding_dynamics": effect, "predictor": predictor,
       "seconds": round(time.time() - t_model, 1)}
-  _log(settings, f"{label}: {model_lib.n_params(cfg):,} params, mean score "
+  _log(settings, f"{label}: {gpt2.n_params(cfg):,} params, mean score "
                  f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
                  f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
   return result, arrays
 
 
 def main(settings: DynamicsSettings, workdir: str):
-  from memjax import dynamics
-  from memjax import model as model_lib
-  from memjax import ngram as ngram_lib
+  from memjax.estimators import dynamics
+  from memjax.model import gpt2
+  from memjax.estimators import ngram as ngram_lib
 
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -465,7 +465,7 @@ def main(settings: DynamicsSettings, workdir: str):
   arrays = {}
   store = os.path.join(workdir, "dynamics_models")
   for d in settings.d_model:
-    cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
+    cfg = gpt2.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
     label = f"L{settings.layers}_d{d}"
     key = width_key(settings, d, train_NxS)
     stored = stored_width(store, label, key)
@@ -501,7 +501,7 @@ def report_text(results) -> str:
 
 
 def write_figures(results, arrays, workdir):
-  from memjax import dynamics
+  from memjax.estimators import dynamics
   plt = report.pyplot()
   models = results["models"]
   nb = dynamics.NUM_BUCKETS

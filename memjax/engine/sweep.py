@@ -23,14 +23,14 @@ import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
-from memjax import model as model_lib
+from memjax.model import gpt2
 from memjax.train import ModelSpec, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Bucket:
   """Models of one shape and precision: they train together in one compiled program."""
-  shape: model_lib.ModelConfig
+  shape: gpt2.ModelConfig
   specs: tuple  # of ModelSpec
 
 
@@ -44,7 +44,7 @@ def plan(settings: config_lib.CapacitySettings) -> list[Bucket]:
   return buckets
 
 
-def model_key(shape: model_lib.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, extra=()) -> str:
+def model_key(shape: gpt2.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, extra=()) -> str:
   """A stable id of everything that determines a trained model, for skipping finished work."""
   identity = {"shape": dataclasses.asdict(shape), "spec": dataclasses.asdict(spec),
               "train": dataclasses.asdict(tcfg), "extra": list(extra)}
@@ -172,13 +172,13 @@ class MemoryEstimate:
             "likelihood": "train.vocab_chunk", "eval": "eval.batch_size"}[max(parts, key=parts.get)]
 
 
-def model_memory(shape: model_lib.ModelConfig, tcfg: TrainConfig,
+def model_memory(shape: gpt2.ModelConfig, tcfg: TrainConfig,
                  eval_batch: int) -> MemoryEstimate:
   nbytes = np.dtype(shape.dtype).itemsize  # activations
   param_bytes = np.dtype(shape.param_dtype).itemsize
   b, s, d, l, h = tcfg.batch_size, shape.seq_len, shape.d_model, shape.layers, shape.num_heads
   chunk = min(tcfg.vocab_chunk, shape.vocab_size)
-  n = model_lib.n_params(shape)
+  n = gpt2.n_params(shape)
   # Mixed precision also holds the parameters' compute-dtype copy while a step runs.
   state = 4 * n * param_bytes + (n * nbytes if nbytes != param_bytes else 0)
   attention = l * b * h * s * s * (4 + nbytes)
@@ -210,7 +210,7 @@ class Chunk:
   """Models of one bucket trained together: the unit of work, checkpointing and results."""
   index: int  # over the whole sweep; process index % process_count runs it
   bucket: int
-  shape: model_lib.ModelConfig
+  shape: gpt2.ModelConfig
   specs: tuple  # of ModelSpec
   padded_size: int  # models on the devices: specs, then copies of the last one
   memory: MemoryEstimate  # one model
@@ -320,7 +320,7 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
   for b, bucket in enumerate(plan_.buckets):
     chunks = [c for c in plan_.chunks if c.bucket == b]
     mem = chunks[0].memory
-    lines.append(f"bucket {b}: {chunks[0].label}, {model_lib.n_params(bucket.shape):,} params, "
+    lines.append(f"bucket {b}: {chunks[0].label}, {gpt2.n_params(bucket.shape):,} params, "
                  f"{_count(len(bucket.specs), 'model')} in {_count(len(chunks), 'chunk')}; one "
                  f"model ~"
                  f"{_gib(mem.total)} (optimizer state {_gib(mem.state)}, activations "

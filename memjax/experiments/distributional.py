@@ -33,9 +33,9 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
-from memjax import jsonio
+from memjax.engine import jsonio
 from memjax import report
-from memjax import dynamics_experiment as dx
+from memjax.experiments import dynamics as dx
 from memjax.train import TrainConfig
 
 SETS = ("heldout", "generated", "train")
@@ -115,7 +115,7 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
                      denominator: str) -> list[dict]:
   """One row per order n: Spearman and Kendall of model vs n-gram probabilities at positions
   t >= max(first_position, n - 1, 1) of the sequences."""
-  from memjax import ngram as ngram_lib
+  from memjax.estimators import ngram as ngram_lib
   rows = []
   model_p = np.exp2(np.asarray(model_logp2_BxS, np.float64))
   for n in orders:
@@ -138,9 +138,9 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
 
 def run_width(settings, cfg, train_NxS, heldout, members, indexes):
   """Trains one width's models (one per dataset size) and correlates them: its result rows."""
-  from memjax import dynamics
+  from memjax.estimators import dynamics
   from memjax import likelihood
-  from memjax import model as model_lib
+  from memjax.model import gpt2
   tcfg, s, sizes = settings.train, settings.data.seq_len, settings.dataset_sizes
   state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
                                        [settings.data.seed] * len(sizes), 1)
@@ -161,14 +161,14 @@ def run_width(settings, cfg, train_NxS, heldout, members, indexes):
       for r in correlation_rows(np.asarray(logp[i]), tok, indexes[n_train], settings.orders,
                                 first, settings.denominator):
         rows.append({"d_model": cfg.d_model, "layers": cfg.layers,
-                     "n_params": model_lib.n_params(cfg), "dataset_size": int(n_train),
+                     "n_params": gpt2.n_params(cfg), "dataset_size": int(n_train),
                      "train_loss": float(losses[i]), "set": name, **r})
   return rows
 
 
 def main(settings: DistributionalSettings, workdir: str):
-  from memjax import model as model_lib
-  from memjax import ngram as ngram_lib
+  from memjax.model import gpt2
+  from memjax.estimators import ngram as ngram_lib
 
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -183,7 +183,7 @@ def main(settings: DistributionalSettings, workdir: str):
   rows, reused = [], []
   store = os.path.join(workdir, "distributional_models")
   for d in settings.d_model:
-    cfg = model_lib.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
+    cfg = gpt2.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
     label = f"L{settings.layers}_d{d}"
     t_model = time.time()
     key = dx.width_key(settings, d, train_NxS, heldout_HxS)

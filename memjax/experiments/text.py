@@ -57,12 +57,12 @@ from tqdm import tqdm
 
 from memjax import config as config_lib
 from memjax import report
-from memjax import extraction
-from memjax import jsonio
+from memjax.estimators import extraction
+from memjax.engine import jsonio
 from memjax import likelihood
-from memjax import model as model_lib
-from memjax import sweep
-from memjax import tfidf as tfidf_lib
+from memjax.model import gpt2
+from memjax.engine import sweep
+from memjax.estimators import tfidf as tfidf_lib
 from memjax import train as train_lib
 from memjax.config import ConfigError
 from memjax.data import corpus as corpus_lib
@@ -332,7 +332,7 @@ def check_dataset(settings: TextSettings, dataset: text_lib.TextDataset):
 @dataclasses.dataclass(frozen=True)
 class Member:
   """One model of the sweep."""
-  shape: model_lib.ModelConfig
+  shape: gpt2.ModelConfig
   spec: ModelSpec
   is_reference: bool  # the shape's full-pool model
   in_grid: bool  # its N is one of sweep.dataset_sizes
@@ -349,7 +349,7 @@ def shape_label(shape):
 
 
 def model_shapes(settings, vocab_size):
-  return [model_lib.ModelConfig(vocab_size, settings.seq_len, l, d, settings.num_heads, p)
+  return [gpt2.ModelConfig(vocab_size, settings.seq_len, l, d, settings.num_heads, p)
           for p in settings.precisions for l in settings.layers for d in settings.d_model]
 
 
@@ -647,7 +647,7 @@ def analyze(settings, data, scored):
         "experiment": "text", "key": s.key, "name": s.member.name,
         "layers": cfg.layers, "d_model": cfg.d_model, "heads": cfg.num_heads,
         "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "precision": cfg.precision,
-        "n_params": model_lib.n_params(cfg), "dataset_size": spec.dataset_size,
+        "n_params": gpt2.n_params(cfg), "dataset_size": spec.dataset_size,
         "seed": spec.seed, "learning_rate": spec.learning_rate, "steps": s.steps,
         "batch_size": settings.train.batch_size,
         "role": "reference" if s.member.is_reference else "sweep",
@@ -778,9 +778,9 @@ def _summary(settings, data, rows, refs, oracle, test_loss, capacity):
     best = max(mem_curve.values()) if mem_curve else None
     models.append({
         "label": shape_label(shape), "layers": shape.layers, "d_model": shape.d_model,
-        "precision": shape.precision, "n_params": model_lib.n_params(shape),
+        "precision": shape.precision, "n_params": gpt2.n_params(shape),
         "capacity_bits": cap, "max_mem_bits": best,
-        "max_mem_bits_per_param": best / model_lib.n_params(shape) if best is not None else None,
+        "max_mem_bits_per_param": best / gpt2.n_params(shape) if best is not None else None,
         "reference_same_size": ref.member.name, "reference_test_loss": _finite(test_loss[id(ref)]),
         "test_loss_peak": peak,
         "curves": {f: {str(n): v for n, v in curves[f].get(key, {}).items()} for f in fields},
@@ -800,7 +800,7 @@ def _summary(settings, data, rows, refs, oracle, test_loss, capacity):
           "primary": settings.reference_primary,
           "oracle": None if oracle is None else {
               "name": oracle.member.name, "label": shape_label(oracle.member.shape),
-              "n_params": model_lib.n_params(oracle.member.shape),
+              "n_params": gpt2.n_params(oracle.member.shape),
               "test_loss": test_loss[id(oracle)]},
           "oracle_selection": "the full-pool model with the lowest held-out test loss",
       },
@@ -1122,7 +1122,7 @@ def dry_run(settings: TextSettings, workdir: str):
     members = shape_members(settings, shape, pool or 0)
     stacks = _stacks(settings, members)
     n_models += len(members)
-    lines.append(f"{shape_label(shape)}: {model_lib.n_params(shape):,} params, "
+    lines.append(f"{shape_label(shape)}: {gpt2.n_params(shape):,} params, "
                  f"{len(members)} models (N {', '.join(f'{n:,}' for n in settings.dataset_sizes)}"
                  f" x seeds {list(settings.seeds)}, plus the full-pool reference) in "
                  f"{len(stacks)} stack(s)")

@@ -13,7 +13,7 @@
    the true (uniform) distribution, so the reference attack ranks like the loss attack.
 2. Evaluation set of each target: eval.eval_size / 2 members (at most N) and as many
    non-members, drawn by a seed derived from (data.seed, model seed, N) - a balanced set.
-3. Scores (memjax.membership): loss, reference, zlib, Min-K%, Min-K%++ from one pass of
+3. Scores (memjax.estimators.membership): loss, reference, zlib, Min-K%, Min-K%++ from one pass of
    `likelihood.next_token_stats` over each model's evaluation set; metrics with bootstrap CIs.
 4. LiRA (`lira.num_models` > 0): a stack of shadow models of one shape trained on the rows of a
    membership matrix over `lira.candidates` candidate samples (each candidate in exactly half of
@@ -44,9 +44,9 @@ import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
-from memjax import jsonio
+from memjax.engine import jsonio
 from memjax import report
-from memjax import membership as mi
+from memjax.estimators import membership as mi
 from memjax.train import TrainConfig
 
 SOURCES = ("synthetic", "text")
@@ -468,14 +468,14 @@ def run_targets(settings, workdir, text, design, counts=None):
 def _target_stack(settings, text, layers, d, label, design):
   """One shape's stack of targets: train, score, attack; its design entries go in `design`."""
   import jax
-  from memjax import model as model_lib
+  from memjax.model import gpt2
   from memjax import train as train_lib
   from memjax.data import synthetic
 
   vocab = text.vocab_size if text else settings.vocab_size
   half = settings.eval_size // 2
   rows = []
-  cfg = model_lib.ModelConfig(vocab, settings.seq_len, layers, d, settings.num_heads,
+  cfg = gpt2.ModelConfig(vocab, settings.seq_len, layers, d, settings.num_heads,
                               settings.precision)
   lr = settings.train.learning_rate
   specs = [train_lib.ModelSpec(n, s, lr) for s in settings.seeds for n in settings.dataset_sizes]
@@ -545,7 +545,7 @@ def _target_stack(settings, text, layers, d, label, design):
                (ref_logp[i, :k].sum(-1) if ref_logp is not None else None))
     mem_est = (None if ref_seq is None
                else float(sp.dataset_size * np.maximum(0.0, seq_lp - ref_seq).mean()))
-    n_params = model_lib.n_params(cfg)
+    n_params = gpt2.n_params(cfg)
     rows.append({
         "role": "target", "source": settings.source, "shape": label, "layers": layers,
         "d_model": d, "heads": settings.num_heads, "vocab_size": vocab,
@@ -590,7 +590,7 @@ def _add_capacity_x(settings, rows):
 def run_lira(settings, workdir, text, design):
   """Shadow stack over a membership matrix; leave-one-out targets; rows with LiRA metrics."""
   import jax
-  from memjax import model as model_lib
+  from memjax.model import gpt2
   from memjax import train as train_lib
   from memjax.data import synthetic
 
@@ -608,7 +608,7 @@ def run_lira(settings, workdir, text, design):
                                             vocab))
   design["lira/membership"] = mat
   design["lira/candidate_rows"] = cand_rows
-  cfg = model_lib.ModelConfig(vocab, settings.seq_len, settings.lira_layers, settings.lira_d_model,
+  cfg = gpt2.ModelConfig(vocab, settings.seq_len, settings.lira_layers, settings.lira_d_model,
                               settings.num_heads, settings.precision)
   tcfg = dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
   specs = [train_lib.ModelSpec(int(mat[i].sum()), settings.lira_seed * 1000 + i,
@@ -655,13 +655,13 @@ def run_lira(settings, workdir, text, design):
         "role": "lira_target", "source": settings.source,
         "shape": f"L{cfg.layers} d{cfg.d_model} {cfg.precision}", "layers": cfg.layers,
         "d_model": cfg.d_model, "heads": cfg.num_heads, "vocab_size": vocab,
-        "seq_len": cfg.seq_len, "precision": cfg.precision, "n_params": model_lib.n_params(cfg),
+        "seq_len": cfg.seq_len, "precision": cfg.precision, "n_params": gpt2.n_params(cfg),
         "dataset_size": specs[i].dataset_size, "seed": specs[i].seed, "target_index": i,
         "num_shadow_models": m - 1, "shadows_per_group": m // 2 - 1,
         "candidates": c, "eval_members": k, "eval_nonmembers": k,
         "steps": int(np.asarray(state.step_M)[i]), "train_loss_last": float(losses[i]),
         "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
-        "x_tokens": float(mi.tokens_per_param_x(model_lib.n_params(cfg), specs[i].dataset_size,
+        "x_tokens": float(mi.tokens_per_param_x(gpt2.n_params(cfg), specs[i].dataset_size,
                                       cfg.seq_len, vocab)),
         "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(tcfg),
         "_roc": ({a: (scores[a], labels) for a in ("loss", "lira_online", "lira_offline")
@@ -850,7 +850,7 @@ def run(settings: MembershipSettings, workdir: str):
   summary["stacks_trained"] = counts.get("trained", 0)
   summary["stacks_already_done"] = counts.get("loaded", 0)
   jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
-  for form, fit in summary["law_fits"].items():  # for `python -m memjax.membership --constants`
+  for form, fit in summary["law_fits"].items():  # for `python -m memjax.estimators.membership --constants`
     path = os.path.join(workdir, f"law_fit_{form}.json")
     if fit.get("valid"):
       mi.save_constants(path, fit)

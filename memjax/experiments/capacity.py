@@ -18,13 +18,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from memjax import checkpoint
+from memjax.engine import checkpoint
 from memjax import config as config_lib
-from memjax import jsonio
-from memjax import memorization
-from memjax import model as model_lib
+from memjax.engine import jsonio
+from memjax.estimators import memorization
+from memjax.model import gpt2
 from memjax import report
-from memjax import sweep
+from memjax.engine import sweep
 from memjax import train as train_lib
 
 validate = config_lib.validate
@@ -51,7 +51,7 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
         "key": sweep.model_key(shape, spec, tcfg),
         "layers": shape.layers, "d_model": shape.d_model, "heads": shape.num_heads,
         "vocab_size": shape.vocab_size, "seq_len": shape.seq_len, "precision": shape.precision,
-        "n_params": model_lib.n_params(shape),
+        "n_params": gpt2.n_params(shape),
         "dataset_size": n_seq, "seed": spec.seed, "learning_rate": spec.learning_rate,
         "steps": int(steps[i]), "batch_size": tcfg.batch_size,
         # The step at which the model's memorization stopped growing and it was frozen; None if

@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from memjax import extraction
+from memjax.estimators import extraction
 from memjax import likelihood
-from memjax import model as model_lib
-from memjax import ngram as ngram_lib
+from memjax.model import gpt2
+from memjax.estimators import ngram as ngram_lib
 
 NUM_BUCKETS = 5
 BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -133,7 +133,7 @@ def transition_matrices(buckets_CxB, num_buckets: int = NUM_BUCKETS) -> np.ndarr
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _mean_hidden(cfg, params, tokens_BxC):
-  return model_lib.hidden_states(cfg, params, tokens_BxC).astype(jnp.float32).mean(axis=1)
+  return gpt2.hidden_states(cfg, params, tokens_BxC).astype(jnp.float32).mean(axis=1)
 
 
 def sample_embeddings(cfg, params, tokens_BxS, context: int, batch_size: int = 512) -> np.ndarray:
@@ -297,12 +297,12 @@ def _jump(x, window):
 
 class ScorePredictor(nn.Module):
   """memjax's GPT-2 body, mean-pooled over the context, and a linear head over score buckets."""
-  cfg: model_lib.ModelConfig
+  cfg: gpt2.ModelConfig
   num_classes: int
 
   @nn.compact
   def __call__(self, tokens_BxC):
-    h_BxCxD = model_lib.GPT2(self.cfg, name="body")(tokens_BxC).astype(jnp.float32)
+    h_BxCxD = gpt2.GPT2(self.cfg, name="body")(tokens_BxC).astype(jnp.float32)
     return nn.Dense(self.num_classes, name="head")(h_BxCxD.mean(axis=1))
 
 
@@ -323,7 +323,7 @@ def train_predictor(tokens_NxC, labels_N, vocab_size: int, num_classes: int = NU
   tokens_NxC = jnp.asarray(tokens_NxC, jnp.int32)
   labels_N = jnp.asarray(labels_N, jnp.int32)
   n, c = tokens_NxC.shape
-  cfg = model_lib.ModelConfig(vocab_size, c, pcfg.layers, pcfg.d_model, pcfg.num_heads)
+  cfg = gpt2.ModelConfig(vocab_size, c, pcfg.layers, pcfg.d_model, pcfg.num_heads)
   module = ScorePredictor(cfg, num_classes)
   key = jax.random.key(pcfg.seed)
   params = module.init(key, tokens_NxC[:1])["params"]

@@ -1,7 +1,7 @@
 """JSON and npz files written whole or not at all.
 
 Every summary and results file goes through `write_atomic`, and every array file an experiment
-stores through `savez_atomic` (checkpoints have their own, `memjax.checkpoint`): the file is
+stores through `savez_atomic` (checkpoints have their own, `memjax.engine.checkpoint`): the file is
 written to a temporary file beside the target and swapped in with os.replace, so a run killed
 mid-write leaves the previous file intact instead of half a file, and a write that fails (a full
 disk) leaves no temporary file. numpy scalars and arrays and dataclasses are written as plain
