@@ -3,9 +3,9 @@
 For each training row (model shape, sequences per model per step) it times:
   a. a stack of M models in one memjax program (`train.train_steps`), M swept upwards until
      memory runs out (the out-of-memory error is caught, recorded and ends that sweep). The stack
-     is sharded over the local devices as `memjax.experiments.capacity` shards a chunk; on a CPU the host is
-     split into one device per core (`--cpu_devices`, as `memjax.main` does), and the same stack
-     on one device is timed too, so that the report shows what the sharding adds;
+     is sharded over the local devices as `memjax.experiments.capacity` shards a chunk; on a CPU
+     the host is split into one device per core (`--cpu_devices`, as `memjax.main` does), and the
+     same stack on one device is timed too, so that the report shows what the sharding adds;
   b. the same M models one after another through memjax's single-model path
      (`train.train_steps_single`): ONE model is timed and its time multiplied by M. The models of
      a row are identical in cost, so this extrapolation is exact up to timing noise; the report

@@ -1,7 +1,7 @@
 """The baseline a user would otherwise write: one PyTorch GPT-2 trained at a time.
 
-Same parameterization as memjax.model.gpt2 (learned positions, pre-LayerNorm, GELU MLP of 4d, biases,
-tied embeddings), AdamW, bf16 autocast on CUDA (fp32 master weights), as the public
+Same parameterization as memjax.model.gpt2 (learned positions, pre-LayerNorm, GELU MLP of 4d,
+biases, tied embeddings), AdamW, bf16 autocast on CUDA (fp32 master weights), as the public
 reproductions of Morris et al. train. Imported only when torch is installed.
 """
 

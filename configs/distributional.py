@@ -6,7 +6,8 @@ download), a 512-token byte-level BPE, 32-token sequences; one-layer GPT-2 width
 trained on N = 128, 512 and 2048 sequences for 1000 steps. The n-gram models (orders 1..5) are
 counted on each model's own training set; probabilities of 256 held-out sequences, of the models'
 greedy continuations of their first 8 tokens and of 128 training sequences are correlated with the
-2- and 3-gram probabilities. See memjax/experiments/distributional.py and the README.
+2- and 3-gram probabilities. See memjax/experiments/distributional.py and
+docs/dynamics_and_distributional.md.
 """
 
 import ml_collections

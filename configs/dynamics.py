@@ -6,7 +6,7 @@ train three one-layer GPT-2 widths (d_model 32, 64, 128) for 600 steps (37 epoch
 (measured once: mean final score 0.10, 0.89 and 0.99 by width, 160-180 s on a shared 2-core CPU).
 Every training sample is scored (16-token context, 8-token continuation) after each segment; the
 grid crosses contexts (4, 8, 16, 24) with continuations (4, 8, 16). See
-memjax/experiments/dynamics.py and the README.
+memjax/experiments/dynamics.py and docs/dynamics_and_distributional.md.
 """
 
 import ml_collections

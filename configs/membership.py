@@ -6,7 +6,8 @@ Members are a model's training samples, non-members held-out samples of the same
 loss, reference, zlib, Min-K% and Min-K%++ attacks are scored on a balanced set per model, and
 the F1 of the loss attack falls toward 0.5 as N grows past capacity. A stack of 8 shadow models
 over a membership matrix of 128 candidates compares LiRA with the loss attack. The law
-F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))) is fitted to the targets. See memjax/experiments/membership.py.
+F1 = 1/2 (1 + c1 sigmoid(c2 (x + c3))) is fitted to the targets. See
+memjax/experiments/membership.py.
 """
 
 import ml_collections

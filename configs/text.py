@@ -8,7 +8,7 @@ sequences) plus the shape's reference, the same shape trained on the whole 8192-
 pool. Memorization is measured against the same-size reference and against the oracle (the
 full-pool model with the lowest held-out loss); capacity, for the double-descent plot, is measured
 (each shape's largest memorization); extraction greedily continues prefixes of 8, 16 and 32 tokens
-of members and of held-out sequences. See memjax/experiments/text.py and the README.
+of members and of held-out sequences. See memjax/experiments/text.py and docs/text.md.
 """
 
 import ml_collections

@@ -850,7 +850,8 @@ def run(settings: MembershipSettings, workdir: str):
   summary["stacks_trained"] = counts.get("trained", 0)
   summary["stacks_already_done"] = counts.get("loaded", 0)
   jsonio.write_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
-  for form, fit in summary["law_fits"].items():  # for `python -m memjax.estimators.membership --constants`
+  # for `python -m memjax.estimators.membership --constants`
+  for form, fit in summary["law_fits"].items():
     path = os.path.join(workdir, f"law_fit_{form}.json")
     if fit.get("valid"):
       mi.save_constants(path, fit)
