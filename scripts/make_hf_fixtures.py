@@ -7,7 +7,7 @@ Each checkpoint is a tiny random GPT2LMHeadModel or GPTNeoXForCausalLM saved wit
 save_pretrained (config.json + model.safetensors), a copy of one small BPE tokenizer.json trained
 here with `tokenizers`, and transformers_logp2.npz: fixed token ids `tokens` [B, S] and
 transformers' own log2-probabilities `logp2` [B, S-1] of tokens 1..S-1 (fp32 forward, eager
-attention). The weights are drawn far wider than a fresh init (std 0.3, LayerNorm scales around
+attention). The weights are drawn far wider than a fresh init (std 0.2, LayerNorm scales around
 1, nonzero biases), so that the predictions are far from uniform and a wrong layout or a
 missed term shows in the log-probabilities. Shapes: GPT-2 with n_positions > S; GPT-NeoX with
 rotary_pct 0.25 and 1.0, both residual forms; two checkpoints of one shape for each
@@ -71,7 +71,7 @@ def widen(model, seed):
       elif name.endswith("bias"):
         p.copy_(0.1 * noise)
       else:
-        p.copy_(0.3 * noise)
+        p.copy_(0.2 * noise)
 
 
 def logp2(model, tokens):

@@ -419,12 +419,24 @@ def load_params(path: str, precision: str = "fp32"):
   return cfg, _as_tree(arrays)
 
 
+# memjax config field -> the config.json field it comes from, to name it in errors.
+_GPT2_FIELDS = {"seq_len": "n_positions", "layers": "n_layer", "d_model": "n_embd",
+                "num_heads": "n_head"}
+_NEOX_FIELDS = {"seq_len": "max_position_embeddings", "layers": "num_hidden_layers",
+                "d_model": "hidden_size", "num_heads": "num_attention_heads",
+                "rotary_pct": "rotary_pct (partial_rotary_factor)",
+                "rotary_base": "rotary_emb_base (rope_theta)"}
+
+
 def _first_difference(a, b):
+  """(config.json field, value in a, value in b) of the first field where a and b differ."""
   if type(a) is not type(b):
-    return "architecture", type(a).__name__, type(b).__name__
+    names = {gpt2.ModelConfig: "GPT2LMHeadModel", gpt_neox.NeoXConfig: "GPTNeoXForCausalLM"}
+    return "architectures", names[type(a)], names[type(b)]
+  names = _NEOX_FIELDS if isinstance(a, gpt_neox.NeoXConfig) else _GPT2_FIELDS
   for f in dataclasses.fields(a):
     if getattr(a, f.name) != getattr(b, f.name):
-      return f.name, getattr(a, f.name), getattr(b, f.name)
+      return names.get(f.name, f.name), getattr(a, f.name), getattr(b, f.name)
   return None
 
 
