@@ -30,9 +30,13 @@ from memjax.engine import sweep
 from memjax.model import gpt2
 from memjax.model import hf
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The memjax workdir the row is in.")
-_KEY = flags.DEFINE_string("key", None, "The row's key (results.jsonl), or a unique prefix.")
-_OUT = flags.DEFINE_string("out", None, "The directory to write (new or empty).")
+
+def define_flags():
+  """The CLI's flags (defined only when run as a program: memjax.score imports this module)."""
+  flags.DEFINE_string("workdir", None, "The memjax workdir the row is in.")
+  flags.DEFINE_string("key", None, "The row's key (results.jsonl), or a unique prefix.")
+  flags.DEFINE_string("out", None, "The directory to write (new or empty).")
+
 
 STACKS_DIR = "text_stacks"
 
@@ -174,11 +178,13 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise ExportError(f"unexpected arguments: {' '.join(argv[1:])}")
-    export(_WORKDIR.value, _KEY.value, _OUT.value)
+    f = flags.FLAGS
+    export(f.workdir, f.key, f.out)
   except (ExportError, hf.CheckpointError) as e:
     print(f"memjax.export: error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

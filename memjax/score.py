@@ -40,19 +40,23 @@ from memjax import likelihood
 from memjax.engine import jsonio
 from memjax.model import hf
 
-_MODEL = flags.DEFINE_multi_string(
-    "model", None, "A Hugging Face checkpoint directory, or WORKDIR@KEY (a memjax text run's "
-    "row); repeat for several models.")
-_DATA = flags.DEFINE_string("data", None, "Sequences: a .txt, .jsonl (field `text`) or .npy "
-                            "[B, S] of token ids.")
-_OUT = flags.DEFINE_string("out", None, "The .jsonl file to write.")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Sequences a batch (every model of a stack "
-                              "scores them at once).")
-_PRECISION = flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"],
-                               "Parameters and compute; log-softmax is always fp32.")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "Cut text sequences to this many tokens "
-                                   "(0: the model's context).")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+
+def define_flags():
+  """The CLI's flags (defined only when run as a program, so that importing is free of them)."""
+  flags.DEFINE_multi_string(
+      "model", None, "A Hugging Face checkpoint directory, or WORKDIR@KEY (a memjax text run's "
+      "row); repeat for several models.")
+  flags.DEFINE_string("data", None, "Sequences: a .txt, .jsonl (field `text`) or .npy [B, S] "
+                      "of token ids.")
+  flags.DEFINE_string("out", None, "The .jsonl file to write.")
+  flags.DEFINE_integer("batch_size", 16, "Sequences a batch (every model of a stack scores "
+                       "them at once).")
+  flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"],
+                    "Parameters and compute; log-softmax is always fp32.")
+  flags.DEFINE_integer("max_tokens", 0, "Cut text sequences to this many tokens (0: the "
+                       "model's context).")
+  flags.DEFINE_bool("quiet", False, "No progress bar.")
+
 
 FORMATS = (".txt", ".jsonl", ".npy")
 # Text sequences are padded up to a multiple of this many tokens, so that a file of sequences of
@@ -166,7 +170,7 @@ def sequences_for(model: Model, data, max_tokens: int):
                        f"{model.spec} (V={v})")
     return list(range(data.shape[0])), [row.astype(np.int32) for row in data], 0
   if model.tokenizer is None:
-    raise ScoreError(f"--model: {model.spec} has no tokenizer.json to tokenize {_DATA.name} "
+    raise ScoreError(f"--model: {model.spec} has no tokenizer.json to tokenize the --data "
                      "text with (give token ids as a .npy instead)")
   limit = min(context, max_tokens) if max_tokens else context
   indices, texts = zip(*data)
@@ -281,12 +285,13 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise ScoreError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run(_MODEL.value, _DATA.value, _OUT.value, _BATCH.value, _PRECISION.value,
-        _MAX_TOKENS.value, _QUIET.value)
-  except (ScoreError, hf.CheckpointError) as e:
+    f = flags.FLAGS
+    run(f.model, f.data, f.out, f.batch_size, f.precision, f.max_tokens, f.quiet)
+  except (ScoreError, hf.CheckpointError) as e:  # export.ExportError is one too
     print(f"memjax.score: error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -132,3 +132,21 @@ def test_export_gives_transformers_the_same_logprobs(text_run, tmp_path):
       -1, torch.as_tensor(tokens[:, 1:, None]))[..., 0].numpy() / math.log(2)
   mine = np.asarray(likelihood.token_logprobs(cfg, params, jnp.asarray(tokens)))[:, 1:]
   assert np.abs(mine - theirs).max() < 1e-5
+
+
+def test_score_reads_rows_and_their_exports_alike(text_run, tmp_path):
+  from memjax import score
+  workdir, rows = text_run
+  out_dir = str(tmp_path / "exported")
+  export.export(workdir, rows[2]["key"], out_dir, log=lambda _: None)
+  data = str(tmp_path / "ids.npy")
+  np.save(data, np.random.default_rng(2).integers(0, rows[0]["vocab_size"], (3, 16)))
+  out = str(tmp_path / "scores.jsonl")
+  specs = [f"{workdir}@{rows[2]['key'][:10]}", out_dir, f"{workdir}@{rows[0]['key']}"]
+  score.run(specs, data, out, quiet=True, log=lambda _: None)
+  with open(out) as f:
+    lines = [json.loads(line) for line in f]
+  assert [l["model"] for l in lines] == [s for s in specs for _ in range(3)]
+  for a, b in zip(lines[:3], lines[3:6]):
+    assert a["logp2_tokens"] == b["logp2_tokens"]
+  assert lines[0]["logp2_tokens"] != lines[6]["logp2_tokens"]
