@@ -405,9 +405,11 @@ def _host_dtype(cfg):
 
 
 def _as_tree(arrays: dict):
+  """The host arrays as a pytree of device arrays, each host array let go once it is copied
+  (so memory holds the stack once plus one array, not twice)."""
   tree = {}
-  for p, a in arrays.items():
-    _set(tree, p, jax.numpy.asarray(a))
+  for p in list(arrays):
+    _set(tree, p, jax.numpy.asarray(arrays.pop(p)))
   return tree
 
 
