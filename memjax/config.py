@@ -232,6 +232,33 @@ def _optional(config, field, default, check, **kwargs):
   return check(config, field, **kwargs)
 
 
+def checkpoint_paths(config, field="model.paths", precision_field="model.precision"):
+  """(paths, model config, precision) of the Hugging Face checkpoints a config imports, or
+  ((), None, "fp32") when it names none; ConfigError naming the field on a bad directory."""
+  paths = tuple(os.path.expanduser(p) for p in _optional(config, field, (), _str_list))
+  precision = _optional(config, precision_field, "fp32", _str, allowed=("fp32", "bf16"))
+  if not paths:
+    return (), None, precision
+  from memjax.model import hf
+  try:
+    configs = [hf.read_config(p, precision) for p in paths]
+    hf.check_same_shape(paths, configs)
+  except hf.CheckpointError as e:
+    _fail(field, str(e))
+  tokenizers = set()
+  for p in paths:
+    file = os.path.join(p, hf.TOKENIZER_FILE)
+    if not os.path.isfile(file):
+      _fail(field, f"{p}: no {hf.TOKENIZER_FILE} (the data is tokenized with the checkpoints' "
+                   "own tokenizer)")
+    with open(file, "rb") as f:
+      tokenizers.add(f.read())
+  if len(tokenizers) > 1:
+    _fail(field, f"the checkpoints' {hf.TOKENIZER_FILE} files differ; a stack scores one "
+                 "tokenization, so give checkpoints of one tokenizer")
+  return paths, configs[0], precision
+
+
 def pool_split(config, synthetic: bool = False, text_source: str = "a text source") -> str:
   """data.pool_split of a text experiment ("sequence" where an older config lacks it); synthetic
   data, which has no documents, cannot be split by document (the error names `text_source`, what

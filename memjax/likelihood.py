@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from memjax import fused_logprobs
 from memjax.model import gpt2
-from memjax.model import gpt_neox
+from memjax.model import module_of
 
 LN2 = math.log(2.0)
 DEFAULT_VOCAB_CHUNK = 4096
@@ -170,20 +170,14 @@ def target_logprobs(h_NxD, w_VxD, targets_N, chunk=DEFAULT_VOCAB_CHUNK):
   return _target_logprobs(h_NxD, w_VxD, targets_N, chunk)
 
 
-def _arch(cfg):
-  """The model module of a config: GPT-2 (trained here or imported) or GPT-NeoX (imported).
-  Each gives compute_params, hidden_states and output_embedding, so one kernel scores both."""
-  return gpt_neox if isinstance(cfg, gpt_neox.NeoXConfig) else gpt2
-
-
 def token_logprobs(cfg: gpt2.ModelConfig, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   """log2 p of every token of every sequence under one model: [B, S] fp32 (position 0: -log2 V)."""
   b, s = tokens_BxS.shape
-  params = _arch(cfg).compute_params(cfg, params)
-  h_BxSxD = _arch(cfg).hidden_states(cfg, params, tokens_BxS)
+  params = module_of(cfg).compute_params(cfg, params)
+  h_BxSxD = module_of(cfg).hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), h_BxSxD.shape[-1])  # S = 1: zero rows
   targets_N = tokens_BxS[:, 1:].reshape(-1)
-  logp_N = target_logprobs(h_NxD, _arch(cfg).output_embedding(params), targets_N, vocab_chunk)
+  logp_N = target_logprobs(h_NxD, module_of(cfg).output_embedding(params), targets_N, vocab_chunk)
   first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)
   return jnp.concatenate([first_Bx1, logp_N.reshape(b, s - 1) / LN2], axis=1)
 
@@ -257,10 +251,10 @@ def next_token_stats(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   distribution after position t) and `argmax` (the greedy next token after position t).
   """
   b, s = tokens_BxS.shape
-  params = _arch(cfg).compute_params(cfg, params)
-  h_BxSxD = _arch(cfg).hidden_states(cfg, params, tokens_BxS)
+  params = module_of(cfg).compute_params(cfg, params)
+  h_BxSxD = module_of(cfg).hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD.reshape(b * s, -1)
-  w_VxD = _arch(cfg).output_embedding(params)
+  w_VxD = module_of(cfg).output_embedding(params)
   chunk = effective_chunk(h_NxD.shape[0], w_VxD.shape[0], vocab_chunk)  # as target_logprobs
   lse, mean_logp, var_logp, argmax = _next_token_moments(h_NxD, w_VxD, chunk)
   next_N = jnp.concatenate([tokens_BxS[:, 1:], tokens_BxS[:, :1]], axis=1).reshape(-1)

@@ -41,6 +41,7 @@ EXPERIMENTS = {
     "dynamics": "memjax.experiments.dynamics",
     "distributional": "memjax.experiments.distributional",
     "membership": "memjax.experiments.membership",
+    "pretrained_membership": "memjax.experiments.pretrained_membership",
 }
 
 

@@ -53,6 +53,14 @@ def write_atomic(path: str, value, indent: int = 2):
       f.write("\n")
 
 
+def write_lines_atomic(path: str, rows):
+  """One JSON line per row (the rows of a results.jsonl), whole or not at all."""
+  with swapped_in(path, f"{path}.tmp{os.getpid()}") as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for row in rows:
+        f.write(json.dumps(row, sort_keys=True, default=default, allow_nan=True) + "\n")
+
+
 def savez_atomic(path: str, /, **arrays):
   """np.savez(path, **arrays), whole or not at all (see the module docstring)."""
   # One fixed name (unlike write_atomic's: no two processes write these files), so that a write

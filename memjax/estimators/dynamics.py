@@ -35,6 +35,7 @@ import optax
 from memjax.estimators import extraction
 from memjax import likelihood
 from memjax.model import gpt2
+from memjax.model import module_of
 from memjax.estimators import ngram as ngram_lib
 
 NUM_BUCKETS = 5
@@ -133,7 +134,7 @@ def transition_matrices(buckets_CxB, num_buckets: int = NUM_BUCKETS) -> np.ndarr
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _mean_hidden(cfg, params, tokens_BxC):
-  return gpt2.hidden_states(cfg, params, tokens_BxC).astype(jnp.float32).mean(axis=1)
+  return module_of(cfg).hidden_states(cfg, params, tokens_BxC).astype(jnp.float32).mean(axis=1)
 
 
 def sample_embeddings(cfg, params, tokens_BxS, context: int, batch_size: int = 512) -> np.ndarray:

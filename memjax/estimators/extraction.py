@@ -32,6 +32,7 @@ import numpy as np
 
 from memjax import likelihood
 from memjax.model import gpt2
+from memjax.model import module_of
 
 
 def chunked_argmax(h_BxD, w_VxD, vocab_chunk=likelihood.DEFAULT_VOCAB_CHUNK):
@@ -67,10 +68,11 @@ def _greedy_full_forward(cfg, params, prompts_BxP, total_len, vocab_chunk):
   """One model, recomputing the whole forward pass over the buffer each step (the plain way)."""
   b, p = prompts_BxP.shape
   buf_BxT = jnp.zeros((b, total_len), jnp.int32).at[:, :p].set(prompts_BxP.astype(jnp.int32))
-  w_VxD = gpt2.output_embedding(params)
+  arch = module_of(cfg)
+  w_VxD = arch.output_embedding(params)
 
   def body(t, buf_BxT):
-    h_BxTxD = gpt2.hidden_states(cfg, params, buf_BxT)
+    h_BxTxD = arch.hidden_states(cfg, params, buf_BxT)
     h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t - 1, axis=1, keepdims=False)
     next_B = chunked_argmax(h_BxD, w_VxD, vocab_chunk)
     return jax.lax.dynamic_update_index_in_dim(buf_BxT, next_B, t, axis=1)
@@ -145,7 +147,7 @@ _METHODS = {"kv_cache": _greedy_kv_cache, "full_forward": _greedy_full_forward}
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _greedy_stack(cfg, params_M, prompts, total_len, vocab_chunk, method):
   one = lambda params, prompts_BxP: _METHODS[method](
-      cfg, gpt2.compute_params(cfg, params), prompts_BxP, total_len, vocab_chunk)
+      cfg, module_of(cfg).compute_params(cfg, params), prompts_BxP, total_len, vocab_chunk)
   if prompts.ndim == 2:
     return jax.vmap(one, in_axes=(0, None))(params_M, prompts)
   return jax.vmap(one)(params_M, prompts)
@@ -178,6 +180,8 @@ def greedy_continue(cfg: gpt2.ModelConfig, params_M, prompts, total_len: int | N
                      f"seq_len ({cfg.seq_len})")
   if method not in _METHODS:
     raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
+  if module_of(cfg) is not gpt2:
+    method = "full_forward"  # the cached decoder is GPT-2's layers unrolled; others recompute
   return _greedy_stack(cfg, params_M, prompts, total_len, vocab_chunk, method)
 
 

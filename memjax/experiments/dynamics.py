@@ -53,7 +53,7 @@ ALLOWED = {
     "": {"experiment", "quiet", "data", "model", "sweep", "train", "dynamics", "predictor"},
     "data": {"source", "paths", "text_field", "doc_packages", "max_documents", "tokenizer",
              "vocab_size", "seq_len", "num_samples", "seed", "cache_dir"},
-    "model": {"num_heads", "layers"},
+    "model": {"num_heads", "layers", "paths", "precision"},
     "sweep": {"d_model"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
     "dynamics": {"context", "continuation", "contexts", "continuations", "checkpoints",
@@ -84,6 +84,7 @@ class DataSettings:
   seed: int
   cache_dir: str
   pool_split: str = "sequence"  # "document": no document gives both training and held-out text
+  tokenizer_path: str = ""  # tokenizer "file": the tokenizer.json (imported checkpoints' own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +108,14 @@ class DynamicsSettings:
   predictor: object  # dynamics.PredictorConfig
   test_fraction: float
   quiet: bool
+  model_paths: tuple = ()  # imported checkpoints, in training order: scored, not trained
+  model_cfg: object = None  # their shape (gpt2.ModelConfig or gpt_neox.NeoXConfig)
 
 
-def validate_data(config, heldout_field: str | None = None) -> DataSettings:
-  """config.data -> DataSettings (heldout_field: the config field giving the held-out count)."""
+def validate_data(config, heldout_field: str | None = None,
+                  checkpoint_dir: str | None = None) -> DataSettings:
+  """config.data -> DataSettings (heldout_field: the config field giving the held-out count;
+  checkpoint_dir: an imported checkpoint whose tokenizer.json tokenizes the text)."""
   _int = config_lib._int
   source = _str(config, "data.source", DATA_SOURCES)
   paths = tuple(os.path.expanduser(p) for p in _str_tuple(config, "data.paths"))
@@ -123,7 +128,14 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
       corpus_lib.resolve_paths(paths, corpus_lib.FILE_EXTENSIONS[source])
     except FileNotFoundError as e:
       _fail("data.paths", str(e))
-  tokenizer = _str(config, "data.tokenizer", TOKENIZERS)
+  tokenizer = _str(config, "data.tokenizer", TOKENIZERS + ("checkpoint",))
+  if (tokenizer == "checkpoint") != bool(checkpoint_dir):
+    _fail("data.tokenizer", "imported checkpoints (model.paths) score text in their own "
+                            "tokenizer: set data.tokenizer='checkpoint'" if checkpoint_dir else
+          "'checkpoint' (the imported checkpoints' tokenizer.json) needs model.paths")
+  if checkpoint_dir and source == "synthetic":
+    _fail("data.source", "imported checkpoints (model.paths) are scored on text: give txt, "
+                         "jsonl or parquet files, or stdlib_docs")
   vocab = _int(config, "data.vocab_size", minimum=2, maximum=65536)
   if source != "synthetic" and tokenizer == "bpe" and vocab < 257:
     _fail("data.vocab_size", f"a byte-level BPE needs 257 to 65536 tokens, got {vocab}; or set "
@@ -138,7 +150,8 @@ def validate_data(config, heldout_field: str | None = None) -> DataSettings:
       max_documents=_int(config, "data.max_documents", minimum=0), tokenizer=tokenizer,
       vocab_size=vocab, seq_len=seq_len, num_samples=_int(config, "data.num_samples"),
       heldout=heldout, seed=_int(config, "data.seed", minimum=0),
-      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")), pool_split=pool_split)
+      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")), pool_split=pool_split,
+      tokenizer_path=os.path.join(checkpoint_dir, "tokenizer.json") if checkpoint_dir else "")
 
 
 def validate_model(config, field="sweep.d_model"):
@@ -155,8 +168,12 @@ def validate(config) -> DynamicsSettings:
   from memjax.estimators import dynamics
   config_lib.check_fields(config, ALLOWED)
   _int, _float = config_lib._int, config_lib._float
-  data = validate_data(config)
+  model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
+  data = validate_data(config, checkpoint_dir=model_paths[0] if model_paths else None)
   s = data.seq_len
+  if model_cfg is not None and s > model_cfg.seq_len:
+    _fail("data.seq_len", f"{s} tokens are longer than the checkpoints' context "
+                          f"({model_cfg.seq_len}); lower it")
   heads, layers, d_model = validate_model(config)
   train = config_lib.train_config(config)
   context = _int(config, "dynamics.context")
@@ -173,6 +190,10 @@ def validate(config) -> DynamicsSettings:
   checkpoints = _int(config, "dynamics.checkpoints", maximum=train.steps)
   max_n = _int(config, "dynamics.max_n", maximum=16)
   ngram_n = _int(config, "dynamics.ngram_n")
+  vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
+  if vocab ** max_n > 2**63 - 1:  # the exact index packs an n-gram into one int64 key
+    _fail("dynamics.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit the "
+                            "n-gram index's 64-bit keys; lower it")
   if ngram_n > max_n:
     _fail("dynamics.ngram_n", f"n={ngram_n} is larger than the counted order dynamics.max_n="
                               f"{max_n}; raise max_n or lower ngram_n")
@@ -200,7 +221,7 @@ def validate(config) -> DynamicsSettings:
       memorized_threshold=_float(config, "dynamics.memorized_threshold", maximum=1.0),
       predictor=predictor,
       test_fraction=_float(config, "predictor.test_fraction", maximum=0.9),
-      quiet=bool(config.get("quiet", False)))
+      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +250,11 @@ def load_tokens(d: DataSettings, workdir: str):
   source = text_lib.SourceConfig(kind=d.source, paths=d.paths, text_field=d.text_field,
                                  doc_packages=d.doc_packages,
                                  max_documents=d.max_documents or None)
-  tok = text_lib.TokenizerConfig(kind=d.tokenizer,
-                                 vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
+  if d.tokenizer == "checkpoint":
+    tok = text_lib.TokenizerConfig(kind="file", path=d.tokenizer_path)
+  else:
+    tok = text_lib.TokenizerConfig(kind=d.tokenizer,
+                                   vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
   try:
     ds = text_lib.build_text_dataset(source, tok, d.seq_len, text_lib.PoolSizes(), d.seed,
                                      cache_dir=d.cache_dir or os.path.join(workdir, "cache"),
@@ -313,12 +337,30 @@ def width_key(settings, d_model: int, *tokens) -> str:
   s = config_lib.to_jsonable(settings)
   s.pop("quiet")
   s.pop("d_model")
+  if not s["data"].get("tokenizer_path"):  # fields newer than stored widths: their keys stay
+    s["data"].pop("tokenizer_path", None)
+  if s.get("model_paths"):
+    s["checkpoint_files"] = _checkpoint_stats(s["model_paths"])
+  elif "model_paths" in s:
+    s.pop("model_paths")
+    s.pop("model_cfg")
   if s["data"].get("pool_split") == "sequence":  # widths stored before the option keep their keys
     s["data"].pop("pool_split")
   digests = [hashlib.sha256(np.ascontiguousarray(t, np.int32).tobytes()).hexdigest()
              for t in tokens]
   value = {"settings": s, "d_model": int(d_model), "tokens": digests}
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _checkpoint_stats(paths):
+  """(file, size, mtime) of every file of the imported checkpoints: a checkpoint rewritten in
+  place is measured again."""
+  out = []
+  for p in paths:
+    for name in sorted(os.listdir(p)):
+      st = os.stat(os.path.join(p, name))
+      out.append([os.path.join(p, name), st.st_size, st.st_mtime_ns])
+  return out
 
 
 def stored_width(directory, label, key):
@@ -361,12 +403,8 @@ def _log(settings, *args):
 def run_width(settings, cfg, label, train_NxS, samples, index):
   """Trains one width and measures everything of it: (its results dict, its arrays)."""
   from memjax.estimators import dynamics
-  from memjax.model import gpt2
-  from memjax import train as train_lib
   c, k = settings.context, settings.continuation
   tcfg = settings.train
-  s = settings.data.seq_len
-  vocab = cfg.vocab_size
   over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
   scores_C = []
 
@@ -374,10 +412,7 @@ def run_width(settings, cfg, label, train_NxS, samples, index):
     sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
                                       tcfg.vocab_chunk)[0]
     scores_C.append(sc)
-    over["steps"].append(steps)
-    over["mean_score"].append(float(sc.mean()))
-    over["bucket_counts"].append(dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist())
-    over["loss"].append(float(losses[0]))
+    _record(over, steps, sc, float(losses[0]))
     _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "
                    f"{sc.mean():.3f}, buckets {over['bucket_counts'][-1]}")
 
@@ -385,48 +420,122 @@ def run_width(settings, cfg, label, train_NxS, samples, index):
   state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
                                [settings.data.seed], settings.checkpoints, on_segment)
   check_not_diverged(state, label, ["its model"])
-  params_M = state.params
-  params = train_lib.model_slice(params_M, 0)
-  scores_CxB = np.stack(scores_C)
-  buckets_CxB = dynamics.score_buckets(scores_CxB)
-  over["transitions"] = dynamics.transition_matrices(buckets_CxB).tolist()
-  final_scores, final_buckets = scores_CxB[-1], buckets_CxB[-1]
+  return analyze(settings, cfg, label, state.params, np.stack(scores_C), over, samples, index,
+                 t_model)
 
+
+def _record(over, step, scores_B, loss):
+  from memjax.estimators import dynamics
+  over["steps"].append(step)
+  over["mean_score"].append(float(scores_B.mean()))
+  over["bucket_counts"].append(dynamics.bucket_counts(dynamics.score_buckets(scores_B)).tolist())
+  over["loss"].append(loss)
+
+
+def run_checkpoints(settings, label, samples, index):
+  """Scores imported checkpoints (model.paths, in training order) as one stack: the scores at
+  each checkpoint take the place of the training segments, the last checkpoint that of the
+  trained model. (results dict, arrays)."""
+  import jax
+  from memjax.estimators import dynamics
+  from memjax.model import hf
+  cfg, t_model = settings.model_cfg, time.time()
+  if int(samples.max()) >= cfg.vocab_size:
+    _fail("model.paths", f"the tokenizer gives token {int(samples.max())}, outside the "
+                         f"checkpoints' vocabulary of {cfg.vocab_size}")
+  _log(settings, f"loading {len(settings.model_paths)} checkpoints ({hf.describe(cfg)})")
+  cfg, params_M = hf.load_stack(settings.model_paths, cfg.precision)
+  scores_MxB = dynamics.memorization_scores(cfg, params_M, samples, settings.context,
+                                            settings.continuation, settings.batch_size,
+                                            settings.train.vocab_chunk)
+  logp_MxB = _stack_logprobs(cfg, params_M, samples, settings.batch_size)
+  over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": [],
+          "checkpoints": list(settings.model_paths)}
+  for i, path in enumerate(settings.model_paths):
+    loss = float(-logp_MxB[i].mean() * np.log(2))  # nats a token, as the training loss
+    _record(over, i, scores_MxB[i], loss)
+    _log(settings, f"  {os.path.basename(path.rstrip('/'))}: loss {loss:.3f}, mean score "
+                   f"{scores_MxB[i].mean():.3f}, buckets {over['bucket_counts'][-1]}")
+  last_1 = jax.tree.map(lambda x: x[-1:], params_M)  # the last checkpoint, a stack of one
+  return analyze(settings, cfg, label, last_1, scores_MxB, over, samples, index, t_model)
+
+
+def _stack_logprobs(cfg, params_M, samples, batch_size):
+  """Mean log2-probability of tokens 1.. of each sample under each model: [M, B]."""
+  import jax.numpy as jnp
+  from memjax import likelihood
+  out = []
+  for start in range(0, len(samples), batch_size):
+    batch = jnp.asarray(samples[start:start + batch_size], jnp.int32)
+    out.append(np.asarray(likelihood.shared_token_logprobs(cfg, params_M, batch))[..., 1:]
+               .mean(-1))
+  return np.concatenate(out, axis=1)
+
+
+def _grid(settings, cfg, params_1, samples):
+  """Scores of the last model at every (context, continuation) of the grid."""
+  from memjax.estimators import dynamics
   grid, grid_scores = [], {}
+  s = samples.shape[1]
   for cc in settings.contexts:
     for kk in settings.continuations:
       if cc + kk > s:
         grid.append({"context": cc, "continuation": kk, "status": "skipped",
                      "reason": f"context + continuation = {cc + kk} > seq_len = {s}"})
         continue
-      sc = dynamics.memorization_scores(cfg, params_M, samples, cc, kk, settings.batch_size,
-                                        tcfg.vocab_chunk)[0]
+      sc = dynamics.memorization_scores(cfg, params_1, samples, cc, kk, settings.batch_size,
+                                        settings.train.vocab_chunk)[0]
       grid_scores[cc, kk] = sc
       grid.append({"context": cc, "continuation": kk, "status": "ok",
                    "mean_score": float(sc.mean()),
                    "bucket_counts": dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()})
+  return grid, grid_scores
 
+
+def _embeddings(cfg, params, samples, c, final_buckets):
+  from memjax.estimators import dynamics
   emb = dynamics.sample_embeddings(cfg, params, samples, c)
   proj, ratio = dynamics.pca_2d(emb)
   cent = dynamics.centroid_distances(emb, final_buckets)
-  embeddings = {"pca_explained": ratio.tolist(), "centroid_distances": cent["distances"],
+  return proj, {"pca_explained": ratio.tolist(), "centroid_distances": cent["distances"],
                 "relative_centroid_distances": cent["relative"], "spread": cent["spread"],
                 "bucket_counts": cent["counts"], "empty_buckets": cent["empty"]}
 
-  gen = dynamics.greedy_generations(cfg, params_M, samples, c, k, settings.batch_size,
-                                    tcfg.vocab_chunk)[0]
-  steps_out = dynamics.step_dynamics(cfg, params, gen, c, index, settings.ngram_n)
-  div = dynamics.divergence_points(gen, samples, c)
-  effect = dynamics.boundary_effect(steps_out["entropy"], steps_out["count"], div, final_scores,
-                                    settings.window, settings.memorized_threshold)
-  effect["ngram_n"] = settings.ngram_n
 
+def _predictor(settings, samples, final_buckets, vocab):
+  from memjax.estimators import dynamics
+  c = settings.context
   tr, te = dynamics.split_train_test(len(samples), settings.test_fraction, settings.data.seed)
   module, pparams, plosses = dynamics.train_predictor(
       samples[tr, :c], final_buckets[tr], vocab, pcfg=settings.predictor)
   pred = dynamics.predict(module, pparams, samples[te, :c])
   predictor = dynamics.classification_report(final_buckets[te], pred, final_buckets[tr])
   predictor.update(train_samples=int(len(tr)), final_train_loss=float(plosses[-20:].mean()))
+  return predictor
+
+
+def analyze(settings, cfg, label, params_1, scores_CxB, over, samples, index, t_model):
+  """Everything measured of a model whose scores over training (or over checkpoints) are
+  scores_CxB, params_1 its final parameters (a stack of one): (results dict, arrays)."""
+  from memjax.estimators import dynamics
+  from memjax.model import hf
+  from memjax import train as train_lib
+  c, k = settings.context, settings.continuation
+  params = train_lib.model_slice(params_1, 0)
+  buckets_CxB = dynamics.score_buckets(scores_CxB)
+  over["transitions"] = dynamics.transition_matrices(buckets_CxB).tolist()
+  final_scores, final_buckets = scores_CxB[-1], buckets_CxB[-1]
+  grid, grid_scores = _grid(settings, cfg, params_1, samples)
+  proj, embeddings = _embeddings(cfg, params, samples, c, final_buckets)
+
+  gen = dynamics.greedy_generations(cfg, params_1, samples, c, k, settings.batch_size,
+                                    settings.train.vocab_chunk)[0]
+  steps_out = dynamics.step_dynamics(cfg, params, gen, c, index, settings.ngram_n)
+  div = dynamics.divergence_points(gen, samples, c)
+  effect = dynamics.boundary_effect(steps_out["entropy"], steps_out["count"], div, final_scores,
+                                    settings.window, settings.memorized_threshold)
+  effect["ngram_n"] = settings.ngram_n
+  predictor = _predictor(settings, samples, final_buckets, cfg.vocab_size)
 
   arrays = {f"{label}/grid_c{cc}_k{kk}": v for (cc, kk), v in grid_scores.items()}
   arrays.update({f"{label}/scores_per_checkpoint": scores_CxB, f"{label}/pca": proj,
@@ -434,15 +543,24 @@ def run_width(settings, cfg, label, train_NxS, samples, index):
                  f"{label}/entropy_steps": steps_out["entropy"],
                  f"{label}/ngram_count_steps": steps_out["count"], f"{label}/divergence": div})
   result = {
-      "label": label, "layers": settings.layers, "d_model": cfg.d_model,
-      "n_params": gpt2.n_params(cfg), "train_loss": over["loss"][-1],
+      "label": label, "layers": cfg.layers, "d_model": cfg.d_model,
+      "n_params": hf.n_params(cfg), "train_loss": over["loss"][-1],
       "mean_score": float(final_scores.mean()), "over_training": over, "grid": grid,
       "embeddings": embeddings, "decoding_dynamics": effect, "predictor": predictor,
       "seconds": round(time.time() - t_model, 1)}
-  _log(settings, f"{label}: {gpt2.n_params(cfg):,} params, mean score "
+  _log(settings, f"{label}: {hf.n_params(cfg):,} params, mean score "
                  f"{final_scores.mean():.3f}, predictor acc {predictor['accuracy']:.3f} vs "
                  f"majority {predictor['majority_accuracy']:.3f} ({time.time() - t_model:.0f}s)")
   return result, arrays
+
+
+def _models(settings, vocab, seq_len):
+  """The shapes measured: one per sweep.d_model, or the imported checkpoints' one."""
+  from memjax.model import gpt2
+  if settings.model_paths:
+    return [settings.model_cfg]
+  return [gpt2.ModelConfig(vocab, seq_len, settings.layers, d, settings.num_heads)
+          for d in settings.d_model]
 
 
 def main(settings: DynamicsSettings, workdir: str):
@@ -464,15 +582,17 @@ def main(settings: DynamicsSettings, workdir: str):
              "models": [], "widths_reused": []}
   arrays = {}
   store = os.path.join(workdir, "dynamics_models")
-  for d in settings.d_model:
-    cfg = gpt2.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
-    label = f"L{settings.layers}_d{d}"
-    key = width_key(settings, d, train_NxS)
+  for cfg in _models(settings, vocab, s):
+    label = f"L{cfg.layers}_d{cfg.d_model}"
+    key = width_key(settings, cfg.d_model, train_NxS)
     stored = stored_width(store, label, key)
     if stored is not None:
       result, width_arrays = stored
       results["widths_reused"].append(label)
-      _log(settings, f"{label}: stored in {store}, not trained again")
+      _log(settings, f"{label}: stored in {store}, not measured again")
+    elif settings.model_paths:
+      result, width_arrays = run_checkpoints(settings, label, samples, index)
+      store_width(store, label, key, result, width_arrays)
     else:
       result, width_arrays = run_width(settings, cfg, label, train_NxS, samples, index)
       store_width(store, label, key, result, width_arrays)
