@@ -247,12 +247,11 @@ def checkpoint_paths(config, field="model.paths", precision_field="model.precisi
     _fail(field, str(e))
   tokenizers = set()
   for p in paths:
-    file = os.path.join(p, hf.TOKENIZER_FILE)
-    if not os.path.isfile(file):
+    tokenizer = hf.tokenizer_bytes(p)
+    if tokenizer is None:
       _fail(field, f"{p}: no {hf.TOKENIZER_FILE} (the data is tokenized with the checkpoints' "
                    "own tokenizer)")
-    with open(file, "rb") as f:
-      tokenizers.add(f.read())
+    tokenizers.add(tokenizer)
   if len(tokenizers) > 1:
     _fail(field, f"the checkpoints' {hf.TOKENIZER_FILE} files differ; a stack scores one "
                  "tokenization, so give checkpoints of one tokenizer")

@@ -173,11 +173,12 @@ def target_logprobs(h_NxD, w_VxD, targets_N, chunk=DEFAULT_VOCAB_CHUNK):
 def token_logprobs(cfg: gpt2.ModelConfig, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   """log2 p of every token of every sequence under one model: [B, S] fp32 (position 0: -log2 V)."""
   b, s = tokens_BxS.shape
-  params = module_of(cfg).compute_params(cfg, params)
-  h_BxSxD = module_of(cfg).hidden_states(cfg, params, tokens_BxS)
+  arch = module_of(cfg)
+  params = arch.compute_params(cfg, params)
+  h_BxSxD = arch.hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD[:, :-1].reshape(b * (s - 1), h_BxSxD.shape[-1])  # S = 1: zero rows
   targets_N = tokens_BxS[:, 1:].reshape(-1)
-  logp_N = target_logprobs(h_NxD, module_of(cfg).output_embedding(params), targets_N, vocab_chunk)
+  logp_N = target_logprobs(h_NxD, arch.output_embedding(params), targets_N, vocab_chunk)
   first_Bx1 = jnp.full((b, 1), -math.log2(cfg.vocab_size), jnp.float32)
   return jnp.concatenate([first_Bx1, logp_N.reshape(b, s - 1) / LN2], axis=1)
 
@@ -251,10 +252,11 @@ def next_token_stats(cfg, params, tokens_BxS, vocab_chunk=DEFAULT_VOCAB_CHUNK):
   distribution after position t) and `argmax` (the greedy next token after position t).
   """
   b, s = tokens_BxS.shape
-  params = module_of(cfg).compute_params(cfg, params)
-  h_BxSxD = module_of(cfg).hidden_states(cfg, params, tokens_BxS)
+  arch = module_of(cfg)
+  params = arch.compute_params(cfg, params)
+  h_BxSxD = arch.hidden_states(cfg, params, tokens_BxS)
   h_NxD = h_BxSxD.reshape(b * s, -1)
-  w_VxD = module_of(cfg).output_embedding(params)
+  w_VxD = arch.output_embedding(params)
   chunk = effective_chunk(h_NxD.shape[0], w_VxD.shape[0], vocab_chunk)  # as target_logprobs
   lse, mean_logp, var_logp, argmax = _next_token_moments(h_NxD, w_VxD, chunk)
   next_N = jnp.concatenate([tokens_BxS[:, 1:], tokens_BxS[:, :1]], axis=1).reshape(-1)

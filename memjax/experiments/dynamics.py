@@ -565,7 +565,6 @@ def _models(settings, vocab, seq_len):
 
 def main(settings: DynamicsSettings, workdir: str):
   from memjax.estimators import dynamics
-  from memjax.model import gpt2
   from memjax.estimators import ngram as ngram_lib
 
   t0 = time.time()

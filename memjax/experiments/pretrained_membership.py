@@ -76,8 +76,7 @@ def _reference(config, targets_dir, precision):
     hf.read_config(path, precision)
   except hf.CheckpointError as e:
     _fail("model.reference_path", str(e))
-  mine, theirs = (os.path.join(p, hf.TOKENIZER_FILE) for p in (targets_dir, path))
-  if not os.path.isfile(theirs) or open(mine, "rb").read() != open(theirs, "rb").read():
+  if hf.tokenizer_bytes(path) != hf.tokenizer_bytes(targets_dir):
     _fail("model.reference_path", f"{path}: its {hf.TOKENIZER_FILE} is not that of model.paths; "
                                   "the reference must score the same tokens")
   return path

@@ -472,6 +472,15 @@ def load_stack(paths: Sequence[str], precision: str = "fp32"):
   return cfg, _as_tree(arrays)
 
 
+def tokenizer_bytes(path: str) -> bytes | None:
+  """The raw tokenizer.json of a checkpoint directory (to tell two tokenizers apart), or None."""
+  file = os.path.join(path, TOKENIZER_FILE)
+  if not os.path.isfile(file):
+    return None
+  with open(file, "rb") as f:
+    return f.read()
+
+
 def load_tokenizer(path: str):
   """The directory's tokenizer.json as memjax's tokenizer (no special tokens added), or None."""
   from memjax.data import tokenize as tokenize_lib
