@@ -149,7 +149,7 @@ def train_row(cfg, batch, models, steps, calls, single=False, vocab_chunk=4096, 
   elif group:
     fn = lambda s: mapped_train_steps(cfg, tcfg, s, steps, group)
   elif layout:
-    forced = train_lib.StackLayout(1, sequential=layout == "map")
+    forced = train_lib.StackLayout(sequential=layout == "map")
     fn = lambda s: train_lib.train_steps_in_layout(cfg, tcfg, s, steps, layout=forced)
   else:
     fn = lambda s: train_lib.train_steps(cfg, tcfg, s, steps)

@@ -3,10 +3,10 @@
 Everything per model is an array with a leading model axis M: parameters, optimizer state (the
 peak learning rate is an injected hyperparameter, so it is an array too), the data key, the
 dataset size N and the position in the dataset. One step is written for one model and lifted to
-the stack (`lift_to_stack`: `jax.vmap`, or for a stack on one CPU device with big batches
-`lax.map`; see `stack_layout`); `steps_per_call` steps are fused with `lax.scan` so tiny models do not
-pay a dispatch a step. A model whose loss turns NaN or inf is frozen (its update is dropped) and
-marked `diverged`.
+the stack (`lift_to_stack`: on CPUs `lax.map` of the one-model program on each device, so a
+model's floats do not depend on the device layout; on GPUs `jax.vmap`; see `StackLayout`);
+`steps_per_call` steps are fused with `lax.scan` so tiny models do not pay a dispatch a step. A
+model whose loss turns NaN or inf is frozen (its update is dropped) and marked `diverged`.
 
 Saturation (`TrainConfig.saturation_tolerance > 0`): computing the memorization of a whole
 training set inside the scan is too costly, so each model keeps an on-device estimate instead.
@@ -270,52 +270,75 @@ def _track_saturation(cfg, tcfg: TrainConfig, state: StackState, apply, loss, ne
   return new_sat, saturated
 
 
-# A stack on ONE CPU device runs its models one after another (lax.map) once a model's batch holds
-# this many tokens: each model's ops are then big enough for XLA:CPU to spread over the cores,
-# which one vmap over the models does less well (benchmarks/README.md). A stack sharded over
-# several CPU devices (a core each) is vmapped within each device at every batch size: measured
-# faster there than lax.map at 32 to 512 sequences of 32 tokens. On GPUs the stack is vmapped.
-CPU_SEQUENTIAL_MIN_TOKENS = 1024
-
-
 @dataclasses.dataclass(frozen=True)
 class StackLayout:
-  """How one model's step is lifted to a stack: a speed choice only, results are the same."""
-  blocks: int = 1  # contiguous blocks of the model axis, one per device it is sharded over
-  sequential: bool = False  # lax.map over the models of a block instead of vmap
+  """How one model's step is lifted to a stack.
+
+  On CPUs every model runs the one-model program (`lax.map` over the models of each device, the
+  devices side by side under `shard_map`): a model's arithmetic is then the same whatever the
+  number of devices or of models that share one, so rows do not depend on the device layout
+  (tests/test_sharding.py; a vmap over a device's models sums in orders that depend on how many
+  there are, and drifted up to 1.5% in 3,000 steps). On GPUs the models of a stack are vmapped,
+  which the GPU needs to be busy; there results agree between layouts to float rounding only.
+  """
+  sequential: bool = False  # lax.map the one-model program over each device's models
+  mesh: Any = None  # with `sequential`: the devices the model axis is split over (None: one)
 
 
 def stack_layout(cfg, tcfg: TrainConfig, state: StackState) -> StackLayout:
-  """The layout for a stack as it is placed: its device blocks, and vmap or lax.map in each."""
-  leaf = state.step_M
-  models = leaf.shape[0]
-  sharding = getattr(leaf, "sharding", None)
+  """The layout for a stack as it is placed: vmap on GPUs, the one-model program on CPUs."""
+  del cfg, tcfg  # the layout no longer depends on the shapes (kept for callers' symmetry)
+  sharding = getattr(state.step_M, "sharding", None)
   if sharding is None:  # a host array: it will go to the default device
-    blocks, platform = 1, jax.default_backend()
+    platform, devices = jax.default_backend(), 1
   else:
-    blocks = models // sharding.shard_shape(leaf.shape)[0]
-    platform = next(iter(sharding.device_set)).platform
-  per_block = models // blocks
-  big_batch = (platform == "cpu" and blocks == 1
-               and tcfg.batch_size * cfg.seq_len >= CPU_SEQUENTIAL_MIN_TOKENS)
-  # One model a block: lax.map runs the one-model program, without a size-1 batch axis.
-  return StackLayout(blocks, sequential=big_batch or per_block == 1)
+    platform, devices = next(iter(sharding.device_set)).platform, len(sharding.device_set)
+  if platform != "cpu":
+    return StackLayout()
+  mesh = sharding.mesh if devices > 1 and isinstance(sharding, NamedSharding) else None
+  return StackLayout(sequential=True, mesh=mesh)
 
 
 def lift_to_stack(step, state, layout: StackLayout):
-  """`step` (one model's state -> (state, outputs)) applied to every model of a stacked state.
-
-  Sequential blocks are [blocks, models per block] reshapes of the model axis: vmap over the
-  blocks (each lives on its own device, so no data moves) and lax.map within each.
-  """
+  """`step` (one model's state -> (state, outputs)) applied to every model of a stacked state."""
   if not layout.sequential:
     return jax.vmap(step)(state)
-  if layout.blocks == 1:
-    return jax.lax.map(step, state)
-  split = lambda a: a.reshape((layout.blocks, a.shape[0] // layout.blocks) + a.shape[1:])
-  merge = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
-  out = jax.vmap(lambda block: jax.lax.map(step, block))(jax.tree.map(split, state))
-  return jax.tree.map(merge, out)
+  per_device = functools.partial(_map_models, step)
+  if layout.mesh is None:
+    return per_device(state)
+  # Each device maps over its own block of the model axis: no data moves between devices.
+  axis = layout.mesh.axis_names[0]
+  # check_vma=False: the loop's fresh output buffers are not typed as varying over the devices.
+  return jax.shard_map(per_device, mesh=layout.mesh, in_specs=P(axis), out_specs=P(axis),
+                       check_vma=False)(state)
+
+
+def _map_models(step, state_M):
+  """`lax.map(step, state_M)`, compiled the same way for any number of models.
+
+  XLA specializes a loop it can see through: one of a single trip is inlined, and a dynamic
+  slice of a one-model axis becomes a plain copy; the step then fuses with its surroundings
+  into other float arithmetic, so a model alone on its device (8 models on 8 devices) trained
+  to other floats than a model beside others. So the trip count is opaque to XLA, and a lone
+  model's block is given a spare copy that the loop never runs.
+  """
+  m = jax.tree.leaves(state_M)[0].shape[0]
+  size = max(m, 2)
+  if m == 1:
+    state_M = jax.tree.map(lambda a: jnp.concatenate([a, a]), state_M)
+  count = jax.lax.optimization_barrier(jnp.int32(m))
+  out_shape = jax.eval_shape(step, model_slice(state_M, 0))[1]
+  outs_M = jax.tree.map(lambda x: jnp.zeros((size,) + x.shape, x.dtype), out_shape)
+
+  def body(i, carry):
+    states_M, outs_M = carry
+    new_state, out = step(jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, False),
+                                       states_M))
+    put = lambda a, x: jax.lax.dynamic_update_index_in_dim(a, x, i, 0)
+    return jax.tree.map(put, states_M, new_state), jax.tree.map(put, outs_M, out)
+
+  state_M, outs_M = jax.lax.fori_loop(0, count, body, (state_M, outs_M))
+  return jax.tree.map(lambda a: a[:m], (state_M, outs_M))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3), static_argnames=("layout",),

@@ -150,24 +150,24 @@ def test_text_stack_gathers_each_models_members_from_the_shared_corpus():
 
 
 def test_sequential_layout_trains_the_same_models_as_vmap():
-  # lax.map over the models (the CPU layout for big batches) against one vmap over them.
+  # lax.map over the models (the CPU layout) against one vmap over them (the GPU layout).
   vmapped = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
   mapped = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
   vmapped, losses_v = train_lib.train_steps_in_layout(CFG, TCFG, vmapped, 25,
-                                                      layout=train_lib.StackLayout(1, False))
+                                                      layout=train_lib.StackLayout(sequential=False))
   mapped, losses_m = train_lib.train_steps_in_layout(CFG, TCFG, mapped, 25,
-                                                     layout=train_lib.StackLayout(1, True))
+                                                     layout=train_lib.StackLayout(sequential=True))
   np.testing.assert_allclose(losses_m, losses_v, rtol=2e-5, atol=2e-6)
   np.testing.assert_array_equal(mapped.step_M, vmapped.step_M)
   np.testing.assert_array_equal(mapped.data_pos_M, vmapped.data_pos_M)
   np.testing.assert_allclose(mapped.params["wpe"], vmapped.params["wpe"], rtol=1e-4, atol=1e-5)
 
 
-def test_stack_layout_follows_the_batch_and_the_models_per_device():
+def test_a_cpu_stack_runs_the_one_model_program_at_every_batch():
+  # On a CPU the layout is lax.map over the models, whatever the batch or the stack size, so a
+  # model's arithmetic does not depend on the others (tests/test_sharding.py checks devices).
   stack = train_lib.init_stack_from_specs(CFG, TCFG, SPECS)
-  small = TCFG  # 8 x 12 tokens a model step: vmapped
-  big = TrainConfig(batch_size=-(-train_lib.CPU_SEQUENTIAL_MIN_TOKENS // CFG.seq_len))
-  assert train_lib.stack_layout(CFG, small, stack) == train_lib.StackLayout(1, False)
-  assert train_lib.stack_layout(CFG, big, stack) == train_lib.StackLayout(1, True)
+  for tcfg in (TCFG, TrainConfig(batch_size=256)):
+    assert train_lib.stack_layout(CFG, tcfg, stack) == train_lib.StackLayout(sequential=True)
   one = train_lib.init_stack_from_specs(CFG, TCFG, SPECS[:1])
-  assert train_lib.stack_layout(CFG, small, one) == train_lib.StackLayout(1, True)
+  assert train_lib.stack_layout(CFG, TCFG, one) == train_lib.StackLayout(sequential=True)

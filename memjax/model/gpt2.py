@@ -15,6 +15,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # precision -> (compute dtype, parameter dtype). "bf16" is pure bf16: parameters and optimizer
 # state are bf16 too, so an Adam update below half a weight's bf16 spacing rounds away
@@ -82,13 +83,29 @@ def causal_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, dtype):
   if impl != "einsum":
     raise ValueError(f"model.ATTENTION must be auto, einsum, xla or cudnn, got {impl!r}")
   s, k = q_BxSxHxK.shape[1], q_BxSxHxK.shape[-1]
-  # Attention scores and softmax in fp32, as in every stable bf16 recipe.
+  # Attention scores and softmax in fp32, as in every stable bf16 recipe. The scale is a multiply
+  # by the fp32 reciprocal, not a division: XLA rewrites x / c into x * (1 / c) in some programs
+  # (one device) and not in others (a model axis sharded over devices), which made a model's
+  # training depend on the device layout (docs/precision.md).
+  scale = np.float32(1.0) / np.float32(math.sqrt(k))
   scores_BxHxSxS = jnp.einsum("bqhk,bthk->bhqt", q_BxSxHxK, k_BxSxHxK,
-                              preferred_element_type=jnp.float32) / math.sqrt(k)
+                              preferred_element_type=jnp.float32) * scale
   causal_SxS = jnp.tril(jnp.ones((s, s), bool))
   scores_BxHxSxS = jnp.where(causal_SxS, scores_BxHxSxS, jnp.finfo(jnp.float32).min)
-  probs_BxHxSxS = jax.nn.softmax(scores_BxHxSxS, axis=-1).astype(dtype)
+  probs_BxHxSxS = _softmax_last(scores_BxHxSxS).astype(dtype)
   return jnp.einsum("bhqt,bthk->bqhk", probs_BxHxSxS, v_BxSxHxK)
+
+
+def _softmax_last(x):
+  """Softmax over the last axis, normalized by a multiply with the reciprocal of the sum.
+
+  jax.nn.softmax divides by the broadcast sum, and XLA turns that division (and the one in its
+  gradient) into a multiply by the reciprocal in some programs but not in others (a model axis
+  on one device or sharded over several), so the same model trained to different floats by
+  device layout. Written out with the multiply, every program computes the same values.
+  """
+  e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+  return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
 
 
 # Weight gradients with explicit transposes (`contract_rows`): True, False, or None for "on a CPU
