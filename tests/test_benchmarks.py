@@ -194,7 +194,7 @@ def test_score_pretrained_matches_transformers_when_installed():
 
 def test_score_pretrained_flags_are_checked():
   from benchmarks import score_pretrained as sp
-  assert sp.parse_cases("64x8,2048x1") == sp.DEFAULT_CASES
+  assert sp.parse_cases("64x16,2048x2") == sp.DEFAULT_CASES
   for bad in ("64", "1x1", "64x0", "ax8"):
     with pytest.raises(SystemExit):
       sp.main([f"--cases={bad}"])

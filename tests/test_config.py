@@ -69,6 +69,17 @@ def test_bad_values_name_the_field(field, value, needle):
   assert "\n" not in str(e.value)
 
 
+def test_capacity_save_params_is_a_bool_and_off_by_default():
+  config = load_config("capacity")
+  assert config_lib.validate(config).save_params is False
+  del config.sweep["save_params"]  # an older config without the field
+  assert config_lib.validate(config).save_params is False
+  config.sweep.save_params = "yes"
+  with pytest.raises(config_lib.ConfigError, match="^config.sweep.save_params: must be True or "
+                     "False, got 'yes'$"):
+    config_lib.validate(config)
+
+
 def test_dataset_size_that_would_repeat_sequences_is_refused():
   # 2**10 = 1024 sequences: 20 draws repeat about 1% of themselves, 21 more.
   config = load_config("capacity")
