@@ -167,7 +167,7 @@ def export(workdir: str, key: str, out: str, log=print):
   tokenizer_json = tokenizer.to_json() if isinstance(tokenizer, _hf_tokenizer_class()) else None
   files = hf.write_gpt2(out, cfg, params, tokenizer_json)
   i, rows = find_row(workdir, key)
-  log(f"row {rows[i]['key'][:16]} ({rows[i].get('name', '')}; {hf.describe(cfg)}) written to "
+  log(f"row {rows[i]['key'][:16]} ({_row_label(rows[i])}; {hf.describe(cfg)}) written to "
       f"{out}: {', '.join(os.path.basename(f) for f in files)}")
   if tokenizer_json is None and rows[i].get("experiment") == "capacity":
     log("no tokenizer.json: a capacity model's tokens are synthetic ids 0..V-1")
@@ -175,6 +175,13 @@ def export(workdir: str, key: str, out: str, log=print):
     log("no tokenizer.json: the run used the byte tokenizer (token i is byte i), or none was "
         "found in the workdir")
   return files
+
+
+def _row_label(row):
+  """A text row's name; a capacity row (which has none) by its dataset size and seed."""
+  if row.get("name"):
+    return row["name"]
+  return f"{row.get('experiment')} N={row.get('dataset_size')} seed {row.get('seed')}"
 
 
 def _hf_tokenizer_class():
