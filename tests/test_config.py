@@ -29,7 +29,8 @@ def test_default_and_paper_configs_validate():
 
 
 @pytest.mark.parametrize("name", ["capacity", "capacity_paper", "capacity_gpu_check", "text",
-                                  "text_paper", "membership", "dynamics", "distributional"])
+                                  "text_paper", "membership", "dynamics", "distributional",
+                                  "pretrained_distributional"])
 def test_every_config_file_exposes_the_optimizer_fields(name):
   # An override of a field missing from the file fails as unknown: dynamics and distributional
   # lacked these, so their optimizer could not be changed from the command line.

@@ -159,3 +159,55 @@ def test_membership_bad_inputs_name_the_field(tmp_path):
   settings = pm.validate(_membership_config(tmp_path, **{"data.members": str(short)}))
   with pytest.raises(config_lib.ConfigError, match=r"data\.members.*no candidate"):
     pm.main(settings, str(tmp_path / "run"))
+
+
+def _distributional_config(**overrides):
+  small = {"model.paths": NEOX, "data.source": "stdlib_docs", "data.max_documents": 60,
+           "data.seq_len": 24, "data.num_samples": 48, "data.heldout": 16,
+           "distributional.eval_samples": 16, "distributional.context": 8,
+           "distributional.batch_size": 8}
+  config = _config("configs/pretrained_distributional.py", **{**small, **overrides})
+  config.quiet = True
+  return config
+
+
+def test_distributional_on_checkpoints_rows_are_each_checkpoints_alone(tmp_path, capsys):
+  from memjax.experiments import distributional as dist_exp
+  settings = dist_exp.validate(_distributional_config())
+  assert settings.dataset_sizes == (48,)  # the whole counted pool
+  dist_exp.main(settings, str(tmp_path / "both"))
+  printed = capsys.readouterr().out
+  assert "ckpt: the checkpoint's place in model.paths" in printed
+  rows = json.load(open(tmp_path / "both" / "results.json"))["rows"]
+  assert {(r["checkpoint_index"], r["set"], r["n"]) for r in rows} == {
+      (i, s, n) for i in (0, 1) for s in ("heldout", "generated", "train") for n in (2, 3)}
+  assert os.path.isfile(tmp_path / "both" / "distributional.png")
+  for i, path in enumerate(NEOX):
+    alone = dist_exp.validate(_distributional_config(**{"model.paths": (path,)}))
+    dist_exp.main(alone, str(tmp_path / f"alone{i}"))
+    mine = [r for r in rows if r["checkpoint_index"] == i]
+    theirs = json.load(open(tmp_path / f"alone{i}" / "results.json"))["rows"]
+    assert len(mine) == len(theirs) == 6
+    for a, b in zip(mine, theirs):
+      assert a["checkpoint"] == b["checkpoint"] == path
+      assert (a["set"], a["n"], a["n_pairs"]) == (b["set"], b["n"], b["n_pairs"])
+      # The stack rounds differently from one model in the last bits, which can swap a near
+      # tie in the rank correlations: equal to 1e-3 there, the probabilities to 1e-5.
+      for key, tol in (("spearman", 1e-3), ("kendall_tau", 1e-3), ("mean_model_p", 1e-5),
+                       ("mean_ngram_p", 1e-12)):
+        assert a[key] == pytest.approx(b[key], rel=tol, abs=tol, nan_ok=True)
+  # Two different checkpoints give different model probabilities on the same items.
+  by = {(r["checkpoint_index"], r["set"], r["n"]): r for r in rows}
+  assert by[(0, "heldout", 2)]["mean_model_p"] != by[(1, "heldout", 2)]["mean_model_p"]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"model.paths": (NEOX[0], os.path.join(HF, "gpt2_a"))}, "model.paths"),
+    ({"data.tokenizer": "bpe"}, "data.tokenizer"),
+    ({"data.seq_len": 65}, "data.seq_len"),
+    ({"distributional.max_n": 11, "distributional.orders": (2,)}, "distributional.max_n"),
+])
+def test_distributional_on_checkpoints_bad_config_names_the_field(overrides, field):
+  from memjax.experiments import distributional as dist_exp
+  with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+    dist_exp.validate(_distributional_config(**overrides))
