@@ -211,3 +211,51 @@ def test_distributional_on_checkpoints_bad_config_names_the_field(overrides, fie
   from memjax.experiments import distributional as dist_exp
   with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
     dist_exp.validate(_distributional_config(**overrides))
+
+
+def _extraction_config(data_path, **overrides):
+  base = {"model.paths": NEOX, "data.path": data_path, "data.seq_len": 12,
+          "extraction.prefix_lengths": (4, 8), "extraction.batch_size": 4}
+  config = _config("configs/pretrained_extraction.py", **{**base, **overrides})
+  config.quiet = True
+  return config
+
+
+def test_extraction_on_checkpoints(tmp_path, capsys):
+  from memjax.experiments import pretrained_extraction as px
+  # Candidates: neox_a's own greedy continuations of random 4-token prompts (which it must
+  # extract fully from any prefix of 4 or more), and random sequences (which it must not).
+  cfg, params_M = hf.load_stack(NEOX)
+  rng = np.random.default_rng(5)
+  own = np.asarray(extraction.greedy_continue(
+      cfg, jax.tree.map(lambda x: x[:1], params_M), rng.integers(0, 64, (6, 4)), 12))[0]
+  data = tmp_path / "ids.npy"
+  np.save(data, np.concatenate([own, rng.integers(0, 64, (6, 12))]))
+  settings = px.validate(_extraction_config(str(data)))
+  px.main(settings, str(tmp_path / "run"))
+  assert "extraction of 12 candidates of 12 tokens" in capsys.readouterr().out
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "results.jsonl")]
+  assert [r["model"] for r in rows] == list(NEOX)
+  scores = np.load(tmp_path / "run" / "scores.npz")
+  for p in (4, 8):
+    np.testing.assert_array_equal(scores[f"0/exact_{p}"][:6], True)
+    assert not scores[f"0/exact_{p}"][6:].all()
+    assert rows[0]["prefixes"][str(p)]["extracted"] == pytest.approx(
+        scores[f"0/exact_{p}"].mean())
+  for i, path in enumerate(NEOX):  # the stack decodes as each checkpoint alone
+    one_cfg, one = hf.load_stack([path])
+    alone = extraction.extract(one_cfg, one, scores["tokens"], (4, 8), 4)
+    for p in (4, 8):
+      np.testing.assert_array_equal(scores[f"{i}/token_match_{p}"], alone[p]["token_match"][0])
+
+
+def test_extraction_on_checkpoints_bad_fields(tmp_path):
+  from memjax.experiments import pretrained_extraction as px
+  data = tmp_path / "ids.npy"
+  np.save(data, np.zeros((2, 12), np.int64))
+  for overrides, field in (({"extraction.prefix_lengths": (12,)}, "extraction.prefix_lengths"),
+                           ({"data.path": str(tmp_path / "none.txt")}, "data.path"),
+                           ({"data.seq_len": 65}, "data.seq_len"),
+                           ({"model.paths": ()}, "model.paths")):
+    with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+      px.validate(_extraction_config(str(data), **overrides))
