@@ -261,3 +261,17 @@ def test_capacity_export_gives_transformers_the_same_logprobs(capacity_run, tmp_
       -1, torch.as_tensor(tokens[:, 1:, None]))[..., 0].numpy() / math.log(2)
   mine = np.asarray(likelihood.token_logprobs(cfg, params, jnp.asarray(tokens)))[:, 1:]
   assert np.abs(mine - theirs).max() < 1e-5
+
+
+def test_score_reads_capacity_rows_and_their_exports_alike(capacity_run, tmp_path):
+  from memjax import score
+  workdir, rows = capacity_run
+  out_dir = str(tmp_path / "exported")
+  export.export(workdir, rows[0]["key"], out_dir, log=lambda _: None)
+  data = str(tmp_path / "ids.npy")
+  np.save(data, np.random.default_rng(6).integers(0, 16, (3, 8)))
+  out = str(tmp_path / "scores.jsonl")
+  score.run([f"{workdir}@{rows[0]['key']}", out_dir], data, out, quiet=True, log=lambda _: None)
+  with open(out) as f:
+    lines = [json.loads(line) for line in f]
+  assert [l["logp2_tokens"] for l in lines[:3]] == [l["logp2_tokens"] for l in lines[3:]]
