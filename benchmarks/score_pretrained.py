@@ -183,7 +183,9 @@ def run(cfg=PYTHIA_70M, cases=DEFAULT_CASES, models=8, rounds=3, use_torch=True,
   """Makes the checkpoints, times every case, prints the table and returns the report."""
   start = time.time()
   report = {"device": device_line(), "jax": jax.__version__, "model": hf.describe(cfg),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cases": []}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cases": [],
+            # On a shared machine the other jobs' load decides the figures: say what it was.
+            "load_avg_start": _load()}
   log(f"{report['device']}; jax {report['jax']}; {models} checkpoints of {report['model']}")
   with tempfile.TemporaryDirectory(prefix="score_pretrained") as root:
     write_s, paths = _timed(lambda: make_checkpoints(root, cfg, models))
@@ -200,8 +202,17 @@ def run(cfg=PYTHIA_70M, cases=DEFAULT_CASES, models=8, rounds=3, use_torch=True,
         with open(out, "w", encoding="utf-8") as f:
           json.dump(report, f, indent=2)
   report["wall_s"] = time.time() - start
+  report["load_avg_end"] = _load()
   log(format_table(report))
   return report
+
+
+def _load():
+  """The 1-minute load average (runnable processes, all users), or None where there is none."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
 
 
 def format_table(report) -> str:
@@ -221,7 +232,9 @@ def format_table(report) -> str:
         f" | {r['stack_seq_per_s']:.3g} (M={r['models']}) | {r['loop_seq_per_s']:.3g} | "
         f"{r['stack_vs_loop']:.2f}x |")
   lines.append(f"(best of {report['cases'][0]['rounds'] if report['cases'] else 0} rounds; "
-               f"whole run {report.get('wall_s', 0):.0f}s)")
+               f"whole run {report.get('wall_s', 0):.0f}s; 1-minute load average "
+               f"{report.get('load_avg_start')} at the start, {report.get('load_avg_end')} at "
+               f"the end, on {os.cpu_count()} cores)")
   return "\n".join(lines)
 
 

@@ -177,6 +177,7 @@ def test_score_pretrained_on_a_tiny_neox_reports_every_case(capsys):
     assert r["torch_seq_per_s"] is None and r["torch_note"].startswith("skipped")
   printed = capsys.readouterr().out
   assert "| S | batch | memjax seq/s | transformers seq/s" in printed and "| 16 | 1 |" in printed
+  assert "1-minute load average" in printed and "load_avg_end" in report
   assert "cores" in report["device"] or not report["device"].startswith("cpu")
 
 
