@@ -132,7 +132,8 @@ def row_config(workdir: str, key: str, precision: str | None = None):
 
 
 def row_params(workdir: str, key: str, cfg: gpt2.ModelConfig):
-  """The trained parameters of one row (a text run's stored stack), in cfg's parameter dtype."""
+  """The trained parameters of one row (a text run's stored stack, a capacity run's stored
+  chunk), in cfg's parameter dtype."""
   i, rows = find_row(workdir, key)
   row = rows[i]
   _check_exportable(workdir, row)
