@@ -33,6 +33,8 @@ def get_config():
   config.sweep.models_per_chunk = 0
   # Memory of one device for a chunk, GiB; 0: the device's own limit (CPU: 4 GiB shared).
   config.sweep.device_memory_gib = 0.0
+  # Keep each chunk's trained parameters in <workdir>/capacity_params, for memjax.export/score.
+  config.sweep.save_params = False
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 4000

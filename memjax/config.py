@@ -44,6 +44,9 @@ class CapacitySettings:
   quiet: bool
   models_per_chunk: int = 0  # 0: as many as fit the device memory (see sweep.plan_chunks)
   device_memory_gib: float = 0.0  # 0: the device's own limit (CPU: sweep.DEFAULT_CPU_MEMORY_GIB)
+  # Keep each finished chunk's trained parameters (WORKDIR/capacity_params/), so that
+  # memjax.export and memjax.score can read its rows; not part of a model's key.
+  save_params: bool = False
 
 
 # The fields each config section may hold; anything else is a typo and is rejected.
@@ -52,7 +55,7 @@ ALLOWED = {
     "data": {"vocab_size", "seq_len"},
     "model": {"num_heads"},
     "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
-              "learning_rates", "models_per_chunk", "device_memory_gib"},
+              "learning_rates", "models_per_chunk", "device_memory_gib", "save_params"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
     "eval": {"batch_size", "test_size"},
 }
@@ -210,7 +213,8 @@ def validate(config) -> CapacitySettings:
       train=train, eval_batch_size=_int(config, "eval.batch_size"),
       test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)),
       models_per_chunk=_optional(config, "sweep.models_per_chunk", 0, _int, minimum=0),
-      device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False))
+      device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False),
+      save_params=_optional(config, "sweep.save_params", False, _bool))
   for shape in model_shapes(settings):
     for n in dataset_sizes_for(settings, shape):
       if n > max_n:

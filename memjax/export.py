@@ -9,10 +9,12 @@ tokenized with a Hugging Face tokenizer (a trained BPE or a tokenizer.json), its
 
 Which rows: the text experiment keeps the parameters of every stack it trains when
 sweep.save_params=True (configs/text.py sets it), in WORKDIR/text_stacks/stack-<id>.params.npz;
-these rows export. The capacity experiment deletes its checkpoints once its rows are written,
-and the other experiments keep no parameters, so their rows cannot be exported (the error says
-so). A bf16 or bf16-mixed row is written with its bf16 values in fp32, so transformers (fp32)
-gives its log-probabilities up to bf16 rounding of the activations.
+the capacity experiment, with sweep.save_params=True (off by default), keeps each finished
+chunk's in WORKDIR/capacity_params/ (memjax/engine/params_store.py). These rows export; a row
+of a run without the option says to rerun with it, and the other experiments keep no
+parameters, so their rows cannot be exported (the error says so). A bf16 or bf16-mixed row is
+written with its bf16 values in fp32, so transformers (fp32) gives its log-probabilities up to
+bf16 rounding of the activations.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from memjax.engine import params_store
 from memjax.engine import sweep
 from memjax.model import gpt2
 from memjax.model import hf
@@ -102,13 +104,16 @@ def _config_of(row, precision):
     raise ExportError(f"--key: row {row.get('key')} lacks its model shape ({e})") from None
 
 
+EXPORTABLE = ("text", "capacity")
+
+
 def _check_exportable(workdir, row):
   experiment = row.get("experiment")
-  if experiment != "text":
+  if experiment not in EXPORTABLE:
     raise ExportError(
-        f"--key: row {row['key']} is a {experiment} row, and only the text experiment keeps "
-        "trained parameters (with sweep.save_params=True): capacity runs delete their "
-        "checkpoints once their rows are written, and the other experiments keep none")
+        f"--key: row {row['key']} is a {experiment} row, and only the text and capacity "
+        "experiments keep trained parameters (with sweep.save_params=True); the others keep "
+        "none")
 
 
 def row_config(workdir: str, key: str, precision: str | None = None):
@@ -117,37 +122,39 @@ def row_config(workdir: str, key: str, precision: str | None = None):
 
   i, rows = find_row(workdir, key)
   _check_exportable(workdir, rows[i])
-  try:
-    tokenizer = tokenize_lib.load_tokenizer_from_workdir(workdir)
-  except (OSError, ValueError):
-    tokenizer = None
+  tokenizer = None  # a capacity run's tokens are synthetic: it has none
+  if rows[i]["experiment"] == "text":
+    try:
+      tokenizer = tokenize_lib.load_tokenizer_from_workdir(workdir)
+    except (OSError, ValueError):
+      pass
   return _config_of(rows[i], precision), tokenizer
 
 
 def row_params(workdir: str, key: str, cfg: gpt2.ModelConfig):
-  """The trained parameters of one row (a text run's stored stack), in cfg's parameter dtype."""
+  """The trained parameters of one row (a text run's stored stack, a capacity run's stored
+  chunk), in cfg's parameter dtype."""
   i, rows = find_row(workdir, key)
-  _check_exportable(workdir, rows[i])
-  path, j = _stack_params_file(workdir, i, rows)
+  row = rows[i]
+  _check_exportable(workdir, row)
+  if row["experiment"] == "capacity":
+    path, j = params_store.find(workdir, row["key"])
+    where = os.path.join(workdir, params_store.DIR)
+  else:
+    path, j = _stack_params_file(workdir, i, rows)
+    where = os.path.join(workdir, STACKS_DIR)
   if path is None:
     raise ExportError(
-        f"--key: row {rows[i]['key']} has no stored parameters in "
-        f"{os.path.join(workdir, STACKS_DIR)} (the run had sweep.save_params=False, or its "
-        "files were removed); rerun it with --config.sweep.save_params=True")
+        f"--key: row {row['key']} has no stored parameters in {where} (the run had "
+        "sweep.save_params=False, or its files were removed); rerun it with "
+        "--config.sweep.save_params=True")
   template = jax.eval_shape(lambda: gpt2.init_params(cfg, jax.random.key(0)))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   try:
-    with np.load(path) as f:
-      arrays = [f[jax.tree_util.keystr(p)][j] for p, _ in leaves]
+    params = params_store.load_model(path, j, template)
   except (KeyError, IndexError, OSError, ValueError) as e:
     raise ExportError(f"{path}: does not hold model {j} of shape {hf.describe(cfg)} "
                       f"({hf._first_line(e)})") from None
-  for (p, a), x in zip(leaves, arrays):
-    if x.shape != a.shape:
-      raise ExportError(f"{path}: {jax.tree_util.keystr(p)} has shape {list(x.shape)}, the row "
-                        f"says {list(a.shape)}")
-  return jax.tree_util.tree_unflatten(
-      treedef, [jnp.asarray(x).astype(cfg.param_dtype) for x in arrays])
+  return jax.tree.map(lambda x: jnp.asarray(x).astype(cfg.param_dtype), params)
 
 
 def export(workdir: str, key: str, out: str, log=print):
@@ -161,12 +168,21 @@ def export(workdir: str, key: str, out: str, log=print):
   tokenizer_json = tokenizer.to_json() if isinstance(tokenizer, _hf_tokenizer_class()) else None
   files = hf.write_gpt2(out, cfg, params, tokenizer_json)
   i, rows = find_row(workdir, key)
-  log(f"row {rows[i]['key'][:16]} ({rows[i].get('name', '')}; {hf.describe(cfg)}) written to "
+  log(f"row {rows[i]['key'][:16]} ({_row_label(rows[i])}; {hf.describe(cfg)}) written to "
       f"{out}: {', '.join(os.path.basename(f) for f in files)}")
-  if tokenizer_json is None:
+  if tokenizer_json is None and rows[i].get("experiment") == "capacity":
+    log("no tokenizer.json: a capacity model's tokens are synthetic ids 0..V-1")
+  elif tokenizer_json is None:
     log("no tokenizer.json: the run used the byte tokenizer (token i is byte i), or none was "
         "found in the workdir")
   return files
+
+
+def _row_label(row):
+  """A text row's name; a capacity row (which has none) by its dataset size and seed."""
+  if row.get("name"):
+    return row["name"]
+  return f"{row.get('experiment')} N={row.get('dataset_size')} seed {row.get('seed')}"
 
 
 def _hf_tokenizer_class():

@@ -42,6 +42,7 @@ EXPERIMENTS = {
     "distributional": "memjax.experiments.distributional",
     "membership": "memjax.experiments.membership",
     "pretrained_membership": "memjax.experiments.pretrained_membership",
+    "pretrained_extraction": "memjax.experiments.pretrained_extraction",
 }
 
 

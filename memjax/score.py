@@ -3,8 +3,8 @@
     python -m memjax.score --model=DIR [--model=DIR ...] --data=FILE --out=FILE.jsonl
 
 DIR is a Hugging Face checkpoint directory (GPT2LMHeadModel or GPTNeoXForCausalLM: config.json,
-model.safetensors, tokenizer.json), or WORKDIR@KEY, the row KEY of a memjax text run that kept
-its parameters (sweep.save_params=True). FILE is
+model.safetensors, tokenizer.json), or WORKDIR@KEY, the row KEY of a memjax text or capacity run
+that kept its parameters (sweep.save_params=True; a capacity row takes .npy token ids). FILE is
   .txt    one sequence a line (blank lines skipped), tokenized with each model's tokenizer.json,
   .jsonl  one JSON object a line with a string field `text` (blank lines skipped), the same,
   .npy    token ids, an integer array [B, S] that every model scores as it is.
@@ -44,8 +44,8 @@ from memjax.model import hf
 def define_flags():
   """The CLI's flags (defined only when run as a program, so that importing is free of them)."""
   flags.DEFINE_multi_string(
-      "model", None, "A Hugging Face checkpoint directory, or WORKDIR@KEY (a memjax text run's "
-      "row); repeat for several models.")
+      "model", None, "A Hugging Face checkpoint directory, or WORKDIR@KEY (a memjax text or "
+      "capacity run's row); repeat for several models.")
   flags.DEFINE_string("data", None, "Sequences: a .txt, .jsonl (field `text`) or .npy [B, S] "
                       "of token ids.")
   flags.DEFINE_string("out", None, "The .jsonl file to write.")

@@ -160,3 +160,42 @@ def test_a_row_whose_stacks_were_all_skipped_reports_nothing_timed(capsys):
   assert all(s.get("skipped") for s in row["stacks"])
   assert row["one_after_another"]["tokens_per_s"] is None
   assert "one model alone: not timed" in capsys.readouterr().out
+
+
+def test_score_pretrained_on_a_tiny_neox_reports_every_case(capsys):
+  from benchmarks import score_pretrained as sp
+  from memjax.model import gpt_neox
+  cfg = gpt_neox.NeoXConfig(vocab_size=64, seq_len=32, layers=1, d_model=16, num_heads=2,
+                            intermediate_size=32)
+  cases = (sp.Case(8, 2), sp.Case(16, 1))
+  report = sp.run(cfg, cases, models=2, rounds=1, use_torch=False)
+  assert [(r["seq_len"], r["batch"], r["models"]) for r in report["cases"]] == [
+      (8, 2, 2), (16, 1, 2)]
+  for r in report["cases"]:
+    assert r["memjax_seq_per_s"] == pytest.approx(r["batch"] / r["seconds"]["one"])
+    assert r["stack_vs_loop"] == pytest.approx(r["seconds"]["loop"] / r["seconds"]["stack"])
+    assert r["torch_seq_per_s"] is None and r["torch_note"].startswith("skipped")
+  printed = capsys.readouterr().out
+  assert "| S | batch | memjax seq/s | transformers seq/s" in printed and "| 16 | 1 |" in printed
+  assert "1-minute load average" in printed and "load_avg_end" in report
+  assert "cores" in report["device"] or not report["device"].startswith("cpu")
+
+
+def test_score_pretrained_matches_transformers_when_installed():
+  pytest.importorskip("transformers")
+  pytest.importorskip("torch")
+  from benchmarks import score_pretrained as sp
+  from memjax.model import gpt_neox
+  cfg = gpt_neox.NeoXConfig(vocab_size=64, seq_len=16, layers=2, d_model=16, num_heads=2,
+                            intermediate_size=32)
+  report = sp.run(cfg, (sp.Case(16, 2),), models=1, rounds=1, log=lambda _: None)
+  (r,) = report["cases"]
+  assert r["torch_seq_per_s"] > 0 and r["max_abs_logp2_diff"] < 1e-4
+
+
+def test_score_pretrained_flags_are_checked():
+  from benchmarks import score_pretrained as sp
+  assert sp.parse_cases("64x16,2048x2") == sp.DEFAULT_CASES
+  for bad in ("64", "1x1", "64x0", "ax8"):
+    with pytest.raises(SystemExit):
+      sp.main([f"--cases={bad}"])

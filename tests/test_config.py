@@ -29,7 +29,8 @@ def test_default_and_paper_configs_validate():
 
 
 @pytest.mark.parametrize("name", ["capacity", "capacity_paper", "capacity_gpu_check", "text",
-                                  "text_paper", "membership", "dynamics", "distributional"])
+                                  "text_paper", "membership", "dynamics", "distributional",
+                                  "pretrained_distributional"])
 def test_every_config_file_exposes_the_optimizer_fields(name):
   # An override of a field missing from the file fails as unknown: dynamics and distributional
   # lacked these, so their optimizer could not be changed from the command line.
@@ -67,6 +68,17 @@ def test_bad_values_name_the_field(field, value, needle):
     config_lib.validate(config)
   assert str(e.value).startswith(needle), str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_capacity_save_params_is_a_bool_and_off_by_default():
+  config = load_config("capacity")
+  assert config_lib.validate(config).save_params is False
+  del config.sweep["save_params"]  # an older config without the field
+  assert config_lib.validate(config).save_params is False
+  config.sweep.save_params = "yes"
+  with pytest.raises(config_lib.ConfigError, match="^config.sweep.save_params: must be True or "
+                     "False, got 'yes'$"):
+    config_lib.validate(config)
 
 
 def test_dataset_size_that_would_repeat_sequences_is_refused():

@@ -132,6 +132,18 @@ def test_write_gpt2_reimports_to_the_same_logprobs(tmp_path):
   np.testing.assert_array_equal(logp2(cfg2, params2, tokens), logp2(cfg, params, tokens))
 
 
+@pytest.mark.parametrize("name", ["neox_a", "neox_c"])
+def test_write_neox_reimports_to_the_same_logprobs(name, tmp_path):
+  cfg, params = hf.load_params(fixture(name))
+  out = str(tmp_path / "out")
+  hf.write_neox(out, cfg, params)
+  cfg2, params2 = hf.load_params(out)
+  assert cfg2 == cfg
+  tokens, want = expected(name)
+  np.testing.assert_array_equal(logp2(cfg2, params2, tokens), logp2(cfg, params, tokens))
+  assert np.abs(logp2(cfg2, params2, tokens)[:, 1:] - want).max() < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: one line that names the file and the field.
 
@@ -245,6 +257,23 @@ def test_export_loads_in_transformers(tmp_path):
   theirs = torch.log_softmax(logits, -1)[:, :-1].gather(
       -1, torch.as_tensor(tokens[:, 1:, None], dtype=torch.long))[..., 0].numpy() / math.log(2)
   assert np.abs(logp2(cfg, params, tokens)[:, 1:] - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["neox_a", "neox_c"])
+def test_written_neox_loads_in_transformers(name, tmp_path):
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  cfg, params = hf.load_params(fixture(name))
+  out = str(tmp_path / "exported")
+  hf.write_neox(out, cfg, params)
+  model = transformers.GPTNeoXForCausalLM.from_pretrained(
+      out, attn_implementation="eager").eval()
+  tokens, want = expected(name)
+  with torch.no_grad():
+    logits = model(torch.as_tensor(tokens, dtype=torch.long)).logits.float()
+  theirs = torch.log_softmax(logits, -1)[:, :-1].gather(
+      -1, torch.as_tensor(tokens[:, 1:, None], dtype=torch.long))[..., 0].numpy() / math.log(2)
+  assert np.abs(theirs - want).max() < 1e-5
 
 
 def test_pytorch_bin_with_torch(tmp_path):

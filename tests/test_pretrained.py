@@ -159,3 +159,103 @@ def test_membership_bad_inputs_name_the_field(tmp_path):
   settings = pm.validate(_membership_config(tmp_path, **{"data.members": str(short)}))
   with pytest.raises(config_lib.ConfigError, match=r"data\.members.*no candidate"):
     pm.main(settings, str(tmp_path / "run"))
+
+
+def _distributional_config(**overrides):
+  small = {"model.paths": NEOX, "data.source": "stdlib_docs", "data.max_documents": 60,
+           "data.seq_len": 24, "data.num_samples": 48, "data.heldout": 16,
+           "distributional.eval_samples": 16, "distributional.context": 8,
+           "distributional.batch_size": 8}
+  config = _config("configs/pretrained_distributional.py", **{**small, **overrides})
+  config.quiet = True
+  return config
+
+
+def test_distributional_on_checkpoints_rows_are_each_checkpoints_alone(tmp_path, capsys):
+  from memjax.experiments import distributional as dist_exp
+  settings = dist_exp.validate(_distributional_config())
+  assert settings.dataset_sizes == (48,)  # the whole counted pool
+  dist_exp.main(settings, str(tmp_path / "both"))
+  printed = capsys.readouterr().out
+  assert "ckpt: the checkpoint's place in model.paths" in printed
+  rows = json.load(open(tmp_path / "both" / "results.json"))["rows"]
+  assert {(r["checkpoint_index"], r["set"], r["n"]) for r in rows} == {
+      (i, s, n) for i in (0, 1) for s in ("heldout", "generated", "train") for n in (2, 3)}
+  assert os.path.isfile(tmp_path / "both" / "distributional.png")
+  for i, path in enumerate(NEOX):
+    alone = dist_exp.validate(_distributional_config(**{"model.paths": (path,)}))
+    dist_exp.main(alone, str(tmp_path / f"alone{i}"))
+    mine = [r for r in rows if r["checkpoint_index"] == i]
+    theirs = json.load(open(tmp_path / f"alone{i}" / "results.json"))["rows"]
+    assert len(mine) == len(theirs) == 6
+    for a, b in zip(mine, theirs):
+      assert a["checkpoint"] == b["checkpoint"] == path
+      assert (a["set"], a["n"], a["n_pairs"]) == (b["set"], b["n"], b["n_pairs"])
+      # The stack rounds differently from one model in the last bits, which can swap a near
+      # tie in the rank correlations: equal to 1e-3 there, the probabilities to 1e-5.
+      for key, tol in (("spearman", 1e-3), ("kendall_tau", 1e-3), ("mean_model_p", 1e-5),
+                       ("mean_ngram_p", 1e-12)):
+        assert a[key] == pytest.approx(b[key], rel=tol, abs=tol, nan_ok=True)
+  # Two different checkpoints give different model probabilities on the same items.
+  by = {(r["checkpoint_index"], r["set"], r["n"]): r for r in rows}
+  assert by[(0, "heldout", 2)]["mean_model_p"] != by[(1, "heldout", 2)]["mean_model_p"]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"model.paths": (NEOX[0], os.path.join(HF, "gpt2_a"))}, "model.paths"),
+    ({"data.tokenizer": "bpe"}, "data.tokenizer"),
+    ({"data.seq_len": 65}, "data.seq_len"),
+    ({"distributional.max_n": 11, "distributional.orders": (2,)}, "distributional.max_n"),
+])
+def test_distributional_on_checkpoints_bad_config_names_the_field(overrides, field):
+  from memjax.experiments import distributional as dist_exp
+  with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+    dist_exp.validate(_distributional_config(**overrides))
+
+
+def _extraction_config(data_path, **overrides):
+  base = {"model.paths": NEOX, "data.path": data_path, "data.seq_len": 12,
+          "extraction.prefix_lengths": (4, 8), "extraction.batch_size": 4}
+  config = _config("configs/pretrained_extraction.py", **{**base, **overrides})
+  config.quiet = True
+  return config
+
+
+def test_extraction_on_checkpoints(tmp_path, capsys):
+  from memjax.experiments import pretrained_extraction as px
+  # Candidates: neox_a's own greedy continuations of random 4-token prompts (which it must
+  # extract fully from any prefix of 4 or more), and random sequences (which it must not).
+  cfg, params_M = hf.load_stack(NEOX)
+  rng = np.random.default_rng(5)
+  own = np.asarray(extraction.greedy_continue(
+      cfg, jax.tree.map(lambda x: x[:1], params_M), rng.integers(0, 64, (6, 4)), 12))[0]
+  data = tmp_path / "ids.npy"
+  np.save(data, np.concatenate([own, rng.integers(0, 64, (6, 12))]))
+  settings = px.validate(_extraction_config(str(data)))
+  px.main(settings, str(tmp_path / "run"))
+  assert "extraction of 12 candidates of 12 tokens" in capsys.readouterr().out
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "results.jsonl")]
+  assert [r["model"] for r in rows] == list(NEOX)
+  scores = np.load(tmp_path / "run" / "scores.npz")
+  for p in (4, 8):
+    np.testing.assert_array_equal(scores[f"0/exact_{p}"][:6], True)
+    assert not scores[f"0/exact_{p}"][6:].all()
+    assert rows[0]["prefixes"][str(p)]["extracted"] == pytest.approx(
+        scores[f"0/exact_{p}"].mean())
+  for i, path in enumerate(NEOX):  # the stack decodes as each checkpoint alone
+    one_cfg, one = hf.load_stack([path])
+    alone = extraction.extract(one_cfg, one, scores["tokens"], (4, 8), 4)
+    for p in (4, 8):
+      np.testing.assert_array_equal(scores[f"{i}/token_match_{p}"], alone[p]["token_match"][0])
+
+
+def test_extraction_on_checkpoints_bad_fields(tmp_path):
+  from memjax.experiments import pretrained_extraction as px
+  data = tmp_path / "ids.npy"
+  np.save(data, np.zeros((2, 12), np.int64))
+  for overrides, field in (({"extraction.prefix_lengths": (12,)}, "extraction.prefix_lengths"),
+                           ({"data.path": str(tmp_path / "none.txt")}, "data.path"),
+                           ({"data.seq_len": 65}, "data.seq_len"),
+                           ({"model.paths": ()}, "model.paths")):
+    with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+      px.validate(_extraction_config(str(data), **overrides))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from memjax.engine import checkpoint
 from memjax import config as config_lib
 from memjax.engine import jsonio
+from memjax.engine import params_store
 from memjax.estimators import memorization
 from memjax.model import gpt2
 from memjax import report
@@ -144,6 +145,8 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=
             leave=False) as bar:
     evaluation = memorization.evaluate_synthetic(
         shape, state, settings.eval_batch_size, settings.test_size, tcfg.vocab_chunk, bar.update)
+  if settings.save_params:  # before the rows are written: a row then always has its params
+    params_store.save_beside_checkpoints(ckpt_dir, keys, state.params, n)
   ckpts.close()
   return _rows(settings, shape, specs, state, evaluation, time.time() - start)
 

@@ -21,6 +21,12 @@ trains.
    constant side) gives nan with defined=False, never a number.
 
 Outputs: results.json (a row per d_model x N x set x n), distributional.png.
+
+With model.paths (Hugging Face checkpoints, configs/pretrained_distributional.py) nothing is
+trained: the checkpoints load as one stack, the text is cut with their tokenizer, the n-gram
+model is counted on the data.num_samples training sequences (standing in for the pretraining
+corpus, which is far too large to count here) and every checkpoint is correlated on the same
+three sets; a row per checkpoint x set x n, `checkpoint` and `checkpoint_index` in place of N.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ DENOMINATORS = ("context", "continuation")
 ALLOWED = {
     "": {"experiment", "quiet", "data", "model", "sweep", "train", "distributional"},
     "data": dx.ALLOWED["data"] | {"heldout", "pool_split"},
-    "model": {"num_heads", "layers"},
+    "model": {"num_heads", "layers", "paths", "precision"},
     "sweep": {"d_model", "dataset_sizes"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
     "distributional": {"orders", "max_n", "eval_samples", "context", "batch_size", "denominator"},
@@ -69,20 +75,33 @@ class DistributionalSettings:
   batch_size: int
   denominator: str
   quiet: bool
+  model_paths: tuple = ()  # imported checkpoints: scored, not trained
+  model_cfg: object = None  # their shape (gpt2.ModelConfig or gpt_neox.NeoXConfig)
 
 
 def validate(config) -> DistributionalSettings:
   """Check a distributional config; raises ConfigError naming the field."""
   config_lib.check_fields(config, ALLOWED)
   _int = config_lib._int
-  data = dx.validate_data(config, heldout_field="data.heldout")
+  model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
+  data = dx.validate_data(config, heldout_field="data.heldout",
+                          checkpoint_dir=model_paths[0] if model_paths else None)
+  if model_cfg is not None and data.seq_len > model_cfg.seq_len:
+    _fail("data.seq_len", f"{data.seq_len} tokens are longer than the checkpoints' context "
+                          f"({model_cfg.seq_len}); lower it")
   heads, layers, d_model = dx.validate_model(config)
   sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
+  if model_paths:  # one counted corpus: the whole training pool
+    sizes = (data.num_samples,)
   if sizes[-1] > data.num_samples:
     _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training set "
                                  f"data.num_samples={data.num_samples}; lower it or raise that")
   max_n = _int(config, "distributional.max_n", maximum=16)
   orders = tuple(sorted(set(config_lib._int_list(config, "distributional.orders"))))
+  vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
+  if vocab ** max_n > 2**63 - 1:  # the exact index packs an n-gram into one int64 key
+    _fail("distributional.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit "
+                                  "the n-gram index's 64-bit keys; lower it")
   if orders[-1] > max_n:
     _fail("distributional.orders", f"n={orders[-1]} is larger than the counted order "
                                    f"distributional.max_n={max_n}; raise max_n or lower n")
@@ -108,7 +127,7 @@ def validate(config) -> DistributionalSettings:
       train=config_lib.train_config(config), orders=orders, max_n=max_n,
       eval_samples=eval_samples, context=context,
       batch_size=_int(config, "distributional.batch_size"), denominator=denominator,
-      quiet=bool(config.get("quiet", False)))
+      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg)
 
 
 def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position: int,
@@ -138,32 +157,68 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
 
 def run_width(settings, cfg, train_NxS, heldout, members, indexes):
   """Trains one width's models (one per dataset size) and correlates them: its result rows."""
-  from memjax.estimators import dynamics
-  from memjax import likelihood
   from memjax.model import gpt2
-  tcfg, s, sizes = settings.train, settings.data.seq_len, settings.dataset_sizes
+  tcfg, sizes = settings.train, settings.dataset_sizes
   state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
                                        [settings.data.seed] * len(sizes), 1)
   dx.check_not_diverged(state, f"L{cfg.layers}_d{cfg.d_model}", [f"N={n}" for n in sizes])
-  params_M = state.params
-  sets = {"heldout": (heldout, likelihood.shared_token_logprobs(cfg, params_M, heldout), 0),
-          "train": (members, likelihood.shared_token_logprobs(cfg, params_M, members), 0)}
+  heads = [{"d_model": cfg.d_model, "layers": cfg.layers, "n_params": gpt2.n_params(cfg),
+            "dataset_size": int(n), "train_loss": float(losses[i])} for i, n in enumerate(sizes)]
+  return correlate_stack(settings, cfg, state.params, heldout, members,
+                         [indexes[n] for n in sizes], heads)
+
+
+def correlate_stack(settings, cfg, params_M, heldout, members, indexes, heads, batch=None):
+  """The result rows of a stack of M models: model i's rows start with heads[i] and correlate
+  against indexes[i], on the held-out, training and (distributional.context > 0) generated sets.
+  batch: sequences scored at a time (None: a whole set at once).
+  """
+  from memjax.estimators import dynamics
+  from memjax import likelihood
+  sets = {"heldout": (heldout, _shared_logprobs(cfg, params_M, heldout, batch), 0),
+          "train": (members, _shared_logprobs(cfg, params_M, members, batch), 0)}
   if settings.context:
     gen_MxBxS = dynamics.greedy_generations(cfg, params_M, heldout, settings.context,
-                                            s - settings.context, settings.batch_size,
-                                            tcfg.vocab_chunk)
+                                            settings.data.seq_len - settings.context,
+                                            settings.batch_size, settings.train.vocab_chunk)
     sets["generated"] = (gen_MxBxS, likelihood.stack_token_logprobs(cfg, params_M, gen_MxBxS),
                          settings.context)
   rows = []
-  for i, n_train in enumerate(sizes):
+  for i, head in enumerate(heads):
     for name, (tokens, logp, first) in sets.items():
       tok = tokens[i] if tokens.ndim == 3 else tokens
-      for r in correlation_rows(np.asarray(logp[i]), tok, indexes[n_train], settings.orders,
+      for r in correlation_rows(np.asarray(logp[i]), tok, indexes[i], settings.orders,
                                 first, settings.denominator):
-        rows.append({"d_model": cfg.d_model, "layers": cfg.layers,
-                     "n_params": gpt2.n_params(cfg), "dataset_size": int(n_train),
-                     "train_loss": float(losses[i]), "set": name, **r})
+        rows.append({**head, "set": name, **r})
   return rows
+
+
+def _shared_logprobs(cfg, params_M, tokens_BxS, batch_size=None):
+  """log2 p [M, B, S] of shared sequences, batch_size at a time (None: all at once; a
+  Pythia-sized model is scored in batches)."""
+  from memjax import likelihood
+  batch_size = batch_size or len(tokens_BxS)
+  return np.concatenate(
+      [np.asarray(likelihood.shared_token_logprobs(cfg, params_M, tokens_BxS[i:i + batch_size]))
+       for i in range(0, len(tokens_BxS), batch_size)], axis=1)
+
+
+def run_checkpoints(settings, train_NxS, heldout, members, index):
+  """Correlates every imported checkpoint (model.paths) against one n-gram index: its rows."""
+  from memjax.model import hf
+  cfg = settings.model_cfg
+  top = max(int(train_NxS.max()), int(heldout.max()))
+  if top >= cfg.vocab_size:
+    _fail("model.paths", f"the tokenizer gives token {top}, outside the checkpoints' "
+                         f"vocabulary of {cfg.vocab_size}")
+  dx._log(settings, f"loading {len(settings.model_paths)} checkpoints ({hf.describe(cfg)})")
+  cfg, params_M = hf.load_stack(settings.model_paths, cfg.precision)
+  heads = [{"checkpoint": p, "checkpoint_index": i, "d_model": cfg.d_model,
+            "layers": cfg.layers, "n_params": hf.n_params(cfg),
+            "dataset_size": int(len(train_NxS)), "train_loss": None}
+           for i, p in enumerate(settings.model_paths)]
+  return correlate_stack(settings, cfg, params_M, heldout, members,
+                         [index] * len(heads), heads, settings.batch_size)
 
 
 def main(settings: DistributionalSettings, workdir: str):
@@ -182,7 +237,10 @@ def main(settings: DistributionalSettings, workdir: str):
                                            doc_index=False) for n in settings.dataset_sizes}
   rows, reused = [], []
   store = os.path.join(workdir, "distributional_models")
-  for d in settings.d_model:
+  if settings.model_paths:
+    rows = run_checkpoints(settings, train_NxS, heldout, members,
+                           indexes[settings.dataset_sizes[0]])
+  for d in () if settings.model_paths else settings.d_model:
     cfg = gpt2.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
     label = f"L{settings.layers}_d{d}"
     t_model = time.time()
@@ -212,15 +270,20 @@ def main(settings: DistributionalSettings, workdir: str):
 
 
 def report_text(results) -> str:
+  ckpt = any("checkpoint_index" in r for r in results["rows"])
   lines = ["distributional memorization (Spearman rho) and generalization (Kendall tau "
            "distance, (1 - tau) / 2)",
-           f"{'d_model':>7} {'N':>6} {'set':>9} {'n':>2} {'pairs':>7} {'seen':>5} "
-           f"{'spearman':>9} {'kendall':>8} {'gen':>6}"]
+           f"{'d_model':>7} {'ckpt' if ckpt else 'N':>6} {'set':>9} {'n':>2} {'pairs':>7} "
+           f"{'seen':>5} {'spearman':>9} {'kendall':>8} {'gen':>6}"]
   for r in results["rows"]:
     fmt = lambda v, spec="+.3f": "nan*" if not r["defined"] else format(v, spec)
-    lines.append(f"{r['d_model']:>7} {r['dataset_size']:>6} {r['set']:>9} {r['n']:>2} "
+    x = r["checkpoint_index"] if ckpt else r["dataset_size"]
+    lines.append(f"{r['d_model']:>7} {x:>6} {r['set']:>9} {r['n']:>2} "
                  f"{r['n_pairs']:>7} {r['context_seen']:5.2f} {fmt(r['spearman']):>9} "
                  f"{fmt(r['kendall_tau']):>8} {fmt(r['kendall_tau_distance'], '.3f'):>6}")
+  if ckpt:
+    lines.append("ckpt: the checkpoint's place in model.paths; n-grams counted on "
+                 f"{results['rows'][0]['dataset_size']} training sequences of the text")
   if any(not r["defined"] for r in results["rows"]):
     lines.append("nan*: undefined (fewer than 3 usable pairs or a constant side)")
   lines.append(f"({results['seconds']}s; results.json and distributional.png in the workdir)")
@@ -230,6 +293,7 @@ def report_text(results) -> str:
 def write_figure(rows, settings, workdir):
   plt = report.pyplot()
   sets = [s for s in SETS if any(r["set"] == s for r in rows)]
+  x_key = "checkpoint_index" if settings.model_paths else "dataset_size"
   fig, axes = plt.subplots(2, len(sets), figsize=(4.5 * len(sets), 7), squeeze=False)
   for j, name in enumerate(sets):
     # the gray line is "no relation": rho 0, Kendall tau distance 1/2
@@ -237,17 +301,20 @@ def write_figure(rows, settings, workdir):
         ("spearman", "Spearman rho (memorization)", 0.0),
         ("kendall_tau_distance", "(1 - Kendall tau) / 2 (generalization)", 0.5))):
       ax = axes[i][j]
-      for d in settings.d_model:
+      for d in sorted({r["d_model"] for r in rows}):
         for n in settings.orders:
           sel = [r for r in rows if r["set"] == name and r["d_model"] == d and r["n"] == n]
-          x = [r["dataset_size"] for r in sel]
+          x = [r[x_key] for r in sel]
           y = [r[key] if r["defined"] else np.nan for r in sel]
           ax.plot(x, y, "-o", ms=3, label=f"d{d}, n={n}")
           for r in sel:
             if not r["defined"]:
-              ax.plot([r["dataset_size"]], [unrelated], "x", color="red")
-      ax.set_xscale("log", base=2)
-      ax.set_xlabel("training sequences N")
+              ax.plot([r[x_key]], [unrelated], "x", color="red")
+      if settings.model_paths:
+        ax.set_xlabel("checkpoint (model.paths, in order)")
+      else:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training sequences N")
       ax.set_ylabel(ylabel)
       ax.set_title(name, fontsize=9)
       ax.axhline(unrelated, color="gray", lw=0.6)

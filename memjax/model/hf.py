@@ -6,7 +6,7 @@ usually tokenizer.json. `read_config` turns config.json into a memjax model conf
 `load_params` one directory into memjax parameters, `load_stack` several directories of one
 shape into one stacked pytree (leading model axis M), reading one checkpoint at a time into
 arrays allocated once for the whole stack. `write_gpt2` writes a memjax GPT-2 back out in the
-layout `transformers.GPT2LMHeadModel.from_pretrained` reads.
+layout `transformers.GPT2LMHeadModel.from_pretrained` reads, `write_neox` a GPT-NeoX.
 
 Layouts: GPT-2's Conv1D weights are stored [in, out], as memjax's Dense kernels, and its output
 layer is the token embedding (tied); GPT-NeoX's Linear weights are stored [out, in] and are
@@ -517,14 +517,49 @@ def gpt2_config_json(cfg: gpt2.ModelConfig) -> dict:
 def write_gpt2(out_dir: str, cfg: gpt2.ModelConfig, params, tokenizer_json: str | None = None):
   """Writes config.json, model.safetensors (fp32, Hugging Face's names; the tied lm_head left
   out, as save_pretrained does) and tokenizer.json when given. Returns the files written."""
+  return _write_dir(out_dir, cfg, params, gpt2_config_json(cfg), tokenizer_json)
+
+
+def neox_config_json(cfg: gpt_neox.NeoXConfig) -> dict:
+  """config.json of a memjax GPT-NeoX as GPTNeoXForCausalLM, the rotary settings both in
+  transformers 5's rope_parameters and in Pythia's own fields (older readers take those)."""
+  return {
+      "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+      "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.seq_len,
+      "hidden_size": cfg.d_model, "num_hidden_layers": cfg.layers,
+      "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
+      "hidden_act": cfg.hidden_act, "layer_norm_eps": cfg.layer_norm_eps,
+      "use_parallel_residual": cfg.use_parallel_residual,
+      "attention_bias": cfg.attention_bias, "tie_word_embeddings": cfg.tie_word_embeddings,
+      "rope_parameters": {"rope_type": "default", "partial_rotary_factor": cfg.rotary_pct,
+                          "rope_theta": cfg.rotary_base},
+      "rotary_pct": cfg.rotary_pct, "rotary_emb_base": cfg.rotary_base,
+      "attention_dropout": 0.0, "hidden_dropout": 0.0, "use_cache": True,
+      "bos_token_id": None, "eos_token_id": None, "dtype": "float32",
+  }
+
+
+def write_neox(out_dir: str, cfg: gpt_neox.NeoXConfig, params,
+               tokenizer_json: str | None = None):
+  """Writes memjax GPT-NeoX parameters as a GPTNeoXForCausalLM directory (fp32; Linear weights
+  transposed back to [out, in]): what `load_params` reads, and transformers too."""
+  return _write_dir(out_dir, cfg, params, neox_config_json(cfg), tokenizer_json)
+
+
+def _write_dir(out_dir, cfg, params, config_json, tokenizer_json):
+  """config.json, model.safetensors (each file written whole or not at all) and tokenizer.json
+  when given; returns the files written."""
   from safetensors.numpy import save_file
 
   tensors = {}
-  for t in _gpt2_tensors(cfg):
+  for t in tensors_of(cfg):
+    if not t.fields:  # a bias that attention_bias=false leaves out (zeros in memjax)
+      continue
     value = params
     for key in t.path:
       value = value[key]
-    tensors[t.names[0]] = np.ascontiguousarray(np.asarray(value, np.float32))
+    value = np.asarray(value, np.float32)
+    tensors[t.names[0]] = np.ascontiguousarray(value.T if t.transpose else value)
   os.makedirs(out_dir, exist_ok=True)
   written = []
   model_file = os.path.join(out_dir, SAFETENSORS_FILE)
@@ -533,7 +568,7 @@ def write_gpt2(out_dir: str, cfg: gpt2.ModelConfig, params, tokenizer_json: str 
   written.append(model_file)
   config_file = os.path.join(out_dir, CONFIG_FILE)
   with open(config_file, "w", encoding="utf-8") as f:
-    json.dump(gpt2_config_json(cfg), f, indent=2, sort_keys=True)
+    json.dump(config_json, f, indent=2, sort_keys=True)
     f.write("\n")
   written.append(config_file)
   if tokenizer_json is not None:
