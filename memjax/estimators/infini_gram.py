@@ -68,11 +68,11 @@ class IndexFormatError(ValueError):
 
 def available() -> bool:
   """Whether the infini-gram wheel (its engine) can be imported."""
+  import importlib.util
   try:
-    from infini_gram import engine  # noqa: F401
-  except ImportError:
+    return importlib.util.find_spec("infini_gram.engine") is not None
+  except ImportError:  # no infini_gram package at all
     return False
-  return True
 
 
 def separator_id(token_dtype: str) -> int:

@@ -69,11 +69,12 @@ class DistributionalSettings:
   batch_size: int
   denominator: str
   quiet: bool
+  ngram: config_lib.NgramSettings = config_lib.NgramSettings()  # the n-gram counts' backend
 
 
 def validate(config) -> DistributionalSettings:
   """Check a distributional config; raises ConfigError naming the field."""
-  config_lib.check_fields(config, ALLOWED)
+  config_lib.check_fields(config, config_lib.with_ngram_section(ALLOWED, config))
   _int = config_lib._int
   data = dx.validate_data(config, heldout_field="data.heldout")
   heads, layers, d_model = dx.validate_model(config)
@@ -108,7 +109,9 @@ def validate(config) -> DistributionalSettings:
       train=config_lib.train_config(config), orders=orders, max_n=max_n,
       eval_samples=eval_samples, context=context,
       batch_size=_int(config, "distributional.batch_size"), denominator=denominator,
-      quiet=bool(config.get("quiet", False)))
+      quiet=bool(config.get("quiet", False)),
+      ngram=config_lib.ngram_settings(config, data.vocab_size,
+                                      dx.tokenizer_tag(data, data.vocab_size)))
 
 
 def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position: int,
@@ -178,8 +181,8 @@ def main(settings: DistributionalSettings, workdir: str):
   members = train_NxS[: min(settings.eval_samples, settings.dataset_sizes[0])]
   dx._log(settings, f"data: {info['source']}, V={vocab}, {len(train_NxS)} training and "
                     f"{len(heldout_HxS)} held-out sequences of {s} tokens ({time.time() - t0:.1f}s)")
-  indexes = {n: ngram_lib.NgramIndex.build(train_NxS[:n], max_n=settings.max_n, vocab_size=vocab,
-                                           doc_index=False) for n in settings.dataset_sizes}
+  indexes = {n: dx.ngram_counts(settings, train_NxS[:n], vocab, workdir)
+             for n in settings.dataset_sizes}
   rows, reused = [], []
   store = os.path.join(workdir, "distributional_models")
   for d in settings.d_model:
@@ -202,13 +205,20 @@ def main(settings: DistributionalSettings, workdir: str):
     rows += width_rows
   results = {"experiment": "distributional", "data": info,
              "settings": config_lib.to_jsonable(settings), "rows": rows, "widths_reused": reused,
-             "ngram": {int(n): {"tokens": ix.num_tokens,
-                                "distinct": [ix.num_distinct(k) for k in range(1, ix.max_n + 1)]}
-                       for n, ix in indexes.items()},
+             "ngram": {int(n): ngram_summary(ix) for n, ix in indexes.items()},
              "seconds": round(time.time() - t0, 1)}
   jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   write_figure(rows, settings, workdir)
   print(report_text(results))
+
+
+def ngram_summary(index) -> dict:
+  """What results.json says of an n-gram index: tokens, and distinct n-grams where the backend
+  can enumerate them (the exact one), else the infini-gram index's directory."""
+  if hasattr(index, "index_dir"):
+    return {"tokens": index.num_tokens, "backend": "infini_gram", "index_dir": index.index_dir}
+  return {"tokens": index.num_tokens,
+          "distinct": [index.num_distinct(k) for k in range(1, index.max_n + 1)]}
 
 
 def report_text(results) -> str:
