@@ -50,6 +50,12 @@ def test_counts_probs_and_documents_equal_the_exact_index(tmp_path, vocab):
   for a, b in [([1], [2]), ([1, 2], [2, 1]), ([3], [4, 5]), ([1, 2, 1, 2], [0])]:
     np.testing.assert_array_equal(counts.docs_with(a), exact.docs_with(a))
     assert counts.docs_with_both(a, b) == exact.docs_with_both(a, b)
+  # memjax's batched suffix-array search gives what the engine's own count gives
+  engine = ig.InfiniGramCounts(counts.index_dir, vocab, queries="engine")
+  rows = _queries(exact, vocab, 3, rng)
+  np.testing.assert_array_equal(engine.counts(rows), counts.counts(rows))
+  np.testing.assert_array_equal(engine.cond_probs(rows[:, :-1], rows[:, -1], "continuation"),
+                                counts.cond_probs(rows[:, :-1], rows[:, -1], "continuation"))
 
 
 def test_spearman_and_kendall_rows_are_identical(tmp_path):

@@ -26,6 +26,12 @@ backend's count (n-grams never cross document boundaries there either). The othe
   documents with an n-gram       the engine's suffix-array range of the n-gram (`find`), its
                                  pointers read from table.N, mapped to documents by offset.N
 
+Counts are searched in the suffix array itself, all queries of a call at once (`_SuffixArray`, a
+vectorized binary search over the memory-mapped table.N and tokenized.N, comparing bytes as the
+engine does); `queries="engine"` sends each distinct n-gram to the engine's `count` instead (the
+same numbers, measured ~13x slower: the engine starts threads on every call). Documents come from
+the engine's `find`.
+
 infini-gram's own co-occurrence query (`find_cnf`) counts pairs of matches within max_diff_tokens,
 subsampled above max_clause_freq, not documents; it is not used. Enumerating the distinct n-grams
 (`ngrams`, `num_distinct`) is not something a suffix array answers cheaply and is refused.
@@ -320,12 +326,77 @@ def cached_index(tokens_T, lengths_D, vocab_size: int, cache_dir: str,
 # ----------------------------------------------------------------------------- queries
 
 
+QUERY_PATHS = ("numpy", "engine")
+
+
+class _SuffixArray:
+  """Counts in one shard by binary search of its suffix array, many queries at once (numpy).
+
+  The engine's `count` does the same search for one query per call, starting threads each time
+  (measured: 0.1-0.3 ms a call on the loaded 2-core machine, whatever the index size); this runs
+  the ~log2(tokens) steps for all queries together, comparing bytes as the engine does: the
+  suffix array is sorted by the little-endian bytes of tokenized.N, not by token value."""
+
+  def __init__(self, index_dir: str, s: int, dtype):
+    self.ds = np.memmap(os.path.join(index_dir, f"tokenized.{s}"), np.uint8, "r")
+    self.width = np.dtype(dtype).itemsize
+    self.ptr_bytes = _pointer_bytes(self.ds.size)
+    self.sa_RxP = np.memmap(os.path.join(index_dir, f"table.{s}"), np.uint8, "r").reshape(
+        -1, self.ptr_bytes)
+    self.dtype = dtype
+
+  def _pointers(self, ranks_K):
+    raw_KxP = self.sa_RxP[ranks_K]
+    padded_Kx8 = np.zeros((ranks_K.size, 8), np.uint8)
+    padded_Kx8[:, :self.ptr_bytes] = raw_KxP
+    return padded_Kx8.view("<u8").reshape(-1).astype(np.int64)
+
+  def _compare(self, ranks_K, query_KxB):
+    """Sign of (suffix at rank, cut to B bytes) vs query: -1 less, 0 equal, 1 greater."""
+    at_KxB = self._pointers(ranks_K)[:, None] + np.arange(query_KxB.shape[1])
+    past_end_KxB = at_KxB >= self.ds.size  # a suffix cut by the end sorts first, as a prefix
+    suffix_KxB = self.ds[np.minimum(at_KxB, self.ds.size - 1)].astype(np.int16)
+    suffix_KxB[past_end_KxB] = -1
+    differ_KxB = suffix_KxB != query_KxB
+    first_K = differ_KxB.argmax(axis=1)
+    k = np.arange(ranks_K.size)
+    sign_K = np.sign(suffix_KxB[k, first_K] - query_KxB[k, first_K])
+    return np.where(differ_KxB.any(axis=1), sign_K, 0)
+
+  def _bound(self, query_KxB, upper: bool):
+    """Per query, the first rank whose suffix is >= (upper: >) the query."""
+    lo_K = np.zeros(query_KxB.shape[0], np.int64)
+    hi_K = np.full(query_KxB.shape[0], self.sa_RxP.shape[0], np.int64)
+    active_K = lo_K < hi_K
+    while active_K.any():
+      idx = np.flatnonzero(active_K)
+      mid_A = (lo_K[idx] + hi_K[idx]) // 2
+      cmp_A = self._compare(mid_A, query_KxB[idx])
+      right_A = cmp_A <= 0 if upper else cmp_A < 0
+      lo_K[idx] = np.where(right_A, mid_A + 1, lo_K[idx])
+      hi_K[idx] = np.where(right_A, hi_K[idx], mid_A)
+      active_K = lo_K < hi_K
+    return lo_K
+
+  def counts(self, rows_KxN, chunk: int = 1 << 16):
+    out_K = np.zeros(rows_KxN.shape[0], np.int64)
+    for i in range(0, rows_KxN.shape[0], chunk):
+      query_KxB = np.ascontiguousarray(rows_KxN[i:i + chunk].astype(self.dtype)).view(
+          np.uint8).reshape(min(chunk, rows_KxN.shape[0] - i), -1).astype(np.int16)
+      out_K[i:i + chunk] = self._bound(query_KxB, True) - self._bound(query_KxB, False)
+    return out_K
+
+
 class InfiniGramCounts:
   """The query interface of `ngram.NgramIndex` (counts, cond_probs, total, documents), answered
   by the infini-gram engine from an index on disk. Any order n works (max_n is unbounded)."""
 
-  def __init__(self, index_dir: str, vocab_size: int, tokenizer: str = ""):
+  def __init__(self, index_dir: str, vocab_size: int, tokenizer: str = "",
+               queries: str = "numpy"):
     from infini_gram.engine import InfiniGramEngine
+    if queries not in QUERY_PATHS:
+      raise ValueError(f"queries: must be one of {', '.join(QUERY_PATHS)}, got {queries!r}")
+    self.queries, self._shards = queries, {}
     self.info = inspect_index(index_dir)
     check_fits(self.info, vocab_size, tokenizer)
     self.index_dir, self.vocab_size = index_dir, int(vocab_size)
@@ -343,19 +414,30 @@ class InfiniGramCounts:
   _check_order = check_order
 
   def _count_rows(self, rows_KxN: np.ndarray) -> np.ndarray:
-    """Engine counts of distinct rows; rows holding an id outside the vocabulary count 0."""
+    """Counts of K rows (ids checked); a row holding an id outside the vocabulary counts 0."""
     from memjax.estimators import ngram as ngram_lib
     rows_KxN = ngram_lib._as_ngram_rows(rows_KxN, "ngrams_KxN")
     out_K = np.zeros(rows_KxN.shape[0], np.int64)
+    in_vocab_K = (rows_KxN < self.vocab_size).all(axis=1)
+    out_K[in_vocab_K] = self._raw_counts(rows_KxN[in_vocab_K])
+    return out_K
+
+  def _raw_counts(self, rows_KxN: np.ndarray) -> np.ndarray:
+    """Counts of rows of ids <= the separator, each distinct row searched once."""
     if rows_KxN.shape[0] == 0:
-      return out_K
+      return np.zeros(0, np.int64)
     uniq_UxN, inverse_K = np.unique(rows_KxN, axis=0, return_inverse=True)
-    in_vocab_U = (uniq_UxN < self.vocab_size).all(axis=1)
-    counts_U = np.zeros(uniq_UxN.shape[0], np.int64)
-    count = self._engine.engine.count  # the C++ call: the wrapper's checks cost more than it
-    for u in np.flatnonzero(in_vocab_U):
-      counts_U[u] = count(input_ids=uniq_UxN[u].tolist()).count
+    if self.queries == "engine":
+      count = self._engine.engine.count  # the C++ call: the wrapper's checks cost more than it
+      counts_U = np.array([count(input_ids=r.tolist()).count for r in uniq_UxN], np.int64)
+    else:
+      counts_U = sum(self._shard(s).counts(uniq_UxN) for s in range(self.info.shards))
     return counts_U[inverse_K.reshape(-1)]
+
+  def _shard(self, s: int) -> "_SuffixArray":
+    if s not in self._shards:
+      self._shards[s] = _SuffixArray(self.index_dir, s, TOKEN_DTYPES[self.info.token_dtype])
+    return self._shards[s]
 
   def counts(self, ngrams_KxN) -> np.ndarray:
     """Corpus counts of K n-grams of one length n, int64 [K]; unseen (or out-of-vocabulary) -> 0."""
@@ -420,11 +502,10 @@ class InfiniGramCounts:
 
   def _count_with_sep(self, rows_KxN: np.ndarray) -> np.ndarray:
     """Counts of contexts followed by the separator (a document's end), int64 [K]."""
-    uniq_UxN, inverse_K = np.unique(rows_KxN, axis=0, return_inverse=True)
-    count = self._engine.engine.count
-    counts_U = np.array([count(input_ids=r.tolist()).count if (r[:-1] < self.vocab_size).all()
-                         else 0 for r in uniq_UxN], np.int64)
-    return counts_U[inverse_K.reshape(-1)]
+    out_K = np.zeros(rows_KxN.shape[0], np.int64)
+    in_vocab_K = (rows_KxN[:, :-1] < self.vocab_size).all(axis=1)
+    out_K[in_vocab_K] = self._raw_counts(rows_KxN[in_vocab_K])
+    return out_K
 
   def cond_prob(self, context, token: int, denominator: str = "context") -> float:
     context_1xC = np.asarray(context, dtype=np.int64).reshape(1, -1)
