@@ -8,8 +8,9 @@ byte-level (token = byte, V = 256, so the infini-gram index is u16). Each (backe
 a subprocess of its own, so that its peak RSS (the process's and its children's, i.e. the wheel's
 builder) is its own. Queries: 100k 5-grams at random positions of the corpus, counted with
 `counts` (the exact index's lookups; for infini-gram, memjax's batched search of the suffix array
-and, in its own column, the engine's `count`, one C++ call per distinct 5-gram; both must agree). The exact index is built as the experiments build it (max_n=5, no document lists); its
-disk column is its .npz (memjax keeps it in memory; nothing is written by the experiments).
+and, in its own column, the engine's `count`, one C++ call per distinct 5-gram; both must agree).
+The exact index is built as the experiments build it (max_n=5, no document lists); its disk
+column is its .npz (memjax keeps it in memory; nothing is written by the experiments).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def measure(backend: str, num_tokens: int) -> dict:
   return {"backend": backend, "tokens": num_tokens, "docs": int(lengths_D.size),
           "build_s": round(build_s, 1), "build_cpu_s": round(cpu_s, 1), "disk_bytes": disk,
           "peak_rss_bytes": peak * 1024, "corpus_rss_bytes": rss_before * 1024,
-          "query_s": round(query_s, 2), "query_engine_s": engine_s, "queries": QUERIES, "checksum": int(counts_K.sum())}
+          "query_s": round(query_s, 2), "query_engine_s": engine_s, "queries": QUERIES,
+          "checksum": int(counts_K.sum())}
 
 
 def _machine() -> str:

@@ -251,8 +251,9 @@ def corpus_key(tokens_T: np.ndarray, lengths_D: np.ndarray, vocab_size: int) -> 
   return h.hexdigest()[:24]
 
 
-def write_tokenized(out_dir, tokens_T, lengths_D, token_dtype) -> None:
-  """tokenized.0 and offset.0: each document prefixed by the separator, and where each starts."""
+def write_tokenized(out_dir, tokens_T, lengths_D, token_dtype, shard: int = 0) -> None:
+  """tokenized.N and offset.N (N = shard): each document prefixed by the separator, and where
+  each starts. Shards written this way become an index with the wheel's builder (docs/ngram.md)."""
   dtype = TOKEN_DTYPES[token_dtype]
   lengths_D = np.asarray(lengths_D, np.int64)
   starts_D = np.concatenate([[0], np.cumsum(lengths_D + 1)[:-1]])  # separator positions
@@ -261,9 +262,9 @@ def write_tokenized(out_dir, tokens_T, lengths_D, token_dtype) -> None:
   is_sep_P[starts_D] = True
   out_P[is_sep_P] = separator_id(token_dtype)
   out_P[~is_sep_P] = tokens_T
-  out_P.tofile(os.path.join(out_dir, "tokenized.0"))
+  out_P.tofile(os.path.join(out_dir, f"tokenized.{shard}"))
   (starts_D * np.dtype(dtype).itemsize).astype(np.uint64).tofile(
-      os.path.join(out_dir, "offset.0"))
+      os.path.join(out_dir, f"offset.{shard}"))
 
 
 def _run_builder(tmp_dir, token_dtype, ds_bytes) -> None:

@@ -193,7 +193,8 @@ def validate(config) -> DynamicsSettings:
   ngram_n = _int(config, "dynamics.ngram_n")
   vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
   ngram = config_lib.ngram_settings(config, vocab, tokenizer_tag(data, vocab))
-  if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:  # the exact index packs an n-gram into one int64 key
+  # the exact index packs an n-gram into one int64 key; infini-gram has no such limit
+  if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:
     _fail("dynamics.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit the "
                             "n-gram index's 64-bit keys; lower it")
   if ngram_n > max_n:
