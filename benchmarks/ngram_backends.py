@@ -5,8 +5,8 @@
 The corpus is real text that needs no download: the Python source files of this interpreter's
 standard library, then of its installed packages (sorted by path, one document a file), tokenized
 byte-level (token = byte, V = 256, so the infini-gram index is u16). Each (backend, size) runs in
-a subprocess of its own, so that its peak RSS (the process's and its children's, i.e. the wheel's
-builder) is its own. Queries: 100k 5-grams at random positions of the corpus, counted with
+a subprocess of its own, so that its peak RSS is its own: the process's (with the corpus, loaded
+before the build: its own column) and its children's (the wheel's builder, for infini-gram). Queries: 100k 5-grams at random positions of the corpus, counted with
 `counts` (the exact index's lookups; for infini-gram, memjax's batched search of the suffix array
 and, in its own column, the engine's `count`, one C++ call per distinct 5-gram; both must agree).
 The exact index is built as the experiments build it (max_n=5, no document lists); its disk
@@ -59,10 +59,11 @@ def corpus(num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _query_rows(tokens_T, lengths_D, seed=0):
   """QUERIES 5-grams starting at random positions that leave 5 tokens in their document."""
-  ends_T = np.repeat(np.cumsum(lengths_D), lengths_D)
-  starts = np.flatnonzero(ends_T - np.arange(tokens_T.size) >= QUERY_N)
-  picks = np.random.default_rng(seed).choice(starts, QUERIES)
-  return tokens_T[picks[:, None] + np.arange(QUERY_N)]
+  ends_D = np.cumsum(lengths_D)
+  picks = np.random.default_rng(seed).integers(0, tokens_T.size, 2 * QUERIES)
+  # small arrays only: the corpus is what the peak RSS should hold besides the index
+  fits = ends_D[np.searchsorted(ends_D, picks, "right")] - picks >= QUERY_N
+  return tokens_T[picks[fits][:QUERIES, None] + np.arange(QUERY_N)]
 
 
 def _dir_bytes(path):
@@ -101,13 +102,14 @@ def measure(backend: str, num_tokens: int) -> dict:
       engine_K = infini_gram.InfiniGramCounts(index_dir, 256, queries="engine").counts(rows_KxN)
       engine_s = round(time.time() - t0, 2)
       assert (engine_K == counts_K).all(), "numpy search and engine counts differ"
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    builder_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return {"backend": backend, "tokens": num_tokens, "docs": int(lengths_D.size),
           "build_s": round(build_s, 1), "build_cpu_s": round(cpu_s, 1), "disk_bytes": disk,
           "peak_rss_bytes": peak * 1024, "corpus_rss_bytes": rss_before * 1024,
+          "builder_peak_rss_bytes": builder_peak * 1024,
           "query_s": round(query_s, 2), "query_engine_s": engine_s, "queries": QUERIES,
           "checksum": int(counts_K.sum())}
 
@@ -121,12 +123,13 @@ def _machine() -> str:
 
 def table(rows) -> str:
   lines = [f"{'tokens':>8} {'backend':>11} {'build':>7} {'CPU':>7} {'disk':>9} {'peak RSS':>9} "
-           f"{'100k 5-gram counts':>19} {'(engine count)':>14}"]
+           f"{'of it corpus':>12} {'builder':>8} {'100k 5-gram counts':>19} {'(engine count)':>14}"]
   for r in rows:
     engine = "" if r["query_engine_s"] is None else f"{r['query_engine_s']:.2f}s"
     lines.append(f"{r['tokens'] / 1e6:>7.0f}M {r['backend']:>11} {r['build_s']:>6.1f}s "
                  f"{r['build_cpu_s']:>6.1f}s {r['disk_bytes'] / 2**30:>7.2f}G "
-                 f"{r['peak_rss_bytes'] / 2**30:>8.2f}G {r['query_s']:>18.2f}s "
+                 f"{r['peak_rss_bytes'] / 2**30:>8.2f}G {r['corpus_rss_bytes'] / 2**30:>11.2f}G "
+                 f"{r['builder_peak_rss_bytes'] / 2**30:>7.2f}G {r['query_s']:>18.2f}s "
                  f"{engine:>14}")
   return "\n".join(lines)
 
