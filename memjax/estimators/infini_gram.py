@@ -340,7 +340,6 @@ class _SuffixArray:
 
   def __init__(self, index_dir: str, s: int, dtype):
     self.ds = np.memmap(os.path.join(index_dir, f"tokenized.{s}"), np.uint8, "r")
-    self.width = np.dtype(dtype).itemsize
     self.ptr_bytes = _pointer_bytes(self.ds.size)
     self.sa_RxP = np.memmap(os.path.join(index_dir, f"table.{s}"), np.uint8, "r").reshape(
         -1, self.ptr_bytes)
@@ -390,7 +389,8 @@ class _SuffixArray:
 
 class InfiniGramCounts:
   """The query interface of `ngram.NgramIndex` (counts, cond_probs, total, documents), answered
-  by the infini-gram engine from an index on disk. Any order n works (max_n is unbounded)."""
+  from an infini-gram index on disk: counts by a batched search of its suffix array (or the
+  engine's `count`, queries="engine"), documents by the engine's `find`. Any order n works."""
 
   def __init__(self, index_dir: str, vocab_size: int, tokenizer: str = "",
                queries: str = "numpy"):
@@ -404,7 +404,7 @@ class InfiniGramCounts:
     self.max_n = sys.maxsize
     self.sep = separator_id(self.info.token_dtype)
     self.num_docs, self.num_tokens = self.info.num_docs, self.info.num_tokens
-    # eos_token_id only steers the engine's generation helpers, which memjax does not call
+    # the queries used here do not read eos_token_id (the separator is fixed by the width)
     self._engine = InfiniGramEngine(index_dir=index_dir, eos_token_id=0, vocab_size=self.sep,
                                     token_dtype=self.info.token_dtype)
 

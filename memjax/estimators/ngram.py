@@ -52,7 +52,8 @@ Queries: 100k 5-gram counts take ~0.2 s CPU on the 10M index; per-position stati
 with doc_index, ~105 without) and time slightly more than linear (sorting). Extrapolated, not
 measured: 100M such tokens would peak at about 13 GiB with doc_index (about 11 GiB without),
 keep an index of about 8 GiB, and take about 3.5-4 minutes of CPU (longer wall time on a busy
-machine), so it fits a 24 GiB, 2-core machine.
+machine), so it fits a 24 GiB, 2-core machine. On real text (byte-level Python source), measured
+at 10M and 100M tokens against the infini-gram backend (`infini_gram.py`): docs/ngram.md.
 """
 
 from __future__ import annotations
