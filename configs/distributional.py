@@ -65,4 +65,11 @@ def get_config():
   # n-gram P(tok | ctx) = count(ctx + tok) / count(ctx) ("context") or / occurrences of ctx
   # followed by a token ("continuation", a proper distribution)
   config.distributional.denominator = "context"
+
+  # n-gram counts of the training corpus: "exact" (in memory) or "infini_gram" (the infini-gram
+  # engine's suffix array on disk; identical counts). index_dir: an existing infini-gram index
+  # (e.g. the Pile with the model's tokenizer); "": built from the training tokens, cached.
+  config.ngram = ml_collections.ConfigDict()
+  config.ngram.backend = "exact"
+  config.ngram.index_dir = ""
   return config

@@ -79,4 +79,11 @@ def get_config():
   config.predictor.batch_size = 64
   config.predictor.learning_rate = 3e-3
   config.predictor.test_fraction = 0.25
+
+  # n-gram counts of the training corpus: "exact" (in memory) or "infini_gram" (the infini-gram
+  # engine's suffix array on disk; identical counts). index_dir: an existing infini-gram index
+  # (e.g. the Pile with the model's tokenizer); "": built from the training tokens, cached.
+  config.ngram = ml_collections.ConfigDict()
+  config.ngram.backend = "exact"
+  config.ngram.index_dir = ""
   return config

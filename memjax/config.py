@@ -236,6 +236,51 @@ def _optional(config, field, default, check, **kwargs):
   return check(config, field, **kwargs)
 
 
+NGRAM_BACKENDS = ("exact", "infini_gram")
+NGRAM_FIELDS = {"backend", "index_dir"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NgramSettings:
+  backend: str = "exact"  # or "infini_gram" (the infini-gram wheel's suffix-array engine)
+  index_dir: str = ""  # an infini-gram index; "": built from the training tokens, in the cache
+
+
+def with_ngram_section(allowed, config):
+  """`allowed` with the optional ngram section (configs older than it have none)."""
+  if "ngram" not in config.keys():
+    return allowed
+  return {**allowed, "": allowed[""] | {"ngram"}, "ngram": NGRAM_FIELDS}
+
+
+def ngram_settings(config, vocab_size: int, tokenizer: str = "") -> NgramSettings:
+  """config.ngram -> NgramSettings (defaults where the section is absent); an index_dir is
+  checked against the model's vocabulary (and tokenizer, where its manifest names one) now."""
+  if "ngram" not in config.keys():
+    return NgramSettings()
+  backend = _str(config, "ngram.backend", NGRAM_BACKENDS)
+  index_dir = os.path.expanduser(_optional(config, "ngram.index_dir", "", _str))
+  if backend == "exact":
+    if index_dir:
+      _fail("ngram.index_dir", f"ngram.backend='exact' counts in memory and reads no index, so "
+                               f"{index_dir!r} would be ignored; clear it or set "
+                               "ngram.backend='infini_gram'")
+    return NgramSettings()
+  from memjax.estimators import infini_gram
+  if not infini_gram.available():
+    _fail("ngram.backend", "'infini_gram' needs the infini-gram package (pip install infini-gram)")
+  if index_dir:
+    try:
+      infini_gram.check_fits(infini_gram.inspect_index(index_dir), vocab_size, tokenizer)
+    except infini_gram.IndexFormatError as e:
+      _fail("ngram.index_dir", str(e))
+  elif vocab_size > infini_gram.separator_id("u16"):
+    _fail("ngram.index_dir", f"memjax builds u8/u16 indexes (vocabularies up to 65,535 tokens), "
+                             f"the model has {vocab_size:,}; build a u32 index elsewhere and "
+                             "name it here")
+  return NgramSettings(backend, index_dir)
+
+
 def checkpoint_paths(config, field="model.paths", precision_field="model.precision"):
   """(paths, model config, precision) of the Hugging Face checkpoints a config imports, or
   ((), None, "fp32") when it names none; ConfigError naming the field on a bad directory."""

@@ -330,3 +330,25 @@ def test_a_diverged_model_stops_with_one_line_naming_the_learning_rate(module, a
     else:
       module.run_width(settings, cfg, tokens, tokens[:16], tokens[:8], {})
   assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# Two CLI runs each (about a minute on 2 cores): left to -m slow; tests/test_infini_gram.py checks
+# the same equality on the estimators in seconds.
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [TINY_DYNAMICS, TINY_DISTRIBUTIONAL], ids=["dynamics", "dist"])
+def test_the_infini_gram_backend_gives_the_exact_backends_results(args, tmp_path):
+  pytest.importorskip("infini_gram.engine")
+  for backend in ("exact", "infini_gram"):
+    proc = run_main([*args, f"--config.ngram.backend={backend}"], tmp_path / backend)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  exact, ig = (json.loads((tmp_path / b / "results.json").read_text())
+               for b in ("exact", "infini_gram"))
+  same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # nan == nan
+  if "rows" in exact:  # distributional: every correlation row
+    assert same(ig["rows"], exact["rows"])
+  else:  # dynamics: the corpus counts along decoding, and the figure's numbers made of them
+    assert same(ig["models"][0]["decoding_dynamics"], exact["models"][0]["decoding_dynamics"])
+    counts = [np.load(tmp_path / b / "scores.npz")["L1_d16/ngram_count_steps"]
+              for b in ("exact", "infini_gram")]
+    np.testing.assert_array_equal(*counts)
+  assert os.listdir(tmp_path / "infini_gram" / "cache" / "infini_gram")  # built in the cache

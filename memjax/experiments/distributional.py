@@ -77,11 +77,12 @@ class DistributionalSettings:
   quiet: bool
   model_paths: tuple = ()  # imported checkpoints: scored, not trained
   model_cfg: object = None  # their shape (gpt2.ModelConfig or gpt_neox.NeoXConfig)
+  ngram: config_lib.NgramSettings = config_lib.NgramSettings()  # the n-gram counts' backend
 
 
 def validate(config) -> DistributionalSettings:
   """Check a distributional config; raises ConfigError naming the field."""
-  config_lib.check_fields(config, ALLOWED)
+  config_lib.check_fields(config, config_lib.with_ngram_section(ALLOWED, config))
   _int = config_lib._int
   model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
   data = dx.validate_data(config, heldout_field="data.heldout",
@@ -99,7 +100,9 @@ def validate(config) -> DistributionalSettings:
   max_n = _int(config, "distributional.max_n", maximum=16)
   orders = tuple(sorted(set(config_lib._int_list(config, "distributional.orders"))))
   vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
-  if vocab ** max_n > 2**63 - 1:  # the exact index packs an n-gram into one int64 key
+  ngram = config_lib.ngram_settings(config, vocab, dx.tokenizer_tag(data, vocab))
+  # The exact index packs an n-gram into one int64 key.
+  if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:
     _fail("distributional.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit "
                                   "the n-gram index's 64-bit keys; lower it")
   if orders[-1] > max_n:
@@ -127,7 +130,8 @@ def validate(config) -> DistributionalSettings:
       train=config_lib.train_config(config), orders=orders, max_n=max_n,
       eval_samples=eval_samples, context=context,
       batch_size=_int(config, "distributional.batch_size"), denominator=denominator,
-      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg)
+      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg,
+      ngram=ngram)
 
 
 def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position: int,
@@ -233,8 +237,8 @@ def main(settings: DistributionalSettings, workdir: str):
   members = train_NxS[: min(settings.eval_samples, settings.dataset_sizes[0])]
   dx._log(settings, f"data: {info['source']}, V={vocab}, {len(train_NxS)} training and "
                     f"{len(heldout_HxS)} held-out sequences of {s} tokens ({time.time() - t0:.1f}s)")
-  indexes = {n: ngram_lib.NgramIndex.build(train_NxS[:n], max_n=settings.max_n, vocab_size=vocab,
-                                           doc_index=False) for n in settings.dataset_sizes}
+  indexes = {n: dx.ngram_counts(settings, train_NxS[:n], vocab, workdir)
+             for n in settings.dataset_sizes}
   rows, reused = [], []
   store = os.path.join(workdir, "distributional_models")
   if settings.model_paths:
@@ -260,13 +264,20 @@ def main(settings: DistributionalSettings, workdir: str):
     rows += width_rows
   results = {"experiment": "distributional", "data": info,
              "settings": config_lib.to_jsonable(settings), "rows": rows, "widths_reused": reused,
-             "ngram": {int(n): {"tokens": ix.num_tokens,
-                                "distinct": [ix.num_distinct(k) for k in range(1, ix.max_n + 1)]}
-                       for n, ix in indexes.items()},
+             "ngram": {int(n): ngram_summary(ix) for n, ix in indexes.items()},
              "seconds": round(time.time() - t0, 1)}
   jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   write_figure(rows, settings, workdir)
   print(report_text(results))
+
+
+def ngram_summary(index) -> dict:
+  """What results.json says of an n-gram index: tokens, and distinct n-grams where the backend
+  can enumerate them (the exact one), else the infini-gram index's directory."""
+  if hasattr(index, "index_dir"):
+    return {"tokens": index.num_tokens, "backend": "infini_gram", "index_dir": index.index_dir}
+  return {"tokens": index.num_tokens,
+          "distinct": [index.num_distinct(k) for k in range(1, index.max_n + 1)]}
 
 
 def report_text(results) -> str:

@@ -110,6 +110,7 @@ class DynamicsSettings:
   quiet: bool
   model_paths: tuple = ()  # imported checkpoints, in training order: scored, not trained
   model_cfg: object = None  # their shape (gpt2.ModelConfig or gpt_neox.NeoXConfig)
+  ngram: config_lib.NgramSettings = config_lib.NgramSettings()  # the n-gram counts' backend
 
 
 def validate_data(config, heldout_field: str | None = None,
@@ -166,7 +167,7 @@ def validate_model(config, field="sweep.d_model"):
 def validate(config) -> DynamicsSettings:
   """Check a dynamics config; raises ConfigError naming the field."""
   from memjax.estimators import dynamics
-  config_lib.check_fields(config, ALLOWED)
+  config_lib.check_fields(config, config_lib.with_ngram_section(ALLOWED, config))
   _int, _float = config_lib._int, config_lib._float
   model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
   data = validate_data(config, checkpoint_dir=model_paths[0] if model_paths else None)
@@ -191,7 +192,9 @@ def validate(config) -> DynamicsSettings:
   max_n = _int(config, "dynamics.max_n", maximum=16)
   ngram_n = _int(config, "dynamics.ngram_n")
   vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
-  if vocab ** max_n > 2**63 - 1:  # the exact index packs an n-gram into one int64 key
+  ngram = config_lib.ngram_settings(config, vocab, tokenizer_tag(data, vocab))
+  # the exact index packs an n-gram into one int64 key; infini-gram has no such limit
+  if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:
     _fail("dynamics.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit the "
                             "n-gram index's 64-bit keys; lower it")
   if ngram_n > max_n:
@@ -221,7 +224,8 @@ def validate(config) -> DynamicsSettings:
       memorized_threshold=_float(config, "dynamics.memorized_threshold", maximum=1.0),
       predictor=predictor,
       test_fraction=_float(config, "predictor.test_fraction", maximum=0.9),
-      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg)
+      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg,
+      ngram=ngram)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +335,32 @@ def check_not_diverged(state, label, names):
 # added) trains only the widths that are not stored yet.
 
 
+def tokenizer_tag(data: DataSettings, vocab: int) -> str:
+  """Names the tokenization in an infini-gram index's manifest: a checkpoint's tokenizer.json by
+  its hash, memjax's own tokenizers by kind and vocabulary."""
+  if data.tokenizer_path:
+    with open(data.tokenizer_path, "rb") as f:
+      return f"tokenizer.json sha256:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+  return f"memjax {data.tokenizer if data.source != 'synthetic' else 'synthetic'}, V={vocab}"
+
+
+def ngram_counts(settings, docs, vocab: int, workdir: str):
+  """The n-gram counts of `docs` (the training set) through settings.ngram: the exact in-memory
+  index or infini-gram (its index_dir, or one built once under the data cache)."""
+  from memjax.estimators import infini_gram
+  from memjax.estimators import ngram as ngram_lib
+  cache = settings.data.cache_dir or os.path.join(workdir, "cache")
+  try:
+    return ngram_lib.corpus_counts(docs, settings.max_n, vocab, settings.ngram.backend,
+                                   settings.ngram.index_dir, cache,
+                                   tokenizer_tag(settings.data, vocab))
+  except infini_gram.IndexFormatError as e:
+    raise ConfigError(f"config.ngram.index_dir: {e}") from None
+  except OSError as e:
+    raise ConfigError(f"config.data.cache_dir: cannot write the infini-gram index under "
+                      f"{cache!r} ({e.strerror or e}); give a writable directory") from None
+
+
 def width_key(settings, d_model: int, *tokens) -> str:
   """A stable id of everything a width's results depend on: its settings but `quiet` and the other
   widths, its width, and the token arrays themselves (a corpus edited in place changes it)."""
@@ -346,6 +376,8 @@ def width_key(settings, d_model: int, *tokens) -> str:
     s.pop("model_cfg")
   if s["data"].get("pool_split") == "sequence":  # widths stored before the option keep their keys
     s["data"].pop("pool_split")
+  if s.get("ngram") == config_lib.to_jsonable(config_lib.NgramSettings()):
+    s.pop("ngram")  # the default backend: widths stored before the option keep their keys
   digests = [hashlib.sha256(np.ascontiguousarray(t, np.int32).tobytes()).hexdigest()
              for t in tokens]
   value = {"settings": s, "d_model": int(d_model), "tokens": digests}
@@ -565,7 +597,6 @@ def _models(settings, vocab, seq_len):
 
 def main(settings: DynamicsSettings, workdir: str):
   from memjax.estimators import dynamics
-  from memjax.estimators import ngram as ngram_lib
 
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -574,8 +605,7 @@ def main(settings: DynamicsSettings, workdir: str):
   samples = train_NxS[: settings.score_samples]
   _log(settings, f"data: {info['source']}, V={vocab}, {len(train_NxS)} training sequences of "
                  f"{s} tokens, {len(samples)} scored ({time.time() - t0:.1f}s)")
-  index = ngram_lib.NgramIndex.build(train_NxS, max_n=settings.max_n, vocab_size=vocab,
-                                     doc_index=False)
+  index = ngram_counts(settings, train_NxS, vocab, workdir)
   results = {"experiment": "dynamics", "data": info,
              "settings": config_lib.to_jsonable(settings), "buckets": list(dynamics.BUCKET_LABELS),
              "models": [], "widths_reused": []}
