@@ -326,7 +326,8 @@ def _check_schedule(tcfg: TrainConfig):
   if tcfg.decay_fraction <= 0:
     _fail("train.decay_fraction", f"must be > 0 with train.schedule='wsd' (the fraction of "
                                   f"train.steps the decay takes), got {tcfg.decay_fraction!r}")
-  if tcfg.warmup_steps + tcfg.decay_steps > tcfg.steps:
+  # (A warmup as long as the run is only warned about, below, as for a cosine.)
+  if tcfg.warmup_steps < tcfg.steps < tcfg.warmup_steps + tcfg.decay_steps:
     _fail("train.decay_fraction",
           f"a decay of {tcfg.decay_steps:,} steps ({tcfg.decay_fraction:g} of train.steps="
           f"{tcfg.steps:,}) after train.warmup_steps={tcfg.warmup_steps:,} ends beyond "

@@ -77,8 +77,8 @@ class TrainConfig:
   # found (or where it must start to end at `steps`) and the model is frozen when it ends.
   schedule: str = "cosine"
   decay_fraction: float = 0.2
-  # > 0: each model's batch is round(batch_fraction * its N), clipped to [batch_min, batch_max]
-  # (models are grouped into stacks by batch); 0: every model takes batch_size.
+  # > 0: each model's batch is batch_fraction * its N rounded to a power of two, clipped to
+  # [batch_min, batch_max] (models are grouped into stacks by batch); 0: batch_size for all.
   batch_fraction: float = 0.0
   batch_min: int = 16
   batch_max: int = 1024
@@ -100,7 +100,9 @@ class TrainConfig:
     """The batch of a model of N = dataset_size sequences."""
     if not self.batch_fraction:
       return self.batch_size
-    return min(max(round(self.batch_fraction * dataset_size), self.batch_min), self.batch_max)
+    # A power of two: models of nearby N share a batch, so a shape splits into few stacks.
+    batch = 2 ** round(math.log2(max(self.batch_fraction * dataset_size, 1)))
+    return min(max(batch, self.batch_min), self.batch_max)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_convergence_record_rises_to_the_memorizable_bits():
 
 def test_batch_fraction_gives_each_n_its_batch_and_its_own_bucket():
   tcfg = TrainConfig(batch_fraction=0.25, batch_min=16, batch_max=128)
-  assert [tcfg.batch_for(n) for n in (32, 64, 256, 300, 512, 2048)] == [16, 16, 64, 75, 128, 128]
+  assert [tcfg.batch_for(n) for n in (32, 64, 256, 300, 512, 2048)] == [16, 16, 64, 64, 128, 128]
   assert TrainConfig(batch_size=48).batch_for(4096) == 48  # no fraction: train.batch_size
   config = load_config()
   config.sweep.dataset_sizes = (32, 64, 256, 2048)
