@@ -122,6 +122,7 @@ def plot_convergence(rows, path):
       ax.plot(r["curve_steps"], [b / r["n_params"] for b in r["curve_bits"]], marker=".",
               label=f"N={r['dataset_size']:,} s{r['seed']} b{r['batch_size']}")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap over one decade
     ax.set_title(shape)
     ax.set_xlabel("training step")
     ax.set_ylabel("memorization (bits/param)")
