@@ -105,6 +105,18 @@ class TrainConfig:
     return min(max(batch, self.batch_min), self.batch_max)
 
 
+def drop_fields_at_old_behaviour(train: dict) -> dict:
+  """A TrainConfig's dict less the fields added after stored results were keyed, where they
+  train as before they existed (a cosine; one batch for all): keys of those results stay."""
+  if train.get("schedule", "cosine") == "cosine":
+    for name in ("schedule", "decay_fraction"):
+      train.pop(name, None)
+  if not train.get("batch_fraction"):
+    for name in ("batch_fraction", "batch_min", "batch_max"):
+      train.pop(name, None)
+  return train
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """What distinguishes one model of a stack from the others."""

@@ -24,7 +24,7 @@ from absl import logging
 
 from memjax import config as config_lib
 from memjax.model import gpt2
-from memjax.train import ModelSpec, TrainConfig
+from memjax.train import ModelSpec, TrainConfig, drop_fields_at_old_behaviour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +75,7 @@ def model_key(shape: gpt2.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, extra
     for name in ("saturation_tolerance", "saturation_window", "saturation_patience"):
       identity["train"].pop(name, None)
   # Nor do the fields added later, at the values that train as before they existed.
-  train = identity["train"]
-  if train.get("schedule", "cosine") == "cosine":
-    for name in ("schedule", "decay_fraction"):
-      train.pop(name, None)
-  if not train.get("batch_fraction"):
-    for name in ("batch_fraction", "batch_min", "batch_max"):
-      train.pop(name, None)
+  drop_fields_at_old_behaviour(identity["train"])
   blob = json.dumps(identity, sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
