@@ -57,8 +57,22 @@ def get_config():
   config.train.saturation_patience = 2
   # Checkpoint every chunk every this many steps (0: only at the end and when interrupted).
   config.train.checkpoint_every = 1000
+  # "wsd": warmup, a constant peak, then a linear decay to min_lr_ratio over the last
+  # decay_fraction of train.steps (with saturation: from the model's own plateau, and the model
+  # is frozen when its decay ends); "cosine": cosine decay over all steps.
+  # Measured (docs/capacity.md): alpha 2.590 at decay_fraction 0.4, 2.577 at 0.2, 2.570 cosine.
+  config.train.schedule = "wsd"
+  config.train.decay_fraction = 0.4
+  # > 0: each model's batch = batch_fraction * N as a power of two, clipped to [batch_min, batch_max]; models
+  # of one shape are stacked by batch. 0: every model takes train.batch_size.
+  config.train.batch_fraction = 0.0
+  config.train.batch_min = 16
+  config.train.batch_max = 1024
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 512
   config.eval.test_size = 512
+  # The convergence record: each model's memorization at this many log-spaced call boundaries
+  # (rows' curve_steps / curve_bits, convergence.png); 0: none.
+  config.eval.curve_steps = 8
   return config

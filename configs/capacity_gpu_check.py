@@ -6,7 +6,9 @@ a sequence) as in the paper, each on 5 dataset sizes through its expected capaci
 models, 10 a bucket, trained to saturation (estimated memorization changing by less than 0.5%
 between windows of 500 steps, twice in a row) or at most 6,000 steps.
 
-Batch: 256 sequences a step (16K tokens a model, 164K a bucket). The paper's 2048 would make each
+Batch: N/4 as a power of two in [256, 1024] (was a fixed 256: its timings below are for that; a
+shape now stacks in up to 3 buckets by batch, not yet timed on a GPU), and a WSD schedule whose
+decay starts at each model's plateau. The paper's 2048 would make each
 step up to 8x dearer; for these 80K-235K parameter models the run is limited by steps (dispatch
 and small kernels), not by memory: one model needs about 0.6 GiB by the estimate (mostly the
 likelihood kernel's [B*S, V] fp32 chunk, in training and in scoring 512 sequences a batch), so
@@ -52,6 +54,14 @@ def get_config():
   config.train.saturation_window = 500
   config.train.saturation_patience = 2
   config.train.checkpoint_every = 2000
+  # WSD, decay (1,200 steps) from each model's plateau, then frozen; batch N/4 in [256, 1024]
+  # (near capacity N is about 300-1,300 sequences, so N/4 is 256 at most there): models of a
+  # shape stack by batch, so a shape has up to 3 buckets (not yet timed on a GPU).
+  config.train.schedule = "wsd"
+  config.train.decay_fraction = 0.2
+  config.train.batch_fraction = 0.25
+  config.train.batch_min = 256
+  config.train.batch_max = 1024
   config.eval.batch_size = 512
   config.eval.test_size = 1024
   return config

@@ -19,6 +19,7 @@ from memjax.model import gpt2
 from memjax.train import TrainConfig
 
 PRECISIONS = tuple(gpt2.PRECISIONS)
+SCHEDULES = ("cosine", "wsd")
 MAX_INT32 = 2**31 - 1
 
 
@@ -47,6 +48,9 @@ class CapacitySettings:
   # Keep each finished chunk's trained parameters (WORKDIR/capacity_params/), so that
   # memjax.export and memjax.score can read its rows; not part of a model's key.
   save_params: bool = False
+  # Points of the convergence record: each model's memorization (the final rows' estimator) at
+  # this many log-spaced call boundaries up to train.steps; 0: none.
+  curve_steps: int = 0
 
 
 # The fields each config section may hold; anything else is a typo and is rejected.
@@ -57,7 +61,7 @@ ALLOWED = {
     "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
               "learning_rates", "models_per_chunk", "device_memory_gib", "save_params"},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "eval": {"batch_size", "test_size"},
+    "eval": {"batch_size", "test_size", "curve_steps"},
 }
 
 
@@ -201,7 +205,7 @@ def validate(config) -> CapacitySettings:
   # of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again.
   # Up to N = V**S / 50 that is under 1%.
   distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
-  max_n = min(MAX_INT32 - train.batch_size, distinct // 50)
+  max_n = min(MAX_INT32 - max(train.batch_size, train.batch_max), distinct // 50)
   factors = _float_list(config, "sweep.dataset_size_factors")
   sizes = _int_list(config, "sweep.dataset_sizes", allow_empty=bool(factors))
 
@@ -214,7 +218,8 @@ def validate(config) -> CapacitySettings:
       test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)),
       models_per_chunk=_optional(config, "sweep.models_per_chunk", 0, _int, minimum=0),
       device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False),
-      save_params=_optional(config, "sweep.save_params", False, _bool))
+      save_params=_optional(config, "sweep.save_params", False, _bool),
+      curve_steps=_optional(config, "eval.curve_steps", 0, _int, minimum=0, maximum=1000))
   for shape in model_shapes(settings):
     for n in dataset_sizes_for(settings, shape):
       if n > max_n:
@@ -326,10 +331,13 @@ def train_config(config) -> TrainConfig:
     field = f"train.{f.name}"
     if f.name not in config.train.keys():
       continue
-    if f.type in ("int", int):
+    if f.name == "schedule":
+      train_fields[f.name] = _str(config, field, allowed=SCHEDULES)
+    elif f.type in ("int", int):
       lo = 0 if f.name in ("warmup_steps", "checkpoint_every") else 1
       train_fields[f.name] = _int(config, field, minimum=lo)
-    elif f.name in ("weight_decay", "min_lr_ratio", "saturation_tolerance"):
+    elif f.name in ("weight_decay", "min_lr_ratio", "saturation_tolerance", "batch_fraction",
+                    "decay_fraction"):
       top = math.inf if f.name == "weight_decay" else 1.0
       train_fields[f.name] = _float(config, field, strict=False, maximum=top)
     elif f.name in ("b1", "b2"):
@@ -337,6 +345,8 @@ def train_config(config) -> TrainConfig:
     else:
       train_fields[f.name] = _float(config, field)
   tcfg = TrainConfig(**train_fields)
+  _check_schedule(tcfg)
+  _check_batch_fraction(tcfg)
   if tcfg.saturation:
     # The first window only sets the estimate to compare with, so the earliest a model can be
     # frozen is after saturation_patience + 1 windows: beyond train.steps, saturation never acts
@@ -356,6 +366,27 @@ def train_config(config) -> TrainConfig:
         tcfg.steps, "; saturation is checked only after the warmup, so never" if tcfg.saturation
         else "")
   return tcfg
+
+
+def _check_schedule(tcfg: TrainConfig):
+  """A WSD decay needs room after the warmup; decay_fraction 0 would be no decay at all."""
+  if not tcfg.wsd:
+    return
+  if tcfg.decay_fraction <= 0:
+    _fail("train.decay_fraction", f"must be > 0 with train.schedule='wsd' (the fraction of "
+                                  f"train.steps the decay takes), got {tcfg.decay_fraction!r}")
+  # (A warmup as long as the run is only warned about, below, as for a cosine.)
+  if tcfg.warmup_steps < tcfg.steps < tcfg.warmup_steps + tcfg.decay_steps:
+    _fail("train.decay_fraction",
+          f"a decay of {tcfg.decay_steps:,} steps ({tcfg.decay_fraction:g} of train.steps="
+          f"{tcfg.steps:,}) after train.warmup_steps={tcfg.warmup_steps:,} ends beyond "
+          "train.steps; lower train.decay_fraction or train.warmup_steps")
+
+
+def _check_batch_fraction(tcfg: TrainConfig):
+  if tcfg.batch_fraction and tcfg.batch_min > tcfg.batch_max:
+    _fail("train.batch_min", f"must be <= train.batch_max={tcfg.batch_max}, got "
+                             f"{tcfg.batch_min}")
 
 
 def model_shapes(s: CapacitySettings):

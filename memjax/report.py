@@ -109,9 +109,35 @@ def plot_capacity(summary, path):
   plt.close(fig)
 
 
+def plot_convergence(rows, path):
+  """The convergence record: bits/param against training steps, a panel per model shape and a
+  line per model (N, seed, rate), from the rows' curve_steps / curve_bits."""
+  plt = pyplot()
+  shapes = sorted({_shape_label(r) for r in rows if r.get("curve_steps")})
+  fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+  for ax, shape in zip(axes[0], shapes):
+    mine = sorted((r for r in rows if _shape_label(r) == shape and r.get("curve_steps")),
+                  key=lambda r: (r["dataset_size"], r["seed"], r["learning_rate"]))
+    for r in mine:
+      ax.plot(r["curve_steps"], [b / r["n_params"] for b in r["curve_bits"]], marker=".",
+              label=f"N={r['dataset_size']:,} s{r['seed']} b{r['batch_size']}")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap over one decade
+    ax.set_title(shape)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("memorization (bits/param)")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write_capacity_figures(rows, summary, workdir):
   paths = [os.path.join(workdir, "memorization_vs_dataset_size.png"),
            os.path.join(workdir, "capacity_vs_params.png")]
   plot_memorization(rows, summary, paths[0])
   plot_capacity(summary, paths[1])
+  if any(r.get("curve_steps") for r in rows):
+    paths.append(os.path.join(workdir, "convergence.png"))
+    plot_convergence(rows, paths[-1])
   return paths

@@ -71,10 +71,50 @@ class TrainConfig:
   # the first call boundary at or after each multiple (a multiple of steps_per_call is exact).
   # Only how a run is saved, not what it computes.
   checkpoint_every: int = 0
+  # Learning-rate schedule after the warmup: "cosine" (decay over all steps) or "wsd"
+  # (warmup-stable-decay: a constant peak, then a linear decay to min_lr_ratio over the last
+  # decay_fraction of `steps`). With saturation, a WSD model's decay starts when its own plateau is
+  # found (or where it must start to end at `steps`) and the model is frozen when it ends.
+  schedule: str = "cosine"
+  decay_fraction: float = 0.2
+  # > 0: each model's batch is batch_fraction * its N rounded to a power of two, clipped to
+  # [batch_min, batch_max] (models are grouped into stacks by batch); 0: batch_size for all.
+  batch_fraction: float = 0.0
+  batch_min: int = 16
+  batch_max: int = 1024
 
   @property
   def saturation(self) -> bool:
     return self.saturation_tolerance > 0
+
+  @property
+  def wsd(self) -> bool:
+    return self.schedule == "wsd"
+
+  @property
+  def decay_steps(self) -> int:
+    """Length of a WSD decay, in steps."""
+    return max(1, round(self.decay_fraction * self.steps))
+
+  def batch_for(self, dataset_size: int) -> int:
+    """The batch of a model of N = dataset_size sequences."""
+    if not self.batch_fraction:
+      return self.batch_size
+    # A power of two: models of nearby N share a batch, so a shape splits into few stacks.
+    batch = 2 ** round(math.log2(max(self.batch_fraction * dataset_size, 1)))
+    return min(max(batch, self.batch_min), self.batch_max)
+
+
+def drop_fields_at_old_behaviour(train: dict) -> dict:
+  """A TrainConfig's dict less the fields added after stored results were keyed, where they
+  train as before they existed (a cosine; one batch for all): keys of those results stay."""
+  if train.get("schedule", "cosine") == "cosine":
+    for name in ("schedule", "decay_fraction"):
+      train.pop(name, None)
+  if not train.get("batch_fraction"):
+    for name in ("batch_fraction", "batch_min", "batch_max"):
+      train.pop(name, None)
+  return train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,13 +162,39 @@ def lr_schedule(peak_lr, tcfg: TrainConfig):
   return schedule
 
 
+def wsd_decay_start(tcfg: TrainConfig, decay_start):
+  """Where a WSD decay starts: a model's own start (`decay_start` >= 0, set at its plateau), else
+  the last point from which the decay still ends at `steps`."""
+  latest = tcfg.steps - tcfg.decay_steps
+  return jnp.where(decay_start >= 0, jnp.minimum(decay_start, latest), latest)
+
+
+def wsd_schedule(peak_lr, decay_start, tcfg: TrainConfig):
+  """Linear warmup, constant peak, linear decay over decay_steps to min_lr_ratio * peak, then
+  flat; `peak_lr` and `decay_start` (-1: not triggered) may be traced arrays."""
+  def schedule(count):
+    count = count.astype(jnp.float32)
+    warm = jnp.minimum(1.0, (count + 1) / max(tcfg.warmup_steps, 1))
+    start = wsd_decay_start(tcfg, decay_start).astype(jnp.float32)
+    # The decay's last step (count start + decay_steps - 1) is the first at the minimum.
+    progress = jnp.clip((count - start + 1) / tcfg.decay_steps, 0.0, 1.0)
+    return peak_lr * warm * (1 - (1 - tcfg.min_lr_ratio) * progress)
+  return schedule
+
+
 def make_optimizer(tcfg: TrainConfig):
-  def adamw(peak_lr):
+  def adamw(schedule):
     return optax.chain(
         optax.clip_by_global_norm(tcfg.grad_clip),
-        optax.adamw(lr_schedule(peak_lr, tcfg), b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps,
+        optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps,
                     weight_decay=tcfg.weight_decay))
-  return optax.inject_hyperparams(adamw)(peak_lr=tcfg.learning_rate)
+  if tcfg.wsd:
+    # The decay start is a per-model hyperparameter like the peak, so the step can set it.
+    return optax.inject_hyperparams(
+        lambda peak_lr, decay_start: adamw(wsd_schedule(peak_lr, decay_start, tcfg)))(
+            peak_lr=tcfg.learning_rate, decay_start=-1.0)
+  return optax.inject_hyperparams(lambda peak_lr: adamw(lr_schedule(peak_lr, tcfg)))(
+      peak_lr=tcfg.learning_rate)
 
 
 def init_model_state(cfg: gpt2.ModelConfig, tcfg: TrainConfig, seed, dataset_size,
@@ -138,6 +204,8 @@ def init_model_state(cfg: gpt2.ModelConfig, tcfg: TrainConfig, seed, dataset_siz
   params = gpt2.init_params(cfg, init_key)
   opt_state = make_optimizer(tcfg).init(params)
   opt_state.hyperparams["peak_lr"] = jnp.asarray(learning_rate, jnp.float32)
+  if tcfg.wsd:
+    opt_state.hyperparams["decay_start"] = jnp.float32(-1.0)
   return StackState(
       params=params, opt_state=opt_state, step_M=jnp.int32(0), data_pos_M=jnp.int32(0),
       data_key_M=data_key, dataset_size_M=jnp.asarray(dataset_size, jnp.int32),
@@ -225,6 +293,8 @@ def train_step(cfg: gpt2.ModelConfig, tcfg: TrainConfig, state: StackState, corp
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
   new_step = state.step_M + apply.astype(jnp.int32)
   saturation, saturated = _track_saturation(cfg, tcfg, state, apply, loss, new_step)
+  if tcfg.wsd:
+    new_opt_state, saturated = _wsd_decay(tcfg, new_opt_state, saturated, new_step)
   return state.replace(
       params=keep(new_params, state.params),
       opt_state=keep(new_opt_state, state.opt_state),
@@ -235,6 +305,19 @@ def train_step(cfg: gpt2.ModelConfig, tcfg: TrainConfig, state: StackState, corp
       diverged_M=state.diverged_M | (state.active_M & ~finite),
       saturation=saturation,
   ), loss
+
+
+def _wsd_decay(tcfg: TrainConfig, opt_state, plateau, new_step):
+  """A WSD model's decay starts at its first plateau (with saturation) or where it must to end at
+  `steps`; returns (opt_state with that start, frozen now?): with saturation a model is frozen when
+  its decay ends, so none is scored partway through its schedule."""
+  start = opt_state.hyperparams["decay_start"]
+  latest = tcfg.steps - tcfg.decay_steps
+  begin = (plateau | (new_step >= latest)) if tcfg.saturation else new_step >= latest
+  start = jnp.where((start < 0) & begin, jnp.minimum(new_step, latest).astype(start.dtype), start)
+  opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "decay_start": start})
+  ended = (start >= 0) & (new_step >= start + tcfg.decay_steps)
+  return opt_state, ended & tcfg.saturation
 
 
 def estimated_memorization_bits(cfg, dataset_size, mean_loss_nats):
@@ -266,7 +349,9 @@ def _track_saturation(cfg, tcfg: TrainConfig, state: StackState, apply, loss, ne
       window_loss_M=jnp.where(window_done, 0.0, window_loss),
       prev_mem_M=jnp.where(window_done, mem, prev),
       calm_M=calm,
-      saturated_step_M=jnp.where(saturated, new_step, sat.saturated_step_M))
+      # The first plateau (a cosine model is frozen there; a WSD one starts its decay).
+      saturated_step_M=jnp.where(saturated & (sat.saturated_step_M < 0), new_step,
+                                 sat.saturated_step_M))
   return new_sat, saturated
 
 

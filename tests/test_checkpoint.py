@@ -26,7 +26,7 @@ ARGS = ["--config=configs/capacity.py", "--config.data.vocab_size=16", "--config
         "--config.train.steps_per_call=10", "--config.train.checkpoint_every=20",
         "--config.train.warmup_steps=5", "--config.train.batch_size=16",
         "--config.eval.batch_size=16", "--config.eval.test_size=16"]
-TIMING_FIELDS = {"wall_s_per_chunk"}
+TIMING_FIELDS = {"wall_s_per_chunk", "curve_wall_s_per_chunk"}
 
 
 def leaves_equal(a, b):

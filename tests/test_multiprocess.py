@@ -64,7 +64,7 @@ def test_two_processes_split_the_chunks_and_merge_every_model_once(tmp_path):
 LONG = [a for a in ARGS if not a.startswith(("--config.train.steps", "--config.quiet"))] + [
     "--config.train.steps=1000", "--config.train.steps_per_call=10",
     "--config.train.checkpoint_every=50"]
-TIMING_FIELDS = {"wall_s_per_chunk"}
+TIMING_FIELDS = {"wall_s_per_chunk", "curve_wall_s_per_chunk"}
 
 
 def checkpointed_chunks(workdir):

@@ -24,7 +24,7 @@ from absl import logging
 
 from memjax import config as config_lib
 from memjax.model import gpt2
-from memjax.train import ModelSpec, TrainConfig
+from memjax.train import ModelSpec, TrainConfig, drop_fields_at_old_behaviour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,15 +32,29 @@ class Bucket:
   """Models of one shape and precision: they train together in one compiled program."""
   shape: gpt2.ModelConfig
   specs: tuple  # of ModelSpec
+  train: TrainConfig | None = None  # the bucket's own (its batch size); None: settings.train
+
+
+def bucket_train(settings, dataset_size: int) -> TrainConfig:
+  """The train config a model of N = dataset_size trains under: train.batch_fraction sets its
+  batch (TrainConfig.batch_for), and a stack shares one compiled batch."""
+  tcfg = settings.train
+  return dataclasses.replace(tcfg, batch_size=tcfg.batch_for(dataset_size))
 
 
 def plan(settings: config_lib.CapacitySettings) -> list[Bucket]:
+  """One bucket a shape, split by batch size when train.batch_fraction makes it depend on N."""
   lrs = settings.learning_rates or (settings.train.learning_rate,)
   buckets = []
   for shape in config_lib.model_shapes(settings):
     sizes = config_lib.dataset_sizes_for(settings, shape)
-    specs = tuple(ModelSpec(n, seed, lr) for n, seed, lr in itertools.product(sizes, settings.seeds, lrs))
-    buckets.append(Bucket(shape, specs))
+    by_batch = {}
+    for n in sizes:
+      by_batch.setdefault(settings.train.batch_for(n), []).append(n)
+    for batch, group in by_batch.items():
+      specs = tuple(ModelSpec(n, seed, lr)
+                    for n, seed, lr in itertools.product(group, settings.seeds, lrs))
+      buckets.append(Bucket(shape, specs, bucket_train(settings, group[0])))
   return buckets
 
 
@@ -60,6 +74,8 @@ def model_key(shape: gpt2.ModelConfig, spec: ModelSpec, tcfg: TrainConfig, extra
   if not identity["train"].get("saturation_tolerance"):
     for name in ("saturation_tolerance", "saturation_window", "saturation_patience"):
       identity["train"].pop(name, None)
+  # Nor do the fields added later, at the values that train as before they existed.
+  drop_fields_at_old_behaviour(identity["train"])
   blob = json.dumps(identity, sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -214,6 +230,7 @@ class Chunk:
   specs: tuple  # of ModelSpec
   padded_size: int  # models on the devices: specs, then copies of the last one
   memory: MemoryEstimate  # one model
+  train: TrainConfig | None = None  # the bucket's train config (its batch size)
 
   @property
   def label(self) -> str:
@@ -252,9 +269,9 @@ def plan_chunks(settings, devices, buckets=None) -> Plan:
   buckets = plan(settings) if buckets is None else buckets
   n_dev = len(devices)
   budget, source = device_memory_bytes(settings.device_memory_gib, devices)
-  tcfg = settings.train
   chunks = []
   for b, bucket in enumerate(buckets):
+    tcfg = bucket.train or settings.train
     mem = model_memory(bucket.shape, tcfg, settings.eval_batch_size)
     per_device = int(budget * MEMORY_HEADROOM // mem.total)
     if per_device < 1:
@@ -284,7 +301,7 @@ def plan_chunks(settings, devices, buckets=None) -> Plan:
       count = base + (c < extra)
       chunks.append(Chunk(index=len(chunks), bucket=b, shape=bucket.shape,
                           specs=tuple(bucket.specs[start:start + count]), padded_size=padded,
-                          memory=mem))
+                          memory=mem, train=tcfg))
       start += count
   return Plan(buckets=buckets, chunks=chunks, n_devices=n_dev, device_memory=budget,
               memory_source=source)
@@ -304,7 +321,8 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
                 process_count=1) -> str:
   """The --dry_run report: buckets, chunks, models, memory and tokens."""
   tcfg = settings.train
-  tokens_per_model = tcfg.steps * tcfg.batch_size * settings.seq_len
+  largest_batch = tcfg.batch_max if tcfg.batch_fraction else tcfg.batch_size
+  tokens_per_model = tcfg.steps * largest_batch * settings.seq_len
   n_models = sum(len(c.specs) for c in plan_.chunks)
   lines = [f"plan: {_count(len(plan_.buckets), 'bucket')}, {_count(len(plan_.chunks), 'chunk')}, "
            f"{_count(n_models, 'model')} on {_count(plan_.n_devices, 'device')} a process x "
@@ -313,8 +331,10 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
   mode = (f"until saturated (tolerance {tcfg.saturation_tolerance:g} over windows of "
           f"{tcfg.saturation_window} steps), at most {tcfg.steps:,} steps" if tcfg.saturation
           else f"a fixed {tcfg.steps:,} steps")
-  lines.append(f"training: {mode}, {tcfg.batch_size} sequences of {settings.seq_len} tokens a "
-               f"step, so at most {tokens_per_model:,} tokens a model")
+  batch = (f"{tcfg.batch_fraction:g} of N ({tcfg.batch_min}..{tcfg.batch_max})"
+           if tcfg.batch_fraction else f"{tcfg.batch_size}")
+  lines.append(f"training: {mode}, {tcfg.schedule} schedule, {batch} sequences of "
+               f"{settings.seq_len} tokens a step, so at most {tokens_per_model:,} tokens a model")
   total_tokens = 0
   todo_models = 0
   for b, bucket in enumerate(plan_.buckets):
@@ -327,7 +347,9 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
                  f"{_gib(mem.activations)}, likelihood {_gib(mem.likelihood)}, scoring "
                  f"{_gib(mem.eval)})")
     for c in chunks:
-      keys = [model_key(c.shape, s, tcfg) for s in c.specs]
+      ctcfg = c.train or tcfg
+      keys = [model_key(c.shape, s, ctcfg) for s in c.specs]
+      chunk_tokens = ctcfg.steps * ctcfg.batch_size * settings.seq_len
       todo = sum(k not in done_keys for k in keys)
       per_device = c.padded_size // plan_.n_devices
       sizes = sorted({s.dataset_size for s in c.specs})
@@ -337,10 +359,11 @@ def format_plan(plan_: Plan, settings, done_keys=frozenset(), process_index=0,
           f"  chunk {c.index}: {_count(len(c.specs), 'model')} (padded to {c.padded_size}, "
           f"{per_device} a device, ~{_gib(per_device * mem.total)} a device), N "
           f"{sizes[0]:,}{f'..{sizes[-1]:,}' if len(sizes) > 1 else ''}, "
-          f"{c.padded_size * tokens_per_model:,} tokens at most; process {owner}"
+          f"batch {ctcfg.batch_size}, {c.padded_size * chunk_tokens:,} tokens at most; process "
+          f"{owner}"
           f"{' (this one)' if owner == process_index and process_count > 1 else ''}; {status}")
       if todo:
-        total_tokens += c.padded_size * tokens_per_model
+        total_tokens += c.padded_size * chunk_tokens
         todo_models += todo
   lines.append(f"total: {todo_models} of {_count(n_models, 'model')} to train, at most "
                f"{total_tokens:,} "

@@ -89,6 +89,17 @@ def evaluate_synthetic(cfg, state, eval_batch, test_size, vocab_chunk, progress=
   }
 
 
+def memorization_bits(cfg, state, eval_batch, vocab_chunk):
+  """Each model's memorization of its whole training set, in bits (numpy [M]): the mem_bits of
+  evaluate_synthetic without the held-out loss, for the convergence record during training."""
+  size_M = np.asarray(state.dataset_size_M)
+  mem = jnp.zeros(len(size_M))
+  for start in range(0, int(size_M.max()), eval_batch):
+    mem += _synthetic_chunk_sums(cfg, state.params, state.data_key_M, state.dataset_size_M,
+                                 start, eval_batch, "train", vocab_chunk)[0]
+  return np.asarray(mem, np.float64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Capacity and alpha from result rows.
 

@@ -31,8 +31,47 @@ from memjax import train as train_lib
 validate = config_lib.validate
 
 
-def _rows(settings, shape, specs, state, evaluation, wall_s):
-  tcfg = settings.train
+def curve_points(tcfg, count: int) -> tuple:
+  """The loop steps of the convergence record: `count` log-spaced points from the first call
+  boundary to train.steps, each moved up to a call boundary (where the loop can score)."""
+  if not count:
+    return ()
+  bounds = np.array(sorted({train_lib.next_boundary(tcfg, d)
+                            for d in range(0, tcfg.steps, tcfg.steps_per_call)}))
+  targets = np.geomspace(bounds[0], tcfg.steps, count)
+  return tuple(sorted({int(bounds[np.searchsorted(bounds, t - 1e-6)]) for t in targets}))
+
+
+class Curve:
+  """Each model's memorization (the estimator of the final rows) at the curve points, recorded
+  by the train loop; kept in the chunk's checkpoints so a resumed run keeps its points."""
+
+  def __init__(self, settings, shape, tcfg, n, saved=None):
+    self.settings, self.shape, self.tcfg, self.n = settings, shape, tcfg, n
+    self.points = set(curve_points(tcfg, settings.curve_steps))
+    self.bits = {int(k): v for k, v in (saved or {}).get("bits", {}).items()}
+    self.wall_s = (saved or {}).get("wall_s", 0.0)
+
+  def record(self, step, state):
+    if step not in self.points:
+      return
+    start = time.time()
+    mem = memorization.memorization_bits(self.shape, state, self.settings.eval_batch_size,
+                                         self.tcfg.vocab_chunk)
+    self.bits[step] = [float(b) for b in mem[:self.n]]
+    self.wall_s += time.time() - start
+
+  def saved(self):
+    return {"bits": {str(k): v for k, v in self.bits.items()}, "wall_s": self.wall_s}
+
+  def of_model(self, i):
+    steps = sorted(self.bits)
+    return {"curve_steps": steps, "curve_bits": [self.bits[s][i] for s in steps],
+            "curve_wall_s_per_chunk": self.wall_s}
+
+
+def _rows(settings, shape, specs, state, evaluation, wall_s, tcfg=None, curve=None):
+  tcfg = tcfg or settings.train
   bits_per_token = math.log2(shape.vocab_size)
   n = len(specs)
   diverged = np.asarray(state.diverged_M)[:n]
@@ -43,6 +82,10 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
   else:
     saturated = np.full(n, -1)
     window_mem = np.full(n, np.nan)
+  if tcfg.wsd:
+    decay_start = np.asarray(state.opt_state.hyperparams["decay_start"])[:n]
+  else:
+    decay_start = np.full(n, -1)
   rows = []
   for i, spec in enumerate(specs):
     n_seq = spec.dataset_size
@@ -58,6 +101,9 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
         # The step at which the model's memorization stopped growing and it was frozen; None if
         # it never did (fixed budget, or still growing at the step limit).
         "saturated_step": int(saturated[i]) if saturated[i] >= 0 else None,
+        "schedule": tcfg.schedule,
+        # WSD: the step its decay started (its plateau, or the latest start that ends at steps).
+        "decay_start_step": int(decay_start[i]) if decay_start[i] >= 0 else None,
         # The on-device estimate that decided saturation, from the last window's training loss.
         "mem_bits_window_estimate": (float(window_mem[i]) if np.isfinite(window_mem[i])
                                      else None),
@@ -73,6 +119,7 @@ def _rows(settings, shape, specs, state, evaluation, wall_s):
         "train": config_lib.to_jsonable(tcfg),
         "device": jax.local_devices()[0].device_kind,
         "wall_s_per_chunk": wall_s,
+        **(curve.of_model(i) if curve is not None else {}),
     })
   return rows
 
@@ -83,7 +130,7 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=
   The models are padded with copies of the last one to a multiple of the device count; the copies
   are dropped from the results. Returns the result rows.
   """
-  shape, tcfg = chunk.shape, settings.train
+  shape, tcfg = chunk.shape, chunk.train or settings.train
   start = time.time()
   n = len(specs)
   n_dev = sharding.num_devices
@@ -95,16 +142,21 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=
 
   done = 0
   finished = False
+  curve_saved = None
   restored = ckpts.restore(state, n, expect={"keys": keys})
   if restored is not None:
     done, leaves, meta = restored
     state = checkpoint.host_to_state(state, leaves, sharding)
     finished = bool(meta.get("finished"))
+    curve_saved = meta.get("curve")
     logging.info("chunk %d (%s): resuming from its checkpoint at step %d%s", chunk.index,
                  chunk.label, done, " (training finished)" if finished else "")
 
+  curve = Curve(settings, shape, tcfg, n, curve_saved)
+
   def save(step, st, is_final=False):
-    ckpts.save(step, st, n, {"keys": keys, "finished": is_final, "chunk": chunk.index})
+    ckpts.save(step, st, n, {"keys": keys, "finished": is_final, "chunk": chunk.index,
+                             "curve": curve.saved()})
 
   label = f"{position}{chunk.label} x{n}"
   tokens_per_step = tcfg.batch_size * shape.seq_len
@@ -122,6 +174,7 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=
         tok_s = last["active"] * tokens_per_step * k / max(now - last["t"], 1e-9)
         last.update(t=now, done=step, active=active)
         bar.update(k)
+        curve.record(step, st)
         saturated = int((np.asarray(st.saturation.saturated_step_M)[:n] >= 0).sum())
         bar.set_postfix_str(f"saturated {saturated}/{n}, {tok_s:,.0f} tok/s", refresh=False)
         if step < tcfg.steps and train_lib.checkpoint_due(tcfg, step - k, step):
@@ -148,7 +201,7 @@ def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=
   if settings.save_params:  # before the rows are written: a row then always has its params
     params_store.save_beside_checkpoints(ckpt_dir, keys, state.params, n)
   ckpts.close()
-  return _rows(settings, shape, specs, state, evaluation, time.time() - start)
+  return _rows(settings, shape, specs, state, evaluation, time.time() - start, tcfg, curve)
 
 
 def _process():
@@ -186,7 +239,8 @@ def _agreed_plan(settings, devices, pid, nproc, hours=24):
   client = _coordination_client(nproc)
   try:
     plan = sweep.plan_chunks(settings, devices)
-    chunk_keys = [[sweep.model_key(chunk.shape, s, settings.train) for s in chunk.specs]
+    chunk_keys = [[sweep.model_key(chunk.shape, s, chunk.train or settings.train)
+                   for s in chunk.specs]
                   for chunk in plan.chunks]
   except config_lib.ConfigError as e:
     if client is not None:

@@ -367,6 +367,8 @@ def width_key(settings, d_model: int, *tokens) -> str:
   s = config_lib.to_jsonable(settings)
   s.pop("quiet")
   s.pop("d_model")
+  from memjax import train as train_lib
+  train_lib.drop_fields_at_old_behaviour(s["train"])  # the schedule fields added later
   if not s["data"].get("tokenizer_path"):  # fields newer than stored widths: their keys stay
     s["data"].pop("tokenizer_path", None)
   if s.get("model_paths"):

@@ -369,6 +369,8 @@ TARGETS_ONLY = ("dataset_sizes", "seeds", "eval_size", "min_k")
 def _stack_identity(settings, name, legacy=False):
   identity = {k: v for k, v in config_lib.to_jsonable(settings).items()
               if k not in NOT_IN_STACK_KEY}
+  from memjax import train as train_lib
+  train_lib.drop_fields_at_old_behaviour(identity["train"])  # the schedule fields added later
   if legacy:  # the key of stacks stored before it was narrowed to what each stack reads
     return identity
   if name.startswith("lira"):
