@@ -478,16 +478,7 @@ class InfiniGramCounts:
   def cond_probs(self, contexts_KxC, tokens_K, denominator: str = "context") -> np.ndarray:
     """P(token | context) as `NgramIndex.cond_probs` (same denominators; nan where 0/0)."""
     from memjax.estimators import ngram as ngram_lib
-    if denominator not in ("context", "continuation"):
-      raise ValueError(f"denominator: must be 'context' or 'continuation', got {denominator!r}")
-    tokens_K = np.asarray(tokens_K).reshape(-1)
-    contexts_KxC = np.asarray(contexts_KxC)
-    if contexts_KxC.ndim != 2 or contexts_KxC.shape[0] != tokens_K.size:
-      raise ValueError(f"contexts_KxC: expected shape [{tokens_K.size}, C], "
-                       f"got {contexts_KxC.shape}")
-    rows_KxN = ngram_lib._as_ngram_rows(
-        np.concatenate([contexts_KxC.astype(np.int64), tokens_K.astype(np.int64)[:, None]], 1),
-        "contexts_KxC/tokens_K")
+    rows_KxN = ngram_lib.cond_prob_rows(contexts_KxC, tokens_K, denominator)
     numer_K = self._count_rows(rows_KxN).astype(np.float64)
     if rows_KxN.shape[1] == 1:
       denom_K = np.full(numer_K.shape, float(self.total(1)))

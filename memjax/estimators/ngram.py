@@ -207,6 +207,20 @@ def _find(sorted_keys_U: np.ndarray, query_K: np.ndarray, valid_K: np.ndarray) -
   return np.where(found_K, idx_K, -1)
 
 
+def cond_prob_rows(contexts_KxC, tokens_K, denominator: str) -> np.ndarray:
+  """The n-gram rows [K, C + 1] (context, then token) of a `cond_probs` query, checked."""
+  if denominator not in ("context", "continuation"):
+    raise ValueError(f"denominator: must be 'context' or 'continuation', got {denominator!r}")
+  tokens_K = np.asarray(tokens_K).reshape(-1)
+  contexts_KxC = np.asarray(contexts_KxC)
+  if contexts_KxC.ndim != 2 or contexts_KxC.shape[0] != tokens_K.size:
+    raise ValueError(f"contexts_KxC: expected shape [{tokens_K.size}, C], "
+                     f"got {contexts_KxC.shape}")
+  return _as_ngram_rows(
+      np.concatenate([contexts_KxC.astype(np.int64), tokens_K.astype(np.int64)[:, None]], 1),
+      "contexts_KxC/tokens_K")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: no element-wise ==
 class NgramIndex:
   """Exact counts of all n-grams (n = 1..max_n) of a corpus, with per-n-gram document lists.
@@ -344,16 +358,7 @@ class NgramIndex:
     vocabulary can sum to slightly less than 1); "continuation" divides by the occurrences that
     are followed by a token, a proper distribution. An unseen context gives 0/0 = nan.
     """
-    if denominator not in ("context", "continuation"):
-      raise ValueError(f"denominator: must be 'context' or 'continuation', got {denominator!r}")
-    tokens_K = np.asarray(tokens_K).reshape(-1)
-    contexts_KxC = np.asarray(contexts_KxC)
-    if contexts_KxC.ndim != 2 or contexts_KxC.shape[0] != tokens_K.size:
-      raise ValueError(f"contexts_KxC: expected shape [{tokens_K.size}, C], "
-                       f"got {contexts_KxC.shape}")
-    rows_KxN = _as_ngram_rows(
-        np.concatenate([contexts_KxC.astype(np.int64), tokens_K.astype(np.int64)[:, None]], 1),
-        "contexts_KxC/tokens_K")
+    rows_KxN = cond_prob_rows(contexts_KxC, tokens_K, denominator)
     n = rows_KxN.shape[1]
     ids = self._prefix_ids(rows_KxN)
     numer_K = self._counts_of_ids(n, ids[-1]).astype(np.float64)
