@@ -1,14 +1,14 @@
 """An infini-gram index larger than the memory a process may use, queried; the exact index refused.
 
-  sudo python -m benchmarks.ngram_out_of_memory --tokens=300M --limit_gib=1 --dir=/tmp/oom
+  sudo python -m benchmarks.ngram_out_of_memory --tokens=220M --limit_gib=1 --dir=/tmp/oom
 
-Builds (once, outside any limit, kept in --dir) an infini-gram index of --tokens of the byte-level
-Python source corpus of benchmarks/ngram_backends.py, then runs two children under a memory
-limit of --limit_gib (a cgroup: memory.limit_in_bytes of cgroup v1 or memory.max of v2, so it
-needs root): one counts 100k 5-grams (drawn by the parent) on the memory-mapped index (its pages
-are evictable page cache, so an index bigger than the limit still answers), one builds the exact
-in-memory index of the same tokens (which must hold the corpus and its sorted keys: the kernel
-kills it once they pass the limit). Prints both outcomes.
+Builds (once, outside any limit, kept in --dir) an infini-gram index of --tokens of the
+byte-level Python source corpus of benchmarks/ngram_backends.py (about 222M bytes here), then
+runs two children under a memory limit of --limit_gib (a cgroup: memory.limit_in_bytes of cgroup
+v1 or memory.max of v2, so it needs root): one counts 100k 5-grams (drawn by the parent) on the
+memory-mapped index (its pages are evictable page cache, so an index bigger than the limit still
+answers), one builds the exact in-memory index of the same tokens (which must hold the corpus
+and its sorted keys: the kernel kills it once they pass the limit). Prints both outcomes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def child(mode: str, tokens: int, index_dir: str) -> None:
 
 def main(argv=None):
   p = argparse.ArgumentParser()
-  p.add_argument("--tokens", default="300M")
+  p.add_argument("--tokens", default="220M")
   p.add_argument("--limit_gib", type=float, default=1.0)
   p.add_argument("--dir", default="/tmp/memjax_ngram_oom")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
