@@ -120,9 +120,12 @@ def main(argv):
           "stays valid, and it continues from there", file=sys.stderr)
     _exit_now(1)
   except Exception as e:  # noqa: BLE001 - only device out-of-memory is turned into one line
-    if "RESOURCE_EXHAUSTED" not in str(e):
+    # XLA says RESOURCE_EXHAUSTED, or (an allocation of a sharded program's dispatch) "Out of
+    # memory allocating".
+    marks = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
+    if not any(m in str(e) for m in marks):
       raise
-    first = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e))
+    first = next((l for l in str(e).splitlines() if any(m in l for m in marks)), str(e))
     print(f"\nmemjax: error: out of device memory ({' '.join(first.split())[:300]}); lower "
           "train.batch_size, eval.batch_size, the dataset sizes or the model widths; what is "
           f"written in {_WORKDIR.value} stays valid", file=sys.stderr)

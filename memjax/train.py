@@ -458,12 +458,13 @@ def model_slice(tree, i):
   return jax.tree.map(lambda a: a[i], tree)
 
 
-def next_boundary(tcfg: TrainConfig, done: int) -> int:
-  """The loop step where the next device call ends: the next multiple of `steps_per_call`, or
-  `steps`. A run resumed from a checkpoint (taken at a call boundary) therefore makes exactly the
-  calls of an uninterrupted run, and every call but the last has one compiled length.
+def next_boundary(tcfg: TrainConfig, done: int, stops=()) -> int:
+  """The loop step where the next device call ends: the next multiple of `steps_per_call`, of
+  `stops` (steps where the caller scores the stack) or `steps`. A run resumed from a checkpoint
+  (taken at a call boundary) therefore makes exactly the calls of an uninterrupted run.
   """
-  return min((done // tcfg.steps_per_call + 1) * tcfg.steps_per_call, tcfg.steps)
+  later = [s for s in stops if s > done]
+  return min((done // tcfg.steps_per_call + 1) * tcfg.steps_per_call, tcfg.steps, *later)
 
 
 def checkpoint_due(tcfg: TrainConfig, before: int, after: int) -> bool:
@@ -474,18 +475,19 @@ def checkpoint_due(tcfg: TrainConfig, before: int, after: int) -> bool:
 
 
 def train(cfg, tcfg: TrainConfig, state: StackState, progress=None, corpus_NxS=None, *,
-          start_step: int = 0, on_call=None, should_stop=None):
+          start_step: int = 0, on_call=None, should_stop=None, stops=()):
   """Run loop steps [start_step, tcfg.steps) in fused calls; returns (state, last losses [M]).
 
   `progress(k, losses_M)` after each call of k steps; `on_call(done, state)` after each call with
   the loop step reached (e.g. to checkpoint); `should_stop()` is asked after each call (e.g. a
-  preemption signal). The loop also ends once every model is frozen (saturated or diverged):
-  frozen models do not change, so stopping early gives the same result, sooner.
+  preemption signal); `stops`: steps where a call must end (see next_boundary). The loop also
+  ends once every model is frozen (saturated or diverged): frozen models do not change, so
+  stopping early gives the same result, sooner.
   """
   done = start_step
   losses_M = None
   while done < tcfg.steps:
-    k = next_boundary(tcfg, done) - done
+    k = next_boundary(tcfg, done, stops) - done
     state, losses_KxM = train_steps(cfg, tcfg, state, k, corpus_NxS)
     losses_M = losses_KxM[-1]
     done += k

@@ -1,8 +1,8 @@
 """The capacity experiment: train each chunk of the sweep as one stack, score it, write results.
 
-A chunk trains sharded over the local devices, checkpoints as it goes (resuming from its newest
-good checkpoint when the command is run again), appends its rows to the results file when done
-and deletes its checkpoints. See sweep.py for the plan and checkpoint.py for the files.
+A chunk trains on the engine (engine/run.py: sharded over the local devices, checkpointed as it
+goes, resumed from its newest good checkpoint when the command is run again), appends its rows to
+the results file when done and deletes its checkpoints. See sweep.py for the plan.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from memjax.engine import checkpoint
 from memjax import config as config_lib
 from memjax.engine import jsonio
 from memjax.engine import params_store
+from memjax.engine import run as run_lib
 from memjax.estimators import memorization
 from memjax.model import gpt2
 from memjax import report
@@ -42,7 +43,7 @@ def curve_points(tcfg, count: int) -> tuple:
   return tuple(sorted({int(bounds[np.searchsorted(bounds, t - 1e-6)]) for t in targets}))
 
 
-class Curve:
+class Curve(run_lib.Recorder):
   """Each model's memorization (the estimator of the final rows) at the curve points, recorded
   by the train loop; kept in the chunk's checkpoints so a resumed run keeps its points."""
 
@@ -127,104 +128,31 @@ def _rows(settings, shape, specs, state, evaluation, wall_s, tcfg=None, curve=No
 def run_chunk(settings, chunk: sweep.Chunk, specs, ckpt_dir, sharding, position=""):
   """Train (resuming from a checkpoint if there is one) and score the given models of a chunk.
 
-  The models are padded with copies of the last one to a multiple of the device count; the copies
-  are dropped from the results. Returns the result rows.
+  The chunk trains on the engine (engine.run.train_stack), padded to the bucket's one compiled
+  size; the copies are dropped from the results. Returns the result rows.
   """
   shape, tcfg = chunk.shape, chunk.train or settings.train
   start = time.time()
   n = len(specs)
-  n_dev = sharding.num_devices
-  padded = train_lib.padded_to(specs, n_dev)
-  padded += [specs[-1]] * (chunk.padded_size - len(padded))  # one compiled size for the bucket
   keys = [sweep.model_key(shape, s, tcfg) for s in specs]
-  ckpts = checkpoint.ChunkCheckpoints(ckpt_dir)
-  state = train_lib.init_stack_from_specs(shape, tcfg, padded, sharding=sharding)
-
-  done = 0
-  finished = False
-  curve_saved = None
-  restored = ckpts.restore(state, n, expect={"keys": keys})
-  if restored is not None:
-    done, leaves, meta = restored
-    state = checkpoint.host_to_state(state, leaves, sharding)
-    finished = bool(meta.get("finished"))
-    curve_saved = meta.get("curve")
-    logging.info("chunk %d (%s): resuming from its checkpoint at step %d%s", chunk.index,
-                 chunk.label, done, " (training finished)" if finished else "")
-
-  curve = Curve(settings, shape, tcfg, n, curve_saved)
-
-  def save(step, st, is_final=False):
-    ckpts.save(step, st, n, {"keys": keys, "finished": is_final, "chunk": chunk.index,
-                             "curve": curve.saved()})
-
-  label = f"{position}{chunk.label} x{n}"
-  tokens_per_step = tcfg.batch_size * shape.seq_len
-  if not finished:
-    with tqdm(total=tcfg.steps, initial=done, desc=f"train {label}", unit="step",
-              disable=settings.quiet, leave=False, dynamic_ncols=True) as bar, \
-        checkpoint.StopSignals() as signals:
-      last = {"t": time.time(), "done": done, "active": n}
-
-      def on_call(step, st):
-        # Tokens a second of the models that trained during the call (padding copies left out).
-        active = int(np.asarray(st.active_M)[:n].sum())
-        now = time.time()
-        k = step - last["done"]
-        tok_s = last["active"] * tokens_per_step * k / max(now - last["t"], 1e-9)
-        last.update(t=now, done=step, active=active)
-        bar.update(k)
-        curve.record(step, st)
-        saturated = int((np.asarray(st.saturation.saturated_step_M)[:n] >= 0).sum())
-        bar.set_postfix_str(f"saturated {saturated}/{n}, {tok_s:,.0f} tok/s", refresh=False)
-        if step < tcfg.steps and train_lib.checkpoint_due(tcfg, step - k, step):
-          save(step, st)
-
-      state, _ = train_lib.train(shape, tcfg, state, start_step=done, on_call=on_call,
-                                 should_stop=lambda: signals.requested)
-      done = last["done"]
-      if signals.requested:
-        save(done, state)
-        ckpts.close()
-        message = (f"interrupted at step {done} of chunk {chunk.index}; checkpoint saved in "
-                   f"{ckpt_dir}; run the same command again to continue")
-        logging.warning("%s", message)
-        raise checkpoint.Interrupted(signals.signum, message)
-    # Training is over: keep that, so a kill while scoring does not train again.
-    save(done, state, is_final=True)
-
+  trained = run_lib.train_stack(
+      shape, tcfg, specs, ckpt_dir, keys, label=f"{position}chunk {chunk.index} ({chunk.label})",
+      quiet=settings.quiet, padded_size=chunk.padded_size, sharding=sharding,
+      recorder=lambda saved: Curve(settings, shape, tcfg, n, saved), meta={"chunk": chunk.index})
+  state = trained.state
   max_n = max(s.dataset_size for s in specs)
-  with tqdm(total=max_n, desc=f"score {label}", unit="seq", disable=settings.quiet,
-            leave=False) as bar:
+  with tqdm(total=max_n, desc=f"score {position}{chunk.label} x{n}", unit="seq",
+            disable=settings.quiet, leave=False) as bar:
     evaluation = memorization.evaluate_synthetic(
         shape, state, settings.eval_batch_size, settings.test_size, tcfg.vocab_chunk, bar.update)
   if settings.save_params:  # before the rows are written: a row then always has its params
     params_store.save_beside_checkpoints(ckpt_dir, keys, state.params, n)
-  ckpts.close()
-  return _rows(settings, shape, specs, state, evaluation, time.time() - start, tcfg, curve)
+  return _rows(settings, shape, specs, state, evaluation, time.time() - start, tcfg,
+               trained.recorder)
 
 
 def _process():
   return jax.process_index(), jax.process_count()
-
-
-def _wait_for_every_process(name, hours=24):
-  """A barrier of all processes that waits as long as the slowest one trains. The processes'
-  chunks can take very different times (3 chunks over 2 processes, or a resume where one has
-  nothing left): a device collective (sync_global_devices) gives up after Gloo's 30 s on CPUs,
-  so this uses the coordination service's barrier with its own timeout."""
-  client = _coordination_client(jax.process_count())
-  if client is None:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-    return
-  client.wait_at_barrier(name, timeout_in_ms=int(hours * 3600 * 1000))
-
-
-def _coordination_client(nproc):
-  """The coordination service's client of a multi-process run, or None."""
-  from jax._src import distributed  # the client jax.distributed.initialize() made
-  return distributed.global_state.client if nproc > 1 else None
 
 
 def _agreed_plan(settings, devices, pid, nproc, hours=24):
@@ -236,7 +164,7 @@ def _agreed_plan(settings, devices, pid, nproc, hours=24):
   it planning, in the coordination service's key-value store and reads every other's: a
   mismatch or another process's error is a ConfigError on every process, before anything trains
   (a process that failed alone would leave the others waiting for it)."""
-  client = _coordination_client(nproc)
+  client = run_lib.coordination_client(nproc)
   try:
     plan = sweep.plan_chunks(settings, devices)
     chunk_keys = [[sweep.model_key(chunk.shape, s, chunk.train or settings.train)
@@ -371,8 +299,7 @@ def run(settings: config_lib.CapacitySettings, workdir: str):
   except OSError:
     pass
 
-  if nproc > 1:
-    _wait_for_every_process("memjax: every chunk trained")
+  run_lib.Processes(pid, nproc).barrier("memjax: every chunk trained")
   complete = sweep.merge_results(workdir, all_keys, writer=pid)
   if not complete:
     logging.warning("results.jsonl not merged: some models of the sweep have no row yet")
@@ -401,8 +328,7 @@ def main(settings, workdir):
   start = time.time()
   summary, trained, skipped = run(settings, workdir)
   if summary is None:
-    print(f"{trained} models trained by process {jax.process_index()}; process 0 writes the "
-          f"summary ({time.time() - start:.0f}s)")
+    print(run_lib.other_process_line(trained, "models", start))
     return
   print(report.capacity_table_text(summary))
   others = "" if jax.process_count() == 1 else " (by this process)"

@@ -44,7 +44,9 @@ import numpy as np
 from absl import logging
 
 from memjax import config as config_lib
+from memjax.engine import checkpoint
 from memjax.engine import jsonio
+from memjax.engine import run as run_lib
 from memjax import report
 from memjax.estimators import membership as mi
 from memjax.train import TrainConfig
@@ -334,22 +336,16 @@ def attack_scores(settings, stats_ExS, tokens_ExS, vocab_size, ref_logp_ExS=None
   }
 
 
-def _progress(settings, label, total):
-  if settings.quiet:
-    return None
-  from tqdm import tqdm
-  bar = tqdm(total=total, desc=label, unit="step", leave=False)
-  return lambda k, _: bar.update(k)
-
-
-def _train(settings, cfg, tcfg, specs, label, members=None, corpus=None):
+def _train(settings, cfg, tcfg, specs, label, ckpt_dir, members=None, corpus=None):
+  """A stack trained on the engine (checkpointed in ckpt_dir): (state of its own models, the
+  last call's losses [M])."""
   import jax.numpy as jnp
-  from memjax import train as train_lib
-  state = train_lib.init_stack_from_specs(cfg, tcfg, specs, members=members)
   corpus_j = None if corpus is None else jnp.asarray(corpus, jnp.int32)
-  state, losses = train_lib.train(cfg, tcfg, state, _progress(settings, label, tcfg.steps),
-                                  corpus_j)
-  return state, np.asarray(losses, np.float64)
+  keys = [f"{label}/{i}/{json.dumps(dataclasses.asdict(sp))}" for i, sp in enumerate(specs)]
+  trained = run_lib.train_stack(cfg, tcfg, specs, ckpt_dir, keys, label=label,
+                                quiet=settings.quiet, members=members, corpus_NxS=corpus_j)
+  state = run_lib.own_models(trained, trained.state)
+  return state, np.asarray(trained.last_loss_M, np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +367,9 @@ def _stack_identity(settings, name, legacy=False):
               if k not in NOT_IN_STACK_KEY}
   from memjax import train as train_lib
   train_lib.drop_fields_at_old_behaviour(identity["train"])  # the schedule fields added later
+  # How often a stack is checkpointed changes nothing it computes: keyed as never (as before the
+  # option was read), so stored stacks keep their files.
+  identity["train"]["checkpoint_every"] = 0
   if legacy:  # the key of stacks stored before it was narrowed to what each stack reads
     return identity
   if name.startswith("lira"):
@@ -414,60 +413,85 @@ def _load_stack(path):
   return rows, design_part
 
 
-def cached_stack(settings, workdir, name, design, counts, compute, text=None):
-  """`compute(design_part) -> rows` for one stack, or what an earlier run stored of it.
+def checkpoint_dir(path):
+  """Where a stack stored at `path` checkpoints while it trains."""
+  return path[:-len(".npz")] + ".checkpoints"
 
-  `counts` (a dict, optional) gains "trained" or "loaded". An unreadable stored file is reported
-  and the stack trained again. A text stack is keyed by its dataset too (`TextData.key`).
-  """
+
+def load_stored_stack(settings, workdir, name, counts=None, text=None):
+  """(rows, design part) of a stack an earlier run stored, or None. An unreadable stored file
+  is reported (and the stack trained again). A text stack is keyed by its dataset too
+  (`TextData.key`); `counts` (a dict, optional) gains "loaded"."""
   data_key = None if text is None else text.key
   path = stack_path(settings, workdir, name, data_key)
   legacy = stack_path(settings, workdir, name, data_key, legacy=True)
   stored = path if os.path.exists(path) or not os.path.exists(legacy) else legacy
-  if os.path.exists(stored):
-    try:
-      rows, part = _load_stack(stored)
-    except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
-      logging.warning("%s: the stored stack %s does not load (%s); training it again", name,
-                      stored, e)
-    else:
-      logging.info("%s: already done (%s)", name, stored)
-      if stored != path:  # stored by an earlier version: keep it under today's key too
-        _save_stack(path, rows, part)
-      design.update(part)
-      if counts is not None:
-        counts["loaded"] = counts.get("loaded", 0) + 1
-      return rows
+  if not os.path.exists(stored):
+    return None
+  try:
+    rows, part = _load_stack(stored)
+  except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
+    logging.warning("%s: the stored stack %s does not load (%s); training it again", name,
+                    stored, e)
+    return None
+  logging.info("%s: already done (%s)", name, stored)
+  if stored != path:  # stored by an earlier version: keep it under today's key too
+    _save_stack(path, rows, part)
+  if counts is not None:
+    counts["loaded"] = counts.get("loaded", 0) + 1
+  return rows, part
+
+
+def compute_stack(settings, workdir, name, compute, counts=None, text=None):
+  """`compute(design_part, checkpoint_dir) -> rows` for one stack, stored (its checkpoints then
+  deleted); returns (rows, design part). `counts` (a dict, optional) gains "trained"."""
+  path = stack_path(settings, workdir, name, None if text is None else text.key)
   part = {}
-  rows = compute(part)
+  rows = compute(part, checkpoint_dir(path))
   _save_stack(path, rows, part)
-  design.update(part)
+  checkpoint.ChunkCheckpoints(checkpoint_dir(path)).delete()
   if counts is not None:
     counts["trained"] = counts.get("trained", 0) + 1
-  return rows
+  return rows, part
 
 
 # ---------------------------------------------------------------------------------------------
 # Target models.
 
 
-def run_targets(settings, workdir, text, design, counts=None):
-  """Train, score and attack every target model (a stack per shape); returns result rows.
-
-  Each finished stack is stored under <workdir>/stacks/ and loaded by a rerun (`cached_stack`).
-  """
-  rows = []
+def stack_units(settings, text):
+  """(name, compute) of every stack of the experiment: the targets (a stack per shape), then the
+  LiRA shadows; compute(design_part, checkpoint_dir) trains, scores and attacks it."""
+  units = []
   for layers in settings.layers:
     for d in settings.d_model:
       label = f"L{layers} d{d} {settings.precision}"
-      rows += cached_stack(settings, workdir, f"targets {label}", design, counts,
-                           lambda part: _target_stack(settings, text, layers, d, label, part),
-                           text)
-  _add_capacity_x(settings, rows)
+      units.append((f"targets {label}", functools.partial(_target_stack, settings, text, layers,
+                                                          d, label)))
+  if settings.lira_num_models:
+    units.append(("lira shadows", functools.partial(run_lira, settings, text)))
+  return units
+
+
+def run_stacks(settings, workdir, text, design, counts=None):
+  """Every stack's rows (skipping stored ones; this process's share with several processes),
+  its design entries in `design`; None on a process other than 0 (process 0 writes the report).
+  """
+  units = stack_units(settings, text)
+  load = lambda i: load_stored_stack(settings, workdir, units[i][0], counts, text)
+  compute = lambda i: compute_stack(settings, workdir, units[i][0], units[i][1], counts, text)
+  stored = run_lib.run_units(run_lib.Processes(), len(units), load, compute, "membership stack")
+  if stored is None:
+    return None
+  rows = []
+  for (name, _), (stack_rows, part) in zip(units, stored):
+    design.update(part)
+    rows += stack_rows
+  _add_capacity_x(settings, [r for r in rows if r["role"] == "target"])
   return rows
 
 
-def _target_stack(settings, text, layers, d, label, design):
+def _target_stack(settings, text, layers, d, label, design, ckpt_dir):
   """One shape's stack of targets: train, score, attack; its design entries go in `design`."""
   import jax
   from memjax.model import gpt2
@@ -490,7 +514,7 @@ def _target_stack(settings, text, layers, d, label, design):
       members.append(text.reference_idx)
     corpus = text.tokens
   start = time.time()
-  state, losses = _train(settings, cfg, settings.train, specs, label, members, corpus)
+  state, losses = _train(settings, cfg, settings.train, specs, label, ckpt_dir, members, corpus)
   wall = time.time() - start
 
   # The balanced evaluation set of each target, as tokens [M, 2*half, S].
@@ -589,7 +613,7 @@ def _add_capacity_x(settings, rows):
 # LiRA.
 
 
-def run_lira(settings, workdir, text, design):
+def run_lira(settings, text, design, ckpt_dir):
   """Shadow stack over a membership matrix; leave-one-out targets; rows with LiRA metrics."""
   import jax
   from memjax.model import gpt2
@@ -617,7 +641,7 @@ def run_lira(settings, workdir, text, design):
                                tcfg.learning_rate) for i in range(m)]
   members = [np.flatnonzero(mat[i]).astype(np.int32) for i in range(m)]
   start = time.time()
-  state, losses = _train(settings, cfg, tcfg, specs, "LiRA shadows", members, corpus)
+  state, losses = _train(settings, cfg, tcfg, specs, "LiRA shadows", ckpt_dir, members, corpus)
   wall = time.time() - start
   stats = stack_stats(cfg, state.params, np.broadcast_to(corpus, (m,) + corpus.shape),
                       settings.eval_batch_size, tcfg.vocab_chunk)
@@ -817,10 +841,9 @@ def run(settings: MembershipSettings, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   text = load_text(settings, workdir) if settings.source == "text" else None
   design, counts = {}, {}
-  rows = run_targets(settings, workdir, text, design, counts)
-  if settings.lira_num_models:
-    rows += cached_stack(settings, workdir, "lira shadows", design, counts,
-                         lambda part: run_lira(settings, workdir, text, part), text)
+  rows = run_stacks(settings, workdir, text, design, counts)
+  if rows is None:  # another process writes the report
+    return None, counts
   jsonio.savez_atomic(os.path.join(workdir, "design.npz"), **design)
   jsonio.write_atomic(os.path.join(workdir, "design.json"), {
       "settings": config_lib.to_jsonable(settings),
@@ -867,6 +890,9 @@ def main(settings: MembershipSettings, workdir: str):
   """Run and print the report (the CLI's job for config.experiment = "membership")."""
   start = time.time()
   rows, summary = run(settings, workdir)
+  if rows is None:
+    print(run_lib.other_process_line(summary.get("trained", 0), "stacks", start))
+    return
   print(report_text(rows, summary))
   print(f"{summary['stacks_trained']} stacks trained, {summary['stacks_already_done']} already "
         f"done (<workdir>/stacks/)")

@@ -58,7 +58,9 @@ from tqdm import tqdm
 from memjax import config as config_lib
 from memjax import report
 from memjax.estimators import extraction
+from memjax.engine import checkpoint
 from memjax.engine import jsonio
+from memjax.engine import run as run_lib
 from memjax import likelihood
 from memjax.model import gpt2
 from memjax.engine import sweep
@@ -449,16 +451,17 @@ def _load_params(path, template_M):
   return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def _load_trained(stack_dir, template_M, label):
+def _load_trained(stack_dir, template_fn, label):
   """(steps, diverged, params) of a stack trained by an earlier run, or None: none stored, or a
-  stored file that does not load (reported; the stack is trained again)."""
+  stored file that does not load (reported; the stack is trained again). `template_fn()` gives
+  parameters of the structure and dtypes stored (of any model count)."""
   params_path = stack_dir + ".params.npz"
   if not os.path.exists(params_path):
     return None
   try:
     with np.load(stack_dir + ".train_state.npz") as meta:
       steps_M, diverged_M = meta["steps"], meta["diverged"]
-    return steps_M, diverged_M, _load_params(params_path, template_M)
+    return steps_M, diverged_M, _load_params(params_path, template_fn())
   except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
     logging.warning("%s: the stored parameters %s do not load (%s); training the stack again",
                     label, params_path, e)
@@ -479,29 +482,19 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
   params_path = stack_dir + ".params.npz"
   start = time.time()
   n = len(stack)
-  # The models are sharded over the local devices (on a CPU: one a core), padded with copies of
-  # the last one to a multiple of their count; the copies are dropped once trained.
-  sharding = train_lib.model_sharding()
-  state = train_lib.init_stack_from_specs(
-      shape, tcfg, train_lib.padded_to(specs, sharding.num_devices),
-      train_lib.padded_to(member_rows, sharding.num_devices), sharding=sharding)
-  stored = _load_trained(stack_dir, state.params, label)
+  stored = _load_trained(stack_dir, lambda: train_lib.init_stack_from_specs(
+      shape, tcfg, specs[:1], member_rows[:1]).params, label)
   trained = stored is None
   if not trained:
     steps_M, diverged_M, params_M = stored
     logging.info("%s: loaded trained parameters from %s", label, params_path)
   else:
-    tokens_per_step = tcfg.batch_size * shape.seq_len * n
-    with tqdm(total=tcfg.steps, desc=f"train {label}", unit="step", disable=settings.quiet,
-              leave=False, dynamic_ncols=True) as bar:
-      def progress(k, losses_M):
-        bar.update(k)
-        bar.set_postfix_str(f"loss {float(np.nanmean(np.asarray(losses_M))):.3f}, "
-                            f"{tokens_per_step * bar.n / max(time.time() - start, 1e-9):,.0f} "
-                            "tok/s", refresh=False)
-      state, _ = train_lib.train(shape, tcfg, state, progress, corpus_NxS=corpus_NxS)
-    # The padding copies dropped; scoring runs on the default device.
-    params_M = jax.device_put(jax.tree.map(lambda a: a[:n], state.params), jax.local_devices()[0])
+    keys = [model_key(m, tcfg, data.identity) for m in stack]
+    stack_run = run_lib.train_stack(shape, tcfg, specs, stack_dir + ".checkpoints", keys,
+                                    label=label, quiet=settings.quiet, members=member_rows,
+                                    corpus_NxS=corpus_NxS)
+    state = stack_run.state
+    params_M = run_lib.own_models(stack_run, state.params)
     steps_M = np.asarray(state.step_M)[:n]
     diverged_M = np.asarray(state.diverged_M)[:n]
     if settings.save_params:
@@ -1021,6 +1014,10 @@ def _write_rows(path, rows):
 # The experiment.
 
 
+def _stack_label(plan, i):
+  return f"[{i + 1}/{len(plan)}] {shape_label(plan[i][0].shape)} x{len(plan[i])}"
+
+
 def run(settings: TextSettings, workdir: str):
   """Build the data, train and score every stack (skipping stored ones), write every output.
 
@@ -1044,27 +1041,34 @@ def run(settings: TextSettings, workdir: str):
   for shape in model_shapes(settings, ds.vocab_size):
     members = shape_members(settings, shape, pool_size)
     plan.extend(_stacks(settings, members))
-  scored, trained, rescored, found = [], 0, 0, 0
-  for i, stack in enumerate(plan):
-    keys = [model_key(m, settings.train, data.identity) for m in stack]
-    stack_id = "stack-" + _hash(keys)[:16]
-    base = os.path.join(stack_root, stack_id)
-    scores_path = f"{base}-{score_id}.scores.npz"
-    arrays = _load_scores(scores_path) if os.path.exists(scores_path) else None
-    label = f"[{i + 1}/{len(plan)}] {shape_label(stack[0].shape)} x{len(stack)}"
-    if arrays is None:
-      t0 = time.time()
-      arrays, was_trained = run_stack(settings, data, stack, corpus_NxS, base, label)
-      os.replace(f"{base}.scores.npz", scores_path)
-      if was_trained:
-        trained += len(stack)
-      else:
-        rescored += len(stack)
-      logging.info("%s: %s, scored and extracted in %.1fs", label,
-                   "trained" if was_trained else "parameters loaded", time.time() - t0)
-    else:
-      found += len(stack)
-      logging.info("%s: already done (%s)", label, scores_path)
+  counts = collections.Counter()
+  keys_of = [[model_key(m, settings.train, data.identity) for m in stack] for stack in plan]
+  bases = [os.path.join(stack_root, "stack-" + _hash(keys)[:16]) for keys in keys_of]
+
+  def load(i):
+    path = f"{bases[i]}-{score_id}.scores.npz"
+    arrays = _load_scores(path) if os.path.exists(path) else None
+    if arrays is not None:
+      counts["found"] += len(plan[i])
+      logging.info("%s: already done (%s)", _stack_label(plan, i), path)
+    return arrays
+
+  def compute(i):
+    t0, label = time.time(), _stack_label(plan, i)
+    arrays, was_trained = run_stack(settings, data, plan[i], corpus_NxS, bases[i], label)
+    os.replace(f"{bases[i]}.scores.npz", f"{bases[i]}-{score_id}.scores.npz")
+    checkpoint.ChunkCheckpoints(bases[i] + ".checkpoints").delete()
+    counts["trained" if was_trained else "rescored"] += len(plan[i])
+    logging.info("%s: %s, scored and extracted in %.1fs", label,
+                 "trained" if was_trained else "parameters loaded", time.time() - t0)
+    return arrays
+
+  stored = run_lib.run_units(run_lib.Processes(), len(plan), load, compute, "text stack")
+  if stored is None:  # another process writes the report
+    return None, None, (counts["trained"], counts["rescored"], counts["found"])
+  scored = []
+  trained, rescored, found = counts["trained"], counts["rescored"], counts["found"]
+  for stack, keys, arrays in zip(plan, keys_of, stored):
     offsets = np.concatenate([[0], np.cumsum(arrays["member_sizes"])])
     for j, (member, key) in enumerate(zip(stack, keys)):
       ext = {p: {split: {score: arrays[f"ext_{split}_{score}_p{p}"][j][
@@ -1140,6 +1144,9 @@ def main(settings: TextSettings, workdir: str):
   except ConfigError as e:  # bad data, found after validate() but before any training
     print(f"memjax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  if rows is None:
+    print(run_lib.other_process_line(trained + rescored, "models", start))
+    return
   print(table_text(rows, summary, settings.prefix_lengths))
   rescored_text = f", {rescored} rescored from stored parameters" if rescored else ""
   print(f"{trained} models trained{rescored_text}, {found} already done; results in {workdir}: "
