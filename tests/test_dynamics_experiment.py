@@ -321,14 +321,14 @@ def test_a_diverged_model_stops_with_one_line_naming_the_learning_rate(module, a
   state = type("State", (), {"diverged_M": np.array([False] * (len(sizes) - 1) + [True]),
                              "params": None})()
   monkeypatch.setattr(dyn_exp, "train_in_segments",
-                      lambda *a, **k: (state, np.array([1.0] * (len(sizes) - 1) + [np.nan])))
+                      lambda *a, **k: (state, np.array([1.0] * (len(sizes) - 1) + [np.nan]), []))
   cfg = gpt2.ModelConfig(256, 32, 1, 16, 2)
   tokens = np.zeros((64, 32), np.int32)
   with pytest.raises(config_lib.ConfigError, match="config.train.learning_rate: ") as e:
     if module is dyn_exp:
-      module.run_width(settings, cfg, "L1_d16", tokens, tokens[:8], None)
+      module.run_width(settings, cfg, "L1_d16", tokens, tokens[:8], None, "unused")
     else:
-      module.run_width(settings, cfg, tokens, tokens[:16], tokens[:8], {})
+      module.run_width(settings, cfg, tokens, tokens[:16], tokens[:8], {}, "unused")
   assert needle in str(e.value) and "\n" not in str(e.value)
 
 

@@ -30,13 +30,14 @@ from memjax.engine import checkpoint
 
 class Recorder:
   """What an experiment records while a stack trains (e.g. scores at some steps); kept in the
-  stack's checkpoints. `record` is called after every device call, `saved` gives a JSON-able
-  dict for a checkpoint, and the constructor takes that dict back (None for a fresh stack)."""
+  stack's checkpoints. `record(step, state, losses_M)` is called after every device call (with
+  the own models' losses in it), `saved` gives a JSON-able dict for a checkpoint, and the
+  constructor takes that dict back (None for a fresh stack)."""
 
   def __init__(self, saved: dict | None = None):
     self.saved_state = saved or {}
 
-  def record(self, step: int, state):
+  def record(self, step: int, state, losses_M):
     pass
 
   def saved(self) -> dict:
@@ -93,7 +94,7 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
                              "recorded": rec.saved(), "last_loss": losses})
 
   def on_losses(losses_M):
-    losses[:] = [float(x) for x in np.asarray(losses_M)[:n]]
+    losses[:] = losses_M
 
   if not finished:
     state, done = _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS,
@@ -110,11 +111,11 @@ def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS
   stops = tuple(stops)
   with tqdm(total=tcfg.steps, initial=done, desc=f"train {label}", unit="step", disable=quiet,
             leave=False, dynamic_ncols=True) as bar, checkpoint.StopSignals() as signals:
-    last = {"t": time.time(), "done": done, "active": n, "loss": float("nan")}
+    last = {"t": time.time(), "done": done, "active": n}
 
     def progress(k, losses_M):
-      on_losses(losses_M)
-      last["loss"] = float(np.nanmean(np.asarray(losses_M)[:n]))
+      last["losses"] = [float(x) for x in np.asarray(losses_M)[:n]]
+      on_losses(last["losses"])
 
     def on_call(step, st):
       # Tokens a second of the models that trained in the call (padding copies left out).
@@ -122,8 +123,8 @@ def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS
       tok_s = last["active"] * tokens_per_step * k / max(now - last["t"], 1e-9)
       last.update(t=now, done=step, active=int(np.asarray(st.active_M)[:n].sum()))
       bar.update(k)
-      rec.record(step, st)
-      postfix = f"loss {last['loss']:.3f}, {tok_s:,.0f} tok/s"
+      rec.record(step, st, last["losses"])
+      postfix = f"loss {np.nanmean(last['losses']):.3f}, {tok_s:,.0f} tok/s"
       if tcfg.saturation:
         frozen = int((np.asarray(st.saturation.saturated_step_M)[:n] >= 0).sum())
         postfix = f"saturated {frozen}/{n}, " + postfix
@@ -196,14 +197,15 @@ def describe_owner(procs: Processes, unit_index: int) -> str:
 def run_units(procs: Processes, count: int, load, compute, name: str) -> list | None:
   """The stored result of every unit of a run, computing this process's missing ones.
 
-  `load(i)` gives unit i's stored result or None; `compute(i)` makes and stores it. Each process
-  does its own units (i % process count), all wait for each other, then process 0 loads the rest
-  and gets the list; the other processes get None (process 0 writes the report).
+  `load(i, earlier)` gives unit i's stored result or None (`earlier`: stored by an earlier run,
+  which the experiment may count; False: by another process of this run); `compute(i)` makes
+  and stores it. Each process does its own units (i % process count), all wait for each other,
+  then process 0 loads the rest and gets the list; the others get None (process 0 reports).
   """
   results = [None] * count
   for i in range(count):
     if procs.owns(i):
-      results[i] = load(i)
+      results[i] = load(i, True)
       if results[i] is None:
         results[i] = compute(i)
   procs.barrier(f"memjax: every {name} done")
@@ -211,7 +213,7 @@ def run_units(procs: Processes, count: int, load, compute, name: str) -> list | 
     return None
   for i in range(count):
     if results[i] is None:
-      results[i] = load(i)
+      results[i] = load(i, False)
     if results[i] is None:
       raise RuntimeError(f"{name} {i} is not stored, though process {i % procs.count} ran it")
   return results

@@ -53,7 +53,7 @@ class Curve(run_lib.Recorder):
     self.bits = {int(k): v for k, v in (saved or {}).get("bits", {}).items()}
     self.wall_s = (saved or {}).get("wall_s", 0.0)
 
-  def record(self, step, state):
+  def record(self, step, state, losses_M=None):
     if step not in self.points:
       return
     start = time.time()

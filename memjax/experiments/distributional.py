@@ -39,7 +39,9 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax.engine import checkpoint
 from memjax.engine import jsonio
+from memjax.engine import run as run_lib
 from memjax import report
 from memjax.experiments import dynamics as dx
 from memjax.train import TrainConfig
@@ -159,13 +161,15 @@ def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position:
   return rows
 
 
-def run_width(settings, cfg, train_NxS, heldout, members, indexes):
+def run_width(settings, cfg, train_NxS, heldout, members, indexes, ckpt_dir):
   """Trains one width's models (one per dataset size) and correlates them: its result rows."""
   from memjax.model import gpt2
   tcfg, sizes = settings.train, settings.dataset_sizes
-  state, losses = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
-                                       [settings.data.seed] * len(sizes), 1)
-  dx.check_not_diverged(state, f"L{cfg.layers}_d{cfg.d_model}", [f"N={n}" for n in sizes])
+  label = f"L{cfg.layers}_d{cfg.d_model}"
+  state, losses, _ = dx.train_in_segments(cfg, tcfg, train_NxS, [np.arange(n) for n in sizes],
+                                          [settings.data.seed] * len(sizes), 1, ckpt_dir,
+                                          label=label, quiet=settings.quiet)
+  dx.check_not_diverged(state, label, [f"N={n}" for n in sizes])
   heads = [{"d_model": cfg.d_model, "layers": cfg.layers, "n_params": gpt2.n_params(cfg),
             "dataset_size": int(n), "train_loss": float(losses[i])} for i, n in enumerate(sizes)]
   return correlate_stack(settings, cfg, state.params, heldout, members,
@@ -244,23 +248,37 @@ def main(settings: DistributionalSettings, workdir: str):
   if settings.model_paths:
     rows = run_checkpoints(settings, train_NxS, heldout, members,
                            indexes[settings.dataset_sizes[0]])
-  for d in () if settings.model_paths else settings.d_model:
-    cfg = gpt2.ModelConfig(vocab, s, settings.layers, d, settings.num_heads)
-    label = f"L{settings.layers}_d{d}"
-    t_model = time.time()
-    key = dx.width_key(settings, d, train_NxS, heldout_HxS)
-    stored = dx.stored_width(store, label, key)
-    if stored is not None:
-      width_rows = stored[0]["rows"]
-      for r in width_rows:  # widths stored before the distance was a field
-        r.setdefault("kendall_tau_distance", ngram_lib.kendall_tau_distance(r["kendall_tau"]))
-      reused.append(label)
-      dx._log(settings, f"{label}: stored in {store}, not trained again")
-    else:
-      width_rows = run_width(settings, cfg, train_NxS, heldout, members, indexes)
-      dx.store_width(store, label, key, {"rows": width_rows}, {})
-      dx._log(settings, f"{label}: {len(settings.dataset_sizes)} models trained and scored "
-                        f"({time.time() - t_model:.0f}s)")
+  widths = () if settings.model_paths else settings.d_model
+  labels = [f"L{settings.layers}_d{d}" for d in widths]
+  keys = [dx.width_key(settings, d, train_NxS, heldout_HxS) for d in widths]
+
+  def load(i, earlier):
+    stored = dx.stored_width(store, labels[i], keys[i])
+    if stored is None:
+      return None
+    for r in stored[0]["rows"]:  # widths stored before the distance was a field
+      r.setdefault("kendall_tau_distance", ngram_lib.kendall_tau_distance(r["kendall_tau"]))
+    if earlier:
+      reused.append(labels[i])
+      dx._log(settings, f"{labels[i]}: stored in {store}, not trained again")
+    return stored[0]["rows"]
+
+  def compute(i):
+    t_model, ckpt_dir = time.time(), dx.width_checkpoints(store, labels[i], keys[i])
+    cfg = gpt2.ModelConfig(vocab, s, settings.layers, widths[i], settings.num_heads)
+    width_rows = run_width(settings, cfg, train_NxS, heldout, members, indexes, ckpt_dir)
+    dx.store_width(store, labels[i], keys[i], {"rows": width_rows}, {})
+    checkpoint.ChunkCheckpoints(ckpt_dir).delete()
+    dx._log(settings, f"{labels[i]}: {len(settings.dataset_sizes)} models trained and scored "
+                      f"({time.time() - t_model:.0f}s)")
+    return width_rows
+
+  stored = run_lib.run_units(run_lib.Processes(), len(widths), load, compute,
+                             "distributional width")
+  if stored is None:  # another process writes the report
+    dx._log(settings, run_lib.other_process_line(len(widths) - len(reused), "widths", t0))
+    return
+  for width_rows in stored:
     rows += width_rows
   results = {"experiment": "distributional", "data": info,
              "settings": config_lib.to_jsonable(settings), "rows": rows, "widths_reused": reused,

@@ -40,7 +40,9 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax.engine import checkpoint
 from memjax.engine import jsonio
+from memjax.engine import run as run_lib
 from memjax import report
 from memjax.config import ConfigError
 from memjax.train import TrainConfig
@@ -298,26 +300,39 @@ def load_tokens(d: DataSettings, workdir: str):
   return tokens[: d.num_samples], tokens[d.num_samples:], ds.vocab_size, info
 
 
-def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, on_segment=None):
+class _Segments:
+  """The engine's recorder of a stack trained in segments: on_segment's record at each segment
+  end, kept in the stack's checkpoints (so a resumed run has the records of the steps before)."""
+
+  def __init__(self, ends, on_segment, saved):
+    self.ends, self.on_segment = list(ends), on_segment
+    self.records = list((saved or {}).get("segments", []))
+
+  def record(self, step, state, losses_M):
+    if step in self.ends[len(self.records):]:
+      self.records.append(self.on_segment(self.ends.index(step), step, state, losses_M))
+
+  def saved(self):
+    return {"segments": self.records}
+
+
+def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, ckpt_dir, *,
+                      label, quiet=False, on_segment=lambda *a: None):
   """Trains a stack (one model per members/seeds entry) for tcfg.steps steps in `segments`
-  equal segments; on_segment(segment_index, steps_done, state, last_losses_M) after each."""
+  equal segments on the engine, checkpointed in ckpt_dir at every segment end (and resumed from
+  there); on_segment(segment_index, steps_done, state, losses_M) after each gives a JSON-able
+  record. Returns (state of the stack's own models, last losses [M], the records)."""
   import jax.numpy as jnp
   from memjax import train as train_lib
   specs = [train_lib.ModelSpec(len(m), int(s), tcfg.learning_rate) for m, s in zip(members, seeds)]
-  state = train_lib.init_stack_from_specs(cfg, tcfg, specs, members=members)
-  corpus = jnp.asarray(corpus_NxS, jnp.int32)
-  bounds = np.linspace(0, tcfg.steps, segments + 1).round().astype(int)
-  losses = None
-  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-    done = a
-    while done < b:  # at most steps_per_call steps a dispatch, like train.train
-      k = int(min(tcfg.steps_per_call, b - done))
-      state, losses_KxM = train_lib.train_steps(cfg, tcfg, state, k, corpus)
-      losses = np.asarray(losses_KxM[-1])
-      done += k
-    if on_segment is not None:
-      on_segment(i, int(b), state, losses)
-  return state, losses
+  keys = [f"{label}/{i}/N{len(m)}/seed{int(s)}" for i, (m, s) in enumerate(zip(members, seeds))]
+  ends = [int(b) for b in np.linspace(0, tcfg.steps, segments + 1).round()[1:]]
+  trained = run_lib.train_stack(
+      cfg, tcfg, specs, ckpt_dir, keys, label=label, quiet=quiet, members=members,
+      corpus_NxS=jnp.asarray(corpus_NxS, jnp.int32), stops=ends,
+      recorder=lambda saved: _Segments(ends, on_segment, saved))
+  state = run_lib.own_models(trained, trained.state)
+  return state, np.asarray(trained.last_loss_M), trained.recorder.records
 
 
 def check_not_diverged(state, label, names):
@@ -369,6 +384,9 @@ def width_key(settings, d_model: int, *tokens) -> str:
   s.pop("d_model")
   from memjax import train as train_lib
   train_lib.drop_fields_at_old_behaviour(s["train"])  # the schedule fields added later
+  # How often a width is checkpointed changes nothing it computes: keyed as never (as before the
+  # option was read), so stored widths keep their keys.
+  s["train"]["checkpoint_every"] = 0
   if not s["data"].get("tokenizer_path"):  # fields newer than stored widths: their keys stay
     s["data"].pop("tokenizer_path", None)
   if s.get("model_paths"):
@@ -416,6 +434,12 @@ def stored_width(directory, label, key):
   return result, arrays
 
 
+def width_checkpoints(directory, label, key):
+  """Where a width checkpoints while it trains (its key in the name: other settings are other
+  models)."""
+  return os.path.join(directory, f"{label}-{key[:16]}.checkpoints")
+
+
 def store_width(directory, label, key, result, arrays):
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{label}.npz")
@@ -434,26 +458,29 @@ def _log(settings, *args):
 # Run.
 
 
-def run_width(settings, cfg, label, train_NxS, samples, index):
+def run_width(settings, cfg, label, train_NxS, samples, index, ckpt_dir):
   """Trains one width and measures everything of it: (its results dict, its arrays)."""
   from memjax.estimators import dynamics
   c, k = settings.context, settings.continuation
   tcfg = settings.train
-  over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
-  scores_C = []
 
   def on_segment(i, steps, state, losses):
     sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
                                       tcfg.vocab_chunk)[0]
-    scores_C.append(sc)
-    _record(over, steps, sc, float(losses[0]))
+    buckets = dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()
     _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "
-                   f"{sc.mean():.3f}, buckets {over['bucket_counts'][-1]}")
+                   f"{sc.mean():.3f}, buckets {buckets}")
+    return {"step": steps, "loss": float(losses[0]), "scores": sc.tolist(), "dtype": str(sc.dtype)}
 
   t_model = time.time()
-  state, _ = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
-                               [settings.data.seed], settings.checkpoints, on_segment)
+  state, _, records = train_in_segments(cfg, tcfg, train_NxS, [np.arange(len(train_NxS))],
+                                        [settings.data.seed], settings.checkpoints, ckpt_dir,
+                                        label=label, quiet=settings.quiet, on_segment=on_segment)
   check_not_diverged(state, label, ["its model"])
+  over = {"steps": [], "mean_score": [], "bucket_counts": [], "loss": []}
+  scores_C = [np.asarray(r["scores"], r["dtype"]) for r in records]
+  for r, sc in zip(records, scores_C):
+    _record(over, r["step"], sc, r["loss"])
   return analyze(settings, cfg, label, state.params, np.stack(scores_C), over, samples, index,
                  t_model)
 
@@ -611,22 +638,35 @@ def main(settings: DynamicsSettings, workdir: str):
   results = {"experiment": "dynamics", "data": info,
              "settings": config_lib.to_jsonable(settings), "buckets": list(dynamics.BUCKET_LABELS),
              "models": [], "widths_reused": []}
-  arrays = {}
   store = os.path.join(workdir, "dynamics_models")
-  for cfg in _models(settings, vocab, s):
-    label = f"L{cfg.layers}_d{cfg.d_model}"
-    key = width_key(settings, cfg.d_model, train_NxS)
-    stored = stored_width(store, label, key)
-    if stored is not None:
-      result, width_arrays = stored
-      results["widths_reused"].append(label)
-      _log(settings, f"{label}: stored in {store}, not measured again")
-    elif settings.model_paths:
-      result, width_arrays = run_checkpoints(settings, label, samples, index)
-      store_width(store, label, key, result, width_arrays)
+  models = _models(settings, vocab, s)
+  labels = [f"L{cfg.layers}_d{cfg.d_model}" for cfg in models]
+  keys = [width_key(settings, cfg.d_model, train_NxS) for cfg in models]
+
+  def load(i, earlier):
+    stored = stored_width(store, labels[i], keys[i])
+    if stored is not None and earlier:
+      results["widths_reused"].append(labels[i])
+      _log(settings, f"{labels[i]}: stored in {store}, not measured again")
+    return stored
+
+  def compute(i):
+    if settings.model_paths:
+      stored = run_checkpoints(settings, labels[i], samples, index)
     else:
-      result, width_arrays = run_width(settings, cfg, label, train_NxS, samples, index)
-      store_width(store, label, key, result, width_arrays)
+      stored = run_width(settings, models[i], labels[i], train_NxS, samples, index,
+                         width_checkpoints(store, labels[i], keys[i]))
+    store_width(store, labels[i], keys[i], *stored)
+    checkpoint.ChunkCheckpoints(width_checkpoints(store, labels[i], keys[i])).delete()
+    return stored
+
+  stored = run_lib.run_units(run_lib.Processes(), len(models), load, compute, "dynamics width")
+  if stored is None:  # another process writes the report
+    _log(settings, run_lib.other_process_line(len(models) - len(results["widths_reused"]),
+                                              "widths", t0))
+    return
+  arrays = {}
+  for result, width_arrays in stored:
     results["models"].append(result)
     arrays.update(width_arrays)
   results["seconds"] = round(time.time() - t0, 1)

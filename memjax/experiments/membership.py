@@ -478,7 +478,8 @@ def run_stacks(settings, workdir, text, design, counts=None):
   its design entries in `design`; None on a process other than 0 (process 0 writes the report).
   """
   units = stack_units(settings, text)
-  load = lambda i: load_stored_stack(settings, workdir, units[i][0], counts, text)
+  load = lambda i, earlier: load_stored_stack(settings, workdir, units[i][0],
+                                              counts if earlier else None, text)
   compute = lambda i: compute_stack(settings, workdir, units[i][0], units[i][1], counts, text)
   stored = run_lib.run_units(run_lib.Processes(), len(units), load, compute, "membership stack")
   if stored is None:

@@ -1045,10 +1045,10 @@ def run(settings: TextSettings, workdir: str):
   keys_of = [[model_key(m, settings.train, data.identity) for m in stack] for stack in plan]
   bases = [os.path.join(stack_root, "stack-" + _hash(keys)[:16]) for keys in keys_of]
 
-  def load(i):
+  def load(i, earlier):
     path = f"{bases[i]}-{score_id}.scores.npz"
     arrays = _load_scores(path) if os.path.exists(path) else None
-    if arrays is not None:
+    if arrays is not None and earlier:
       counts["found"] += len(plan[i])
       logging.info("%s: already done (%s)", _stack_label(plan, i), path)
     return arrays
