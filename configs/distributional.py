@@ -54,6 +54,9 @@ def get_config():
   config.train.eps = 1e-8
   config.train.grad_clip = 1.0
   config.train.steps_per_call = 100
+  # Checkpoint each stack every this many steps (0: only at the end and when interrupted); a
+  # rerun continues from there. Only how a run is saved, not what it computes.
+  config.train.checkpoint_every = 200
   config.train.vocab_chunk = 4096
 
   config.distributional = ml_collections.ConfigDict()

@@ -56,6 +56,9 @@ def get_config():
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 1000
   config.train.steps_per_call = 500
+  # Checkpoint each stack every this many steps (0: only at the end and when interrupted); a
+  # rerun continues from there. Only how a run is saved, not what it computes.
+  config.train.checkpoint_every = 5000
 
   config.reference.alpha = 3.6  # capacity = 3.6 bits/param x parameters (the paper's, bf16)
 

@@ -45,6 +45,10 @@ EXPERIMENTS = {
     "pretrained_extraction": "memjax.experiments.pretrained_extraction",
 }
 
+# The experiments that train and score on the engine (memjax/engine/run.py): their units of work
+# split over processes. The pretrained ones score imported checkpoints in one process.
+ON_THE_ENGINE = ("capacity", "text", "dynamics", "distributional", "membership")
+
 
 def main(argv):
   if _WORKDIR.value:
@@ -64,12 +68,12 @@ def main(argv):
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")
     _check_process_flags()
-    if name != "capacity" and (_NUM_PROCESSES.value is not None or _DISTRIBUTED.value):
-      # Only the capacity sweep splits its chunks over processes; every other experiment would
-      # run whole on each process, repeating all the work and writing the same files at once.
+    if name not in ON_THE_ENGINE and (_NUM_PROCESSES.value is not None or _DISTRIBUTED.value):
+      # It would run whole on each process, repeating all the work and writing the same files.
       raise config_lib.ConfigError(
           f"--coordinator_address, --num_processes, --distributed: experiment {name!r} runs in "
-          "one process (only 'capacity' splits its work over processes); drop these flags")
+          f"one process (these split their work over processes: {', '.join(ON_THE_ENGINE)}); "
+          "drop these flags")
     if _DRY_RUN.value and _DISTRIBUTED.value:
       raise config_lib.ConfigError(
           "--dry_run, --distributed: a dry run does not join the cluster, so it cannot tell "
@@ -99,7 +103,7 @@ def main(argv):
   try:
     if not _DRY_RUN.value:
       _hold_workdir()  # the run's first write: a disk already full shows here
-    if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # capacity: say which process owns
+    if _DRY_RUN.value and _NUM_PROCESSES.value is not None:  # say which process owns what
       experiment.dry_run(settings, _WORKDIR.value, (_PROCESS_ID.value, _NUM_PROCESSES.value))
     elif _DRY_RUN.value:
       experiment.dry_run(settings, _WORKDIR.value)

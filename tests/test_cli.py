@@ -146,12 +146,18 @@ def test_cli_bad_flags_and_config_files_fail_in_one_line(tmp_path):
 
 
 def test_cli_refuses_process_flags_for_experiments_that_do_not_split(tmp_path):
-  # The text experiment has no notion of processes: with these flags every process would train
+  # The pretrained experiments score in one process: with these flags every process would score
   # and write everything. The flags are refused before any process is joined.
-  proc = run_main(["--config=configs/text.py", "--dry_run", "--coordinator_address=127.0.0.1:1",
+  members = tmp_path / "members.txt"
+  members.write_text("a sequence the checkpoint may have seen\n")
+  proc = run_main(["--config=configs/pretrained_extraction.py",
+                   f"--config.model.paths=('{os.path.join(ROOT, 'tests/data/hf/gpt2_a')}',)",
+                   "--config.data.seq_len=32", "--config.extraction.prefix_lengths=(8,)",
+                   f"--config.data.path={members}", "--coordinator_address=127.0.0.1:1",
                    "--num_processes=2", "--process_id=0"], tmp_path / "w")
   assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-  assert "experiment 'text' runs in one process" in proc.stderr
+  assert "experiment 'pretrained_extraction' runs in one process" in proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_cli_dry_run_with_process_flags_plans_without_waiting_for_the_others(tmp_path):

@@ -21,7 +21,6 @@ TINY = [
 ]
 
 
-
 def _cached(settings, workdir, name, design, counts, compute, text=None):
   """A stack's rows as a run gets them: stored by an earlier run, else computed and stored."""
   stored = me.load_stored_stack(settings, workdir, name, counts, text)

@@ -171,6 +171,16 @@ def load_tokenizer_file(path: str) -> HFTokenizer:
   return HFTokenizer(tokenizer, kind="file")
 
 
+def planned_vocab_size(kind: str, vocab_size: int = 0, path: str = "") -> int:
+  """The vocabulary a tokenizer of `kind` will have, without reading a corpus (a dry run): BPE's
+  configured size, 256 bytes, or the size of the tokenizer.json at `path` (kind "file")."""
+  if kind == "bpe":
+    return vocab_size
+  if kind == "bytes":
+    return NUM_BYTES
+  return load_tokenizer_file(path).vocab_size
+
+
 def train_byte_level_bpe(documents: Iterator[str], cfg: TokenizerConfig) -> HFTokenizer:
   """Trains a byte-level BPE of cfg.vocab_size tokens on the documents."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -186,6 +186,21 @@ def coordination_client(nproc):
   return distributed.global_state.client if nproc > 1 else None
 
 
+def dry_run_processes(process=None) -> Processes:
+  """A dry run's processes: (index, count) from the process flags, which a dry run does not join
+  (it would wait for every process); by default this process's own."""
+  return Processes(*process) if process else Processes()
+
+
+def unit_line(procs: Processes, i: int, label: str, shape, n_models: int, tcfg, status="") -> str:
+  """A dry run's line of unit i: its shape, models, training tokens, status and process."""
+  from memjax.model import hf
+  tokens = n_models * tcfg.steps * tcfg.batch_size * shape.seq_len
+  return (f"  {label}: {hf.n_params(shape):,} params, {n_models} model{'s' * (n_models != 1)}, "
+          f"{tcfg.steps:,} steps of {tcfg.batch_size} sequences ({tokens:,} tokens at most)"
+          f"{f'; {status}' if status else ''}{describe_owner(procs, i)}")
+
+
 def describe_owner(procs: Processes, unit_index: int) -> str:
   """'process k' (and 'this one') for a dry run's plan; empty with one process."""
   if procs.count == 1:

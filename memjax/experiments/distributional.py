@@ -243,7 +243,7 @@ def main(settings: DistributionalSettings, workdir: str):
                     f"{len(heldout_HxS)} held-out sequences of {s} tokens ({time.time() - t0:.1f}s)")
   indexes = {n: dx.ngram_counts(settings, train_NxS[:n], vocab, workdir)
              for n in settings.dataset_sizes}
-  rows, reused = [], []
+  rows, reused, trained = [], [], []  # trained: by this process
   store = os.path.join(workdir, "distributional_models")
   if settings.model_paths:
     rows = run_checkpoints(settings, train_NxS, heldout, members,
@@ -269,6 +269,7 @@ def main(settings: DistributionalSettings, workdir: str):
     width_rows = run_width(settings, cfg, train_NxS, heldout, members, indexes, ckpt_dir)
     dx.store_width(store, labels[i], keys[i], {"rows": width_rows}, {})
     checkpoint.ChunkCheckpoints(ckpt_dir).delete()
+    trained.append(labels[i])
     dx._log(settings, f"{labels[i]}: {len(settings.dataset_sizes)} models trained and scored "
                       f"({time.time() - t_model:.0f}s)")
     return width_rows
@@ -276,7 +277,7 @@ def main(settings: DistributionalSettings, workdir: str):
   stored = run_lib.run_units(run_lib.Processes(), len(widths), load, compute,
                              "distributional width")
   if stored is None:  # another process writes the report
-    dx._log(settings, run_lib.other_process_line(len(widths) - len(reused), "widths", t0))
+    print(run_lib.other_process_line(len(trained), "widths", t0))
     return
   for width_rows in stored:
     rows += width_rows
@@ -287,6 +288,25 @@ def main(settings: DistributionalSettings, workdir: str):
   jsonio.write_atomic(os.path.join(workdir, "results.json"), results, indent=1)
   write_figure(rows, settings, workdir)
   print(report_text(results))
+
+
+def dry_run(settings: DistributionalSettings, workdir: str, process=None):
+  """Print the plan (widths, models, tokens) without reading the corpus or training."""
+  from memjax.model import gpt2
+  procs = run_lib.dry_run_processes(process)
+  vocab = dx.planned_vocab(settings.data, settings.model_cfg if settings.model_paths else None)
+  lines = [dx.plan_header("distributional memorization", settings, vocab)]
+  if settings.model_paths:
+    lines.append(f"  {len(settings.model_paths)} imported checkpoints scored as one stack, "
+                 "nothing trained")
+  for i, d in enumerate(() if settings.model_paths else settings.d_model):
+    cfg = gpt2.ModelConfig(vocab, settings.data.seq_len, settings.layers, d, settings.num_heads)
+    sizes = ", ".join(f"{n:,}" for n in settings.dataset_sizes)
+    lines.append(run_lib.unit_line(procs, i, f"L{settings.layers}_d{d}", cfg,
+                                   len(settings.dataset_sizes), settings.train, f"N {sizes}"))
+  lines.append(f"n-gram counts: orders {list(settings.orders)} ({settings.ngram.backend} backend) "
+               f"of each N's training sequences")
+  print("\n".join(lines))
 
 
 def ngram_summary(index) -> dict:

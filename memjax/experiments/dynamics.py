@@ -642,6 +642,7 @@ def main(settings: DynamicsSettings, workdir: str):
   models = _models(settings, vocab, s)
   labels = [f"L{cfg.layers}_d{cfg.d_model}" for cfg in models]
   keys = [width_key(settings, cfg.d_model, train_NxS) for cfg in models]
+  measured = []  # by this process
 
   def load(i, earlier):
     stored = stored_width(store, labels[i], keys[i])
@@ -658,12 +659,12 @@ def main(settings: DynamicsSettings, workdir: str):
                          width_checkpoints(store, labels[i], keys[i]))
     store_width(store, labels[i], keys[i], *stored)
     checkpoint.ChunkCheckpoints(width_checkpoints(store, labels[i], keys[i])).delete()
+    measured.append(labels[i])
     return stored
 
   stored = run_lib.run_units(run_lib.Processes(), len(models), load, compute, "dynamics width")
   if stored is None:  # another process writes the report
-    _log(settings, run_lib.other_process_line(len(models) - len(results["widths_reused"]),
-                                              "widths", t0))
+    print(run_lib.other_process_line(len(measured), "widths", t0))
     return
   arrays = {}
   for result, width_arrays in stored:
@@ -674,6 +675,39 @@ def main(settings: DynamicsSettings, workdir: str):
   jsonio.savez_atomic(os.path.join(workdir, "scores.npz"), **arrays)
   write_figures(results, arrays, workdir)
   print(report_text(results))
+
+
+def planned_vocab(d: DataSettings, model_cfg=None) -> int:
+  """The vocabulary a run will have, without reading its corpus."""
+  from memjax.data import tokenize as tokenize_lib
+  if model_cfg is not None:
+    return model_cfg.vocab_size
+  if d.source == "synthetic":
+    return d.vocab_size
+  kind = "file" if d.tokenizer == "checkpoint" else d.tokenizer
+  return tokenize_lib.planned_vocab_size(kind, d.vocab_size, d.tokenizer_path)
+
+
+def plan_header(name, settings, vocab) -> str:
+  d = settings.data
+  return (f"plan: {name} on {d.source} data (V={vocab:,}, S={d.seq_len}); {d.num_samples:,} "
+          f"training sequences; a run reuses the widths stored in its workdir")
+
+
+def dry_run(settings: DynamicsSettings, workdir: str, process=None):
+  """Print the plan (widths, models, tokens) without reading the corpus or training."""
+  procs = run_lib.dry_run_processes(process)
+  vocab = planned_vocab(settings.data, settings.model_cfg if settings.model_paths else None)
+  lines = [plan_header("memorization dynamics", settings, vocab)]
+  if settings.model_paths:
+    lines.append(f"  {len(settings.model_paths)} imported checkpoints scored as one stack, "
+                 "nothing trained")
+  else:
+    for i, cfg in enumerate(_models(settings, vocab, settings.data.seq_len)):
+      lines.append(run_lib.unit_line(procs, i, f"L{cfg.layers}_d{cfg.d_model}", cfg, 1,
+                                     settings.train, f"scored at {settings.checkpoints} segment "
+                                     f"ends on {settings.score_samples} samples"))
+  print("\n".join(lines))
 
 
 def report_text(results) -> str:

@@ -887,6 +887,37 @@ def run(settings: MembershipSettings, workdir: str):
   return rows, summary
 
 
+def dry_run(settings: MembershipSettings, workdir: str, process=None):
+  """Print the plan (stacks, models, tokens; stored or to train) without reading a corpus or
+  training. A text run's stacks are keyed by its dataset too, so only a synthetic run says
+  which are stored. `process`: (index, count) of a multi-process run."""
+  from memjax.data import tokenize as tokenize_lib
+  from memjax.model import gpt2
+  procs = run_lib.dry_run_processes(process)
+  text = settings.source == "text"
+  t = settings.text
+  vocab = (tokenize_lib.planned_vocab_size(t["tokenizer"], settings.vocab_size,
+                                           t["tokenizer_path"]) if text else settings.vocab_size)
+  lines = [f"plan: membership inference on {settings.source} data (V={vocab:,}, "
+           f"S={settings.seq_len}); {settings.eval_size} evaluation sequences a target"]
+  shape = lambda layers, d: gpt2.ModelConfig(vocab, settings.seq_len, layers, d,
+                                             settings.num_heads, settings.precision)
+  targets = len(settings.seeds) * len(settings.dataset_sizes) + (
+      1 if text and t["reference_pool"] else 0)
+  for i, (name, _) in enumerate(stack_units(settings, None)):
+    if name == "lira shadows":
+      cfg = shape(settings.lira_layers, settings.lira_d_model)
+      tcfg = dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
+      n = settings.lira_num_models
+    else:
+      layers, d = (int(x[1:]) for x in name.split()[1:3])
+      cfg, tcfg, n = shape(layers, d), settings.train, targets
+    status = "" if text else ("stored" if os.path.exists(stack_path(settings, workdir, name))
+                              else "to train")
+    lines.append(run_lib.unit_line(procs, i, name, cfg, n, tcfg, status))
+  print("\n".join(lines))
+
+
 def main(settings: MembershipSettings, workdir: str):
   """Run and print the report (the CLI's job for config.experiment = "membership")."""
   start = time.time()

@@ -1101,17 +1101,14 @@ def run(settings: TextSettings, workdir: str):
   return rows, summary, (trained, rescored, found)
 
 
-def dry_run(settings: TextSettings, workdir: str):
-  """Print the plan (shapes, stacks, models, tokens) without reading the corpus or training."""
-  if settings.tokenizer.kind == "bpe":
-    vocab = settings.tokenizer.vocab_size
-  elif settings.tokenizer.kind == "bytes":
-    vocab = tokenize_lib.NUM_BYTES
-  else:
-    try:
-      vocab = tokenize_lib.load_tokenizer_file(settings.tokenizer.path).vocab_size
-    except (ValueError, FileNotFoundError) as e:
-      raise _data_error(settings, e) from e
+def dry_run(settings: TextSettings, workdir: str, process=None):
+  """Print the plan (shapes, stacks, models, tokens) without reading the corpus or training;
+  `process`: (index, count) of a multi-process run, to show which process trains each stack."""
+  tok = settings.tokenizer
+  try:
+    vocab = tokenize_lib.planned_vocab_size(tok.kind, tok.vocab_size, tok.path)
+  except (ValueError, FileNotFoundError) as e:
+    raise _data_error(settings, e) from e
   pool = settings.train_pool
   tcfg = settings.train
   tokens = tcfg.steps * tcfg.batch_size * settings.seq_len
@@ -1121,7 +1118,7 @@ def dry_run(settings: TextSettings, workdir: str):
            f"{settings.heldout_pool:,}, drawn by {settings.pool_split}",
            f"training: {tcfg.steps:,} steps of {tcfg.batch_size} sequences, so at most "
            f"{tokens:,} tokens a model"]
-  n_models = 0
+  n_models, procs, unit = 0, run_lib.dry_run_processes(process), 0
   for shape in model_shapes(settings, vocab):
     members = shape_members(settings, shape, pool or 0)
     stacks = _stacks(settings, members)
@@ -1130,6 +1127,9 @@ def dry_run(settings: TextSettings, workdir: str):
                  f"{len(members)} models (N {', '.join(f'{n:,}' for n in settings.dataset_sizes)}"
                  f" x seeds {list(settings.seeds)}, plus the full-pool reference) in "
                  f"{len(stacks)} stack(s)")
+    for stack in stacks:
+      lines.append(run_lib.unit_line(procs, unit, f"stack {unit + 1}", shape, len(stack), tcfg))
+      unit += 1
   lines.append(f"total: {n_models} models, at most {n_models * tokens:,} tokens; extraction from "
                f"prefixes {list(settings.prefix_lengths)} of {settings.member_samples:,} members "
                f"a model and {settings.nonmember_samples:,} held-out sequences")
