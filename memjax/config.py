@@ -15,16 +15,16 @@ from typing import Any
 
 from absl import logging
 
+from memjax import schema
 from memjax.model import gpt2
 from memjax.train import TrainConfig
 
 PRECISIONS = tuple(gpt2.PRECISIONS)
 SCHEDULES = ("cosine", "wsd")
-MAX_INT32 = 2**31 - 1
-
-
-class ConfigError(ValueError):
-  """A bad config value; the message names the field and what is allowed."""
+MAX_INT32 = schema.MAX_INT32
+ConfigError = schema.ConfigError
+Field = schema.Field
+_fail = schema.fail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,22 +51,6 @@ class CapacitySettings:
   # Points of the convergence record: each model's memorization (the final rows' estimator) at
   # this many log-spaced call boundaries up to train.steps; 0: none.
   curve_steps: int = 0
-
-
-# The fields each config section may hold; anything else is a typo and is rejected.
-ALLOWED = {
-    "": {"experiment", "data", "model", "sweep", "train", "eval", "quiet"},
-    "data": {"vocab_size", "seq_len"},
-    "model": {"num_heads"},
-    "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
-              "learning_rates", "models_per_chunk", "device_memory_gib", "save_params"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "eval": {"batch_size", "test_size", "curve_steps"},
-}
-
-
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
 
 
 def check_fields(config, allowed_fields):
@@ -186,50 +170,127 @@ def _get(config, field):
   return node
 
 
+def _train_field(name, type_, meaning, **bounds):
+  """A train section field; a config without it trains with TrainConfig's default."""
+  default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+  return Field(f"train.{name}", type_, meaning, default=default, **bounds)
+
+
+# The train section, shared by every experiment that trains models (memjax.train.TrainConfig).
+TRAIN_FIELDS = (
+    _train_field("steps", "int", "optimizer steps of every model"),
+    _train_field("batch_size", "int", "sequences a step, per model (unless batch_fraction)"),
+    _train_field("learning_rate", "float", "peak learning rate (AdamW after a linear warmup)"),
+    _train_field("warmup_steps", "int", "linear warmup steps", minimum=0),
+    _train_field("min_lr_ratio", "float", "the schedule decays to this fraction of the peak",
+                 strict=False, maximum=1.0),
+    _train_field("weight_decay", "float", "AdamW weight decay", strict=False),
+    _train_field("b1", "float", "AdamW beta1", strict=False, maximum=0.999999),
+    _train_field("b2", "float", "AdamW beta2", strict=False, maximum=0.999999),
+    _train_field("eps", "float", "AdamW epsilon"),
+    _train_field("grad_clip", "float", "global gradient-norm clip"),
+    _train_field("steps_per_call", "int", "steps fused into one device call (lax.scan)"),
+    _train_field("vocab_chunk", "int", "vocabulary chunk of the likelihood kernel"),
+    _train_field("saturation_tolerance", "float", "> 0: freeze a model once its memorization "
+                 "changes by less than this fraction a window; 0: a fixed budget", strict=False,
+                 maximum=1.0),
+    _train_field("saturation_window", "int", "steps between two saturation estimates"),
+    _train_field("saturation_patience", "int", "windows in a row under the tolerance to freeze"),
+    _train_field("checkpoint_every", "int", "steps between checkpoints; 0: only at the end and "
+                 "when interrupted", minimum=0),
+    _train_field("schedule", "str", "learning rate after the warmup: cosine decay, or wsd "
+                 "(constant, then a linear decay)", allowed=SCHEDULES),
+    _train_field("decay_fraction", "float", "wsd: the fraction of train.steps the decay takes",
+                 strict=False, maximum=1.0),
+    _train_field("batch_fraction", "float", "> 0: a model's batch is this fraction of its N (a "
+                 "power of two in [batch_min, batch_max]); 0: batch_size", strict=False,
+                 maximum=1.0),
+    _train_field("batch_min", "int", "the smallest batch under batch_fraction"),
+    _train_field("batch_max", "int", "the largest batch under batch_fraction"),
+)
+QUIET = Field("quiet", "bool", "no progress bars or info logs", default=False)
+
+
+def experiment_field(name):
+  return Field("experiment", "str", f"the experiment this file runs ({name!r})", allowed=(name,))
+
+
+CAPACITY_SCHEMA = schema.Schema((
+    experiment_field("capacity"), QUIET,
+    Field("data.vocab_size", "int", "V: tokens are uniform over it", minimum=2),
+    Field("data.seq_len", "int", "S: tokens a sequence (= the model's positions)", minimum=2,
+          maximum=65536),
+    Field("model.num_heads", "int", "attention heads; must divide every d_model"),
+    Field("sweep.layers", "ints", "numbers of layers to sweep"),
+    Field("sweep.d_model", "ints", "widths to sweep"),
+    Field("sweep.dataset_sizes", "ints", "N, sequences in each model's training set (not used "
+          "when dataset_size_factors is set)", allow_empty=True),
+    Field("sweep.dataset_size_factors", "floats", "if set, N = factor x 3.6 x params / (S log2 "
+          "V) for each shape, rounded"),
+    Field("sweep.seeds", "ints", "seeds (init and data), one model each", minimum=0),
+    Field("sweep.precisions", "strs", "fp32, bf16 (bf16 parameters) or bf16-mixed (bf16 "
+          "compute, fp32 parameters), one model each", allowed=PRECISIONS),
+    Field("sweep.learning_rates", "floats", "peak learning rates, one model each; empty: "
+          "train.learning_rate"),
+    Field("sweep.models_per_chunk", "int", "models trained together in one chunk; 0: as many "
+          "as fit a device's memory", minimum=0, default=0),
+    Field("sweep.device_memory_gib", "float", "memory of one device for a chunk, GiB; 0: the "
+          "device's own limit", strict=False, default=0.0),
+    Field("sweep.save_params", "bool", "keep each chunk's trained parameters (for "
+          "memjax.export and memjax.score)", default=False),
+    *TRAIN_FIELDS,
+    Field("eval.batch_size", "int", "sequences a scoring call"),
+    Field("eval.test_size", "int", "held-out sequences for the test loss"),
+    Field("eval.curve_steps", "int", "points (log-spaced) of each model's convergence record; "
+          "0: none", minimum=0, maximum=1000, default=0),
+))
+
+
+def check_divisible(d_models, heads, field="sweep.d_model", heads_field="model.num_heads"):
+  """Every width splits into whole attention heads."""
+  for d in d_models:
+    if d % heads:
+      _fail(field, f"each d_model must be divisible by {heads_field}={heads}, got {d}")
+
+
 def validate(config) -> CapacitySettings:
   """Check a capacity config and turn it into settings; raises ConfigError naming the field."""
-  check_fields(config, ALLOWED)
-  vocab = _int(config, "data.vocab_size", minimum=2)
-  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
-  heads = _int(config, "model.num_heads")
-  layers = _int_list(config, "sweep.layers")
-  d_model = _int_list(config, "sweep.d_model")
-  for d in d_model:
-    if d % heads:
-      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precisions = precision_list(config, "sweep.precisions")
-
-  train = train_config(config)
-
-  # The largest N: indices are int32, and sequences are drawn uniformly with replacement, so N
-  # of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again.
-  # Up to N = V**S / 50 that is under 1%.
-  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
-  max_n = min(MAX_INT32 - max(train.batch_size, train.batch_max), distinct // 50)
-  factors = _float_list(config, "sweep.dataset_size_factors")
-  sizes = _int_list(config, "sweep.dataset_sizes", allow_empty=bool(factors))
-
+  v = schema.read(config, CAPACITY_SCHEMA)
+  check_divisible(v["sweep.d_model"], v["model.num_heads"])
+  train = train_settings(v)
+  factors = v["sweep.dataset_size_factors"]
+  if not factors and not v["sweep.dataset_sizes"]:
+    _fail("sweep.dataset_sizes", "must list at least one value")
   settings = CapacitySettings(
-      vocab_size=vocab, seq_len=seq_len, num_heads=heads, layers=layers, d_model=d_model,
-      dataset_sizes=sizes, dataset_size_factors=factors,
-      seeds=_int_list(config, "sweep.seeds", minimum=0),
-      precisions=precisions, learning_rates=_float_list(config, "sweep.learning_rates"),
-      train=train, eval_batch_size=_int(config, "eval.batch_size"),
-      test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)),
-      models_per_chunk=_optional(config, "sweep.models_per_chunk", 0, _int, minimum=0),
-      device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False),
-      save_params=_optional(config, "sweep.save_params", False, _bool),
-      curve_steps=_optional(config, "eval.curve_steps", 0, _int, minimum=0, maximum=1000))
-  for shape in model_shapes(settings):
-    for n in dataset_sizes_for(settings, shape):
+      vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
+      num_heads=v["model.num_heads"], layers=v["sweep.layers"], d_model=v["sweep.d_model"],
+      dataset_sizes=v["sweep.dataset_sizes"], dataset_size_factors=factors,
+      seeds=v["sweep.seeds"], precisions=v["sweep.precisions"],
+      learning_rates=v["sweep.learning_rates"], train=train,
+      eval_batch_size=v["eval.batch_size"], test_size=v["eval.test_size"], quiet=v["quiet"],
+      models_per_chunk=v["sweep.models_per_chunk"],
+      device_memory_gib=v["sweep.device_memory_gib"], save_params=v["sweep.save_params"],
+      curve_steps=v["eval.curve_steps"])
+  _check_dataset_sizes(settings)
+  return settings
+
+
+def _check_dataset_sizes(s: CapacitySettings):
+  """The largest N: indices are int32, and sequences are drawn uniformly with replacement, so N
+  of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again. Up to
+  N = V**S / 50 that is under 1%."""
+  vocab, seq_len = s.vocab_size, s.seq_len
+  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
+  max_n = min(MAX_INT32 - max(s.train.batch_size, s.train.batch_max), distinct // 50)
+  for shape in model_shapes(s):
+    for n in dataset_sizes_for(s, shape):
       if n > max_n:
-        field = "sweep.dataset_size_factors" if factors else "sweep.dataset_sizes"
+        field = "sweep.dataset_size_factors" if s.dataset_size_factors else "sweep.dataset_sizes"
         why = (f"sequences are drawn with replacement from V**S = {vocab}**{seq_len}, and more "
                "than 1% of them would repeat, each counted as memorized again"
                if max_n == distinct // 50 else "indices are int32")
         _fail(field, f"dataset size {n} is too large: at most {max_n} ({why}); "
                      "lower it or raise data.vocab_size / data.seq_len")
-  return settings
 
 
 def _optional(config, field, default, check, **kwargs):
@@ -326,25 +387,12 @@ def pool_split(config, synthetic: bool = False, text_source: str = "a text sourc
 
 def train_config(config) -> TrainConfig:
   """config.train -> TrainConfig; a field the config lacks takes TrainConfig's default."""
-  train_fields = {}
-  for f in dataclasses.fields(TrainConfig):
-    field = f"train.{f.name}"
-    if f.name not in config.train.keys():
-      continue
-    if f.name == "schedule":
-      train_fields[f.name] = _str(config, field, allowed=SCHEDULES)
-    elif f.type in ("int", int):
-      lo = 0 if f.name in ("warmup_steps", "checkpoint_every") else 1
-      train_fields[f.name] = _int(config, field, minimum=lo)
-    elif f.name in ("weight_decay", "min_lr_ratio", "saturation_tolerance", "batch_fraction",
-                    "decay_fraction"):
-      top = math.inf if f.name == "weight_decay" else 1.0
-      train_fields[f.name] = _float(config, field, strict=False, maximum=top)
-    elif f.name in ("b1", "b2"):
-      train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
-    else:
-      train_fields[f.name] = _float(config, field)
-  tcfg = TrainConfig(**train_fields)
+  return train_settings(schema.values(config, TRAIN_FIELDS))
+
+
+def train_settings(values) -> TrainConfig:
+  """TrainConfig of the train fields of `values` (schema.read), checked against each other."""
+  tcfg = TrainConfig(**{f.key: values[f.name] for f in TRAIN_FIELDS})
   _check_schedule(tcfg)
   _check_batch_fraction(tcfg)
   if tcfg.saturation:
