@@ -16,6 +16,7 @@ from typing import Any
 from absl import logging
 
 from memjax import schema
+from memjax.data import text as text_lib  # numpy only; the text pipeline is not started
 from memjax.model import gpt2
 from memjax.train import TrainConfig
 
@@ -209,6 +210,10 @@ TRAIN_FIELDS = (
     _train_field("batch_max", "int", "the largest batch under batch_fraction"),
 )
 QUIET = Field("quiet", "bool", "no progress bars or info logs", default=False)
+NUM_HEADS = Field("model.num_heads", "int", "attention heads; must divide every d_model")
+POOL_SPLIT = Field("data.pool_split", "str", "pools drawn sequence by sequence, or as whole "
+                   "documents (no held-out sequence shares a training document)",
+                   allowed=text_lib.POOL_SPLITS, default="sequence")
 
 
 def experiment_field(name):
@@ -371,6 +376,14 @@ def checkpoint_paths(config, field="model.paths", precision_field="model.precisi
     _fail(field, f"the checkpoints' {hf.TOKENIZER_FILE} files differ; a stack scores one "
                  "tokenization, so give checkpoints of one tokenizer")
   return paths, configs[0], precision
+
+
+def check_pool_split(split: str, synthetic: bool = False, text_source: str = "a text source"):
+  """Synthetic data, which has no documents, cannot be split by document (the error names
+  `text_source`, what the experiment calls a text source)."""
+  if split == "document" and synthetic:
+    _fail("data.pool_split", f"'document' needs {text_source} (synthetic data has no documents); "
+                             "set data.pool_split='sequence'")
 
 
 def pool_split(config, synthetic: bool = False, text_source: str = "a text source") -> str:
