@@ -137,6 +137,11 @@ def values(config, fields) -> dict:
   return out
 
 
+def by_key(values: dict) -> dict:
+  """{"data.seq_len": 64} -> {"seq_len": 64}: the values of one section by their own names."""
+  return {name.rpartition(".")[2]: value for name, value in values.items()}
+
+
 def config_value(config, field: Field):
   """What `config` gives the field (its default where it gives none): the listing's value."""
   node = config.get(field.section) if field.section else config
