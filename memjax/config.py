@@ -308,7 +308,21 @@ def _optional(config, field, default, check, **kwargs):
 
 
 NGRAM_BACKENDS = ("exact", "infini_gram")
-NGRAM_FIELDS = {"backend", "index_dir"}
+# The optional ngram section of the experiments that count n-grams (configs older than it have
+# none: exact counts).
+NGRAM_FIELDS = (
+    Field("ngram.backend", "str", "n-gram counts: exact (in memory) or infini_gram (a suffix "
+          "array on disk; the same counts)", allowed=NGRAM_BACKENDS, default="exact"),
+    Field("ngram.index_dir", "path", "infini_gram: an existing index (e.g. the Pile); empty: "
+          "built from the training tokens, cached", default=""),
+)
+# Imported Hugging Face checkpoints: scored, not trained (configs without them train models).
+CHECKPOINT_FIELDS = (
+    Field("model.paths", "paths", "Hugging Face checkpoint directories (one shape, one "
+          "tokenizer); empty: train models", default=()),
+    Field("model.precision", "str", "precision the checkpoints are read in",
+          allowed=("fp32", "bf16"), default="fp32"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,20 +331,15 @@ class NgramSettings:
   index_dir: str = ""  # an infini-gram index; "": built from the training tokens, in the cache
 
 
-def with_ngram_section(allowed, config):
-  """`allowed` with the optional ngram section (configs older than it have none)."""
-  if "ngram" not in config.keys():
-    return allowed
-  return {**allowed, "": allowed[""] | {"ngram"}, "ngram": NGRAM_FIELDS}
-
-
 def ngram_settings(config, vocab_size: int, tokenizer: str = "") -> NgramSettings:
-  """config.ngram -> NgramSettings (defaults where the section is absent); an index_dir is
-  checked against the model's vocabulary (and tokenizer, where its manifest names one) now."""
-  if "ngram" not in config.keys():
-    return NgramSettings()
-  backend = _str(config, "ngram.backend", NGRAM_BACKENDS)
-  index_dir = os.path.expanduser(_optional(config, "ngram.index_dir", "", _str))
+  """config.ngram -> NgramSettings (defaults where the section is absent)."""
+  return check_ngram(schema.values(config, NGRAM_FIELDS), vocab_size, tokenizer)
+
+
+def check_ngram(values, vocab_size: int, tokenizer: str = "") -> NgramSettings:
+  """NgramSettings of the ngram fields of `values`; an index_dir is checked against the model's
+  vocabulary (and tokenizer, where its manifest names one) now."""
+  backend, index_dir = values["ngram.backend"], values["ngram.index_dir"]
   if backend == "exact":
     if index_dir:
       _fail("ngram.index_dir", f"ngram.backend='exact' counts in memory and reads no index, so "
@@ -352,16 +361,15 @@ def ngram_settings(config, vocab_size: int, tokenizer: str = "") -> NgramSetting
   return NgramSettings(backend, index_dir)
 
 
-def checkpoint_paths(config, field="model.paths", precision_field="model.precision"):
-  """(paths, model config, precision) of the Hugging Face checkpoints a config imports, or
-  ((), None, "fp32") when it names none; ConfigError naming the field on a bad directory."""
-  paths = tuple(os.path.expanduser(p) for p in _optional(config, field, (), _str_list))
-  precision = _optional(config, precision_field, "fp32", _str, allowed=("fp32", "bf16"))
+def read_checkpoints(values, field="model.paths"):
+  """(paths, model config) of the Hugging Face checkpoints of `values` (CHECKPOINT_FIELDS), or
+  ((), None) when it names none; ConfigError naming the field on a bad directory."""
+  paths = values[field]
   if not paths:
-    return (), None, precision
+    return (), None
   from memjax.model import hf
   try:
-    configs = [hf.read_config(p, precision) for p in paths]
+    configs = [hf.read_config(p, values["model.precision"]) for p in paths]
     hf.check_same_shape(paths, configs)
   except hf.CheckpointError as e:
     _fail(field, str(e))
@@ -375,7 +383,7 @@ def checkpoint_paths(config, field="model.paths", precision_field="model.precisi
   if len(tokenizers) > 1:
     _fail(field, f"the checkpoints' {hf.TOKENIZER_FILE} files differ; a stack scores one "
                  "tokenization, so give checkpoints of one tokenizer")
-  return paths, configs[0], precision
+  return paths, configs[0]
 
 
 def check_pool_split(split: str, synthetic: bool = False, text_source: str = "a text source"):

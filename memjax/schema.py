@@ -52,7 +52,9 @@ class Field:
   name: str  # "train.steps"; no dot: a top-level field
   type: str
   meaning: str
-  minimum: Any = None  # ints, int and float; None: the type's (_TYPE_DEFAULTS)
+  # ints, int and float; None: the type's (_TYPE_DEFAULTS); a field's name: that field's value
+  # (declared before this one)
+  minimum: Any = None
   maximum: Any = None
   strict: bool = True  # float: > minimum (False: >= minimum)
   allowed: tuple | None = None  # str, strs: the values it may take
@@ -133,8 +135,15 @@ def values(config, fields) -> dict:
         fail(f.name, "missing field; add it to the config file")
       out[f.name] = f.default
     else:
-      out[f.name] = f.check(node[f.key])
+      out[f.name] = _bounded_by(f, out).check(node[f.key])
   return out
+
+
+def _bounded_by(f: Field, values: dict) -> Field:
+  """`f` with a bound that names another field replaced by that field's value."""
+  bounds = {k: values[getattr(f, k)] for k in ("minimum", "maximum")
+            if isinstance(getattr(f, k), str)}
+  return dataclasses.replace(f, **bounds) if bounds else f
 
 
 def by_key(values: dict) -> dict:
@@ -269,8 +278,9 @@ def _describe(f: Field) -> str:
     words = " | ".join(f.allowed)
     return f"any of {words}" if f.type == "strs" else words
   if f.type in ("int", "ints"):
-    top = "" if f.maximum == MAX_INT32 else f"{f.maximum:,}"
-    words = f"[{f.minimum}, {top or 'int32'}]"
+    top = ("int32" if f.maximum == MAX_INT32 else f.maximum if isinstance(f.maximum, str)
+           else f"{f.maximum:,}")
+    words = f"[{f.minimum}, {top}]"
   elif f.type == "float":
     low = "(" if f.strict else "["
     top = "inf)" if f.maximum == math.inf else f"{f.maximum:g}]"

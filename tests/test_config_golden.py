@@ -50,6 +50,13 @@ DELETED = "<deleted>"
 CHANGED = {
     ("membership", "quiet <deleted>"): "quiet defaults to False, as in every other experiment",
     ("membership_text", "quiet <deleted>"): "the same",
+    **{(name, "ngram.backend <deleted>"): "an ngram section without it counts exactly, as a "
+       "config without the section does" for name in ("dynamics", "pretrained_dynamics",
+                                                      "distributional", "pretrained_distributional")},
+    **{(name, "distributional.denominator=None"): "None reads as '', as in every string field"
+       for name in ("distributional", "pretrained_distributional")},
+    ("pretrained_distributional", "(top).bogus_field=1"): "the allowed fields name the optional "
+    "ngram section, which this config leaves out",
 }
 
 
