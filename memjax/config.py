@@ -1,7 +1,9 @@
 """Validation of ml_collections configs into typed settings, before anything is compiled.
 
-Every problem is reported as one `ConfigError` whose message starts with the field's full name
-(`config.sweep.d_model: ...`) and says what is allowed.
+Each experiment declares its fields as a `schema.Schema` (the capacity sweep's is here, with the
+sections several experiments share: train, ngram, imported checkpoints); every problem is one
+`ConfigError` whose message starts with the field's full name (`config.sweep.d_model: ...`) and
+says what is allowed.
 """
 
 from __future__ import annotations
@@ -52,109 +54,6 @@ class CapacitySettings:
   # Points of the convergence record: each model's memorization (the final rows' estimator) at
   # this many log-spaced call boundaries up to train.steps; 0: none.
   curve_steps: int = 0
-
-
-def check_fields(config, allowed_fields):
-  """Reject fields not in `allowed_fields` ({section: names}, "" for the top level)."""
-  for section, allowed in allowed_fields.items():
-    node = config if not section else config.get(section)
-    if node is None:
-      _fail(section, "missing section")
-    for name in node.keys():
-      if name not in allowed:
-        where = f"{section}.{name}" if section else name
-        _fail(where, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-
-
-def _int(config, field, minimum=1, maximum=MAX_INT32):
-  value = _get(config, field)
-  if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-    _fail(field, f"must be an integer in [{minimum}, {maximum}], got {value!r}")
-  return value
-
-
-def _float(config, field, minimum=0.0, strict=True, maximum=math.inf):
-  value = _get(config, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  if not ok or (value <= minimum if strict else value < minimum) or value > maximum:
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    _fail(field, f"must be a finite number {bound} and <= {maximum}, got {value!r}")
-  return float(value)
-
-
-def _int_list(config, field, minimum=1, allow_empty=False, maximum=MAX_INT32):
-  values = _as_tuple(config, field)
-  if not values and not allow_empty:
-    _fail(field, "must list at least one value")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
-      _fail(field, f"must be integers in [{minimum}, {maximum}], got {values!r}")
-  return _no_repeats(field, values)
-
-
-def _no_repeats(field, values):
-  """A list field's values, refused if one is given twice: each value is a run of its own (a
-  seed twice would train and report the same models twice)."""
-  repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-  if repeated:
-    _fail(field, f"lists {', '.join(map(repr, repeated))} more than once, got {values!r}")
-  return values
-
-
-def _float_list(config, field, allow_empty=True):
-  values = _as_tuple(config, field)
-  if not values and not allow_empty:
-    _fail(field, "must list at least one value")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-      _fail(field, f"must be positive finite numbers, got {values!r}")
-  return _no_repeats(field, tuple(float(v) for v in values))
-
-
-def _str(config, field, allowed=None, allow_empty=True):
-  """A string field (None reads as ""); with `allowed`, one of those values."""
-  value = _get(config, field)
-  if value is None:
-    value = ""
-  if not isinstance(value, str):
-    _fail(field, f"must be a string, got {value!r}")
-  if allowed is not None and value not in allowed:
-    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
-  if not allow_empty and not value:
-    _fail(field, "must not be empty")
-  return value
-
-
-def _str_list(config, field):
-  values = _as_tuple(config, field)
-  if any(not isinstance(v, str) or not v for v in values):
-    _fail(field, f"must be a list of non-empty strings, got {values!r}")
-  return _no_repeats(field, tuple(values))
-
-
-def precision_list(config, field):
-  """A non-empty list of distinct precisions (PRECISIONS).
-
-  An override `--config.sweep.precisions=bf16,fp32` (or `(bf16,fp32)`, `(bf16,)`, `(bf16)`)
-  reaches the config as one string, since bare words are not Python literals: it is split at its
-  commas."""
-  values = _as_tuple(config, field)
-  if len(values) == 1 and isinstance(values[0], str) and values[0].strip(" ()[]") != values[0]:
-    values = (values[0].strip(" ()[]"),)  # '(bf16)': no comma, so no tuple either
-  if len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
-    # A trailing comma, as in '(bf16,)', leaves an empty last item: not a value.
-    items = [p.strip(" '\"") for p in values[0].strip(" ()[]").split(",")]
-    values = tuple(items[:-1] if len(items) > 1 and not items[-1] else items)
-  if not values or any(p not in PRECISIONS for p in values):
-    _fail(field, f"must be a list of {', '.join(PRECISIONS)}, got {values!r}")
-  return _no_repeats(field, values)
-
-
-def _bool(config, field):
-  value = _get(config, field)
-  if not isinstance(value, bool):
-    _fail(field, f"must be True or False, got {value!r}")
-  return value
 
 
 def _as_tuple(config, field):
@@ -298,15 +197,6 @@ def _check_dataset_sizes(s: CapacitySettings):
                      "lower it or raise data.vocab_size / data.seq_len")
 
 
-def _optional(config, field, default, check, **kwargs):
-  """A field that older configs may lack: its default if absent, else checked."""
-  section, _, name = field.rpartition(".")
-  node = config.get(section) if section else config
-  if node is None or name not in node.keys():
-    return default
-  return check(config, field, **kwargs)
-
-
 NGRAM_BACKENDS = ("exact", "infini_gram")
 # The optional ngram section of the experiments that count n-grams (configs older than it have
 # none: exact counts).
@@ -392,23 +282,6 @@ def check_pool_split(split: str, synthetic: bool = False, text_source: str = "a 
   if split == "document" and synthetic:
     _fail("data.pool_split", f"'document' needs {text_source} (synthetic data has no documents); "
                              "set data.pool_split='sequence'")
-
-
-def pool_split(config, synthetic: bool = False, text_source: str = "a text source") -> str:
-  """data.pool_split of a text experiment ("sequence" where an older config lacks it); synthetic
-  data, which has no documents, cannot be split by document (the error names `text_source`, what
-  the experiment calls a text source)."""
-  from memjax.data import text as text_lib  # numpy only; the text pipeline is not started
-  split = _optional(config, "data.pool_split", "sequence", _str, allowed=text_lib.POOL_SPLITS)
-  if split == "document" and synthetic:
-    _fail("data.pool_split", f"'document' needs {text_source} (synthetic data has no documents); "
-                             "set data.pool_split='sequence'")
-  return split
-
-
-def train_config(config) -> TrainConfig:
-  """config.train -> TrainConfig; a field the config lacks takes TrainConfig's default."""
-  return train_settings(schema.values(config, TRAIN_FIELDS))
 
 
 def train_settings(values) -> TrainConfig:
