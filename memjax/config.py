@@ -116,7 +116,7 @@ POOL_SPLIT = Field("data.pool_split", "str", "pools drawn sequence by sequence, 
 
 
 def experiment_field(name):
-  return Field("experiment", "str", f"the experiment this file runs ({name!r})", allowed=(name,))
+  return Field("experiment", "str", "the experiment this file runs", allowed=(name,))
 
 
 CAPACITY_SCHEMA = schema.Schema((

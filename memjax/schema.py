@@ -275,11 +275,10 @@ _CHECKS = {"int": _int, "float": _float, "bool": _bool, "str": _str, "path": _pa
 
 def _describe(f: Field) -> str:
   if f.allowed is not None:
-    words = " | ".join(f.allowed)
+    words = ", ".join(f.allowed)
     return f"any of {words}" if f.type == "strs" else words
   if f.type in ("int", "ints"):
-    top = ("int32" if f.maximum == MAX_INT32 else f.maximum if isinstance(f.maximum, str)
-           else f"{f.maximum:,}")
+    top = "2^31-1" if f.maximum == MAX_INT32 else f.maximum
     words = f"[{f.minimum}, {top}]"
   elif f.type == "float":
     low = "(" if f.strict else "["
@@ -294,3 +293,42 @@ def _describe(f: Field) -> str:
   if f.type in ("ints", "floats") and not f.allow_empty:
     words += ", not empty"
   return words
+
+
+# ---------------------------------------------------------------------------------------------
+# The field listing (--list_fields) and the tables of docs/configuration.md.
+
+TYPE_WORDS = {"ints": "int list", "floats": "float list", "strs": "str list",
+              "paths": "path list"}
+
+
+def type_words(f: Field) -> str:
+  return TYPE_WORDS.get(f.type, f.type)
+
+
+def shown_value(value, width: int = 40) -> str:
+  """A value as a Python literal (what an override writes), cut to `width` characters."""
+  text = repr(tuple(value) if isinstance(value, list) else value)
+  return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def in_config(config, field: Field) -> bool:
+  node = config.get(field.section) if field.section else config
+  return node is not None and field.key in node.keys()
+
+
+ABSENT_NOTE = ("* not in the config file: the field's default; add the field to the file to set "
+               "it (--config.* can only override fields the file has)")
+
+
+def listing(schema: Schema, config) -> str:
+  """One line a field: name, type, the config's value, what is allowed, meaning."""
+  rows = [("field", "type", "value", "allowed", "meaning")]
+  for f in schema.fields:
+    value = shown_value(config_value(config, f)) + ("" if in_config(config, f) else " *")
+    rows.append((f.name, type_words(f), value, f.describe(), f.meaning))
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+  if any(not in_config(config, f) for f in schema.fields):
+    lines.append(ABSENT_NOTE)
+  return "\n".join(lines)
