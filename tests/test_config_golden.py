@@ -31,7 +31,8 @@ CONFIGS = {k: (k, v) for k, v in {
     "membership": {}, "dynamics": {}, "distributional": {},
     "pretrained_dynamics": {"model.paths": NEOX, "data.paths": (A_JSONL,)},
     "pretrained_distributional": {"model.paths": NEOX, "data.paths": (A_JSONL,)},
-    "pretrained_membership": {"model.paths": NEOX, "model.reference_path": os.path.join(HF, "neox_c"),
+    "pretrained_membership": {"model.paths": NEOX,
+                              "model.reference_path": os.path.join(HF, "neox_c"),
                               "data.members": A_JSONL, "data.nonmembers": A_JSONL},
     "pretrained_extraction": {"model.paths": NEOX, "data.path": A_JSONL},
 }.items()}
@@ -46,13 +47,13 @@ BAD_VALUES = {
     tuple: [(), (0,), (-1,), ("a",), (1, 1), (1.5,), ("",)],
 }
 DELETED = "<deleted>"
+NGRAM_CONFIGS = ("dynamics", "pretrained_dynamics", "distributional", "pretrained_distributional")
 # Outcomes changed on purpose, with why.
 CHANGED = {
     ("membership", "quiet <deleted>"): "quiet defaults to False, as in every other experiment",
     ("membership_text", "quiet <deleted>"): "the same",
     **{(name, "ngram.backend <deleted>"): "an ngram section without it counts exactly, as a "
-       "config without the section does" for name in ("dynamics", "pretrained_dynamics",
-                                                      "distributional", "pretrained_distributional")},
+       "config without the section does" for name in NGRAM_CONFIGS},
     **{(name, "distributional.denominator=None"): "None reads as '', as in every string field"
        for name in ("distributional", "pretrained_distributional")},
     ("pretrained_distributional", "(top).bogus_field=1"): "the allowed fields name the optional "
