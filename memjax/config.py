@@ -116,6 +116,7 @@ POOL_SPLIT = Field("data.pool_split", "str", "pools drawn sequence by sequence, 
 
 
 def experiment_field(name):
+  """The top-level `experiment` of an experiment's schema (main.py dispatches on it)."""
   return Field("experiment", "str", "the experiment this file runs", allowed=(name,))
 
 
@@ -124,7 +125,7 @@ CAPACITY_SCHEMA = schema.Schema((
     Field("data.vocab_size", "int", "V: tokens are uniform over it", minimum=2),
     Field("data.seq_len", "int", "S: tokens a sequence (= the model's positions)", minimum=2,
           maximum=65536),
-    Field("model.num_heads", "int", "attention heads; must divide every d_model"),
+    NUM_HEADS,
     Field("sweep.layers", "ints", "numbers of layers to sweep"),
     Field("sweep.d_model", "ints", "widths to sweep"),
     Field("sweep.dataset_sizes", "ints", "N, sequences in each model's training set (not used "
@@ -251,9 +252,10 @@ def check_ngram(values, vocab_size: int, tokenizer: str = "") -> NgramSettings:
   return NgramSettings(backend, index_dir)
 
 
-def read_checkpoints(values, field="model.paths"):
+def read_checkpoints(values):
   """(paths, model config) of the Hugging Face checkpoints of `values` (CHECKPOINT_FIELDS), or
-  ((), None) when it names none; ConfigError naming the field on a bad directory."""
+  ((), None) when it names none; ConfigError naming model.paths on a bad directory."""
+  field = "model.paths"
   paths = values[field]
   if not paths:
     return (), None

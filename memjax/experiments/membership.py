@@ -113,10 +113,11 @@ COMMON_FIELDS = (
     Field("law.bits_per_param", "float", "capacity of the law's x = capacity / N, bits a "
           "parameter; 0: the fit's own", strict=False),
 )
+CORPUS = Field("data.corpus", "str", "text: where the documents come from",
+               allowed=corpus_lib.SOURCE_KINDS)
 # Read only for data.source='text' (a synthetic config may leave them as they are).
 TEXT_FIELDS = (
-    Field("data.corpus", "str", "text: where the documents come from",
-          allowed=corpus_lib.SOURCE_KINDS),
+    CORPUS,
     Field("data.paths", "paths", "text: txt/jsonl/parquet files or globs"),
     Field("data.text_field", "str", "text: the jsonl/parquet field or TFDS feature of the text"),
     Field("data.max_documents", "int", "text: documents read at most; 0: all", minimum=0),
@@ -175,6 +176,28 @@ def validate(config) -> MembershipSettings:
   """Check a membership config and turn it into settings; raises ConfigError naming the field."""
   schema.check_no_unknown_fields(config, SCHEMA)
   v = schema.values(config, COMMON_FIELDS)
+  _check_models(v)
+  text = {}
+  if v["data.source"] == "synthetic":
+    _check_synthetic(config, v)
+  else:
+    text = _text_settings(config, v)
+  return MembershipSettings(
+      source=v["data.source"], vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
+      data_seed=v["data.seed"], text=text, num_heads=v["model.num_heads"],
+      layers=v["sweep.layers"],
+      d_model=v["sweep.d_model"], precision=v["sweep.precision"],
+      dataset_sizes=tuple(sorted(v["sweep.dataset_sizes"])), seeds=v["sweep.seeds"],
+      train=config_lib.train_settings(v), eval_batch_size=v["eval.batch_size"],
+      eval_size=v["eval.eval_size"], bootstrap=v["eval.bootstrap"], min_k=v["eval.min_k"],
+      lira_num_models=v["lira.num_models"], lira_candidates=v["lira.candidates"],
+      lira_layers=v["lira.layers"], lira_d_model=v["lira.d_model"], lira_steps=v["lira.steps"],
+      lira_seed=v["lira.seed"], lira_max_targets=v["lira.max_targets"],
+      bits_per_param=v["law.bits_per_param"], quiet=v["quiet"])
+
+
+def _check_models(v):
+  """Widths split into whole heads; the evaluation set halves; LiRA's shadows pair up."""
   heads = v["model.num_heads"]
   config_lib.check_divisible(v["sweep.d_model"], heads)
   if v["eval.eval_size"] % 2:
@@ -188,25 +211,10 @@ def validate(config) -> MembershipSettings:
                              f"got {lira_m}")
   if v["lira.d_model"] % heads:
     _fail("lira.d_model", f"must be divisible by model.num_heads={heads}, got {v['lira.d_model']}")
-  text = {}
-  if v["data.source"] == "synthetic":
-    _check_synthetic(config, v)
-  else:
-    text = _text_settings(config, v)
-  return MembershipSettings(
-      source=v["data.source"], vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
-      data_seed=v["data.seed"], text=text, num_heads=heads, layers=v["sweep.layers"],
-      d_model=v["sweep.d_model"], precision=v["sweep.precision"],
-      dataset_sizes=tuple(sorted(v["sweep.dataset_sizes"])), seeds=v["sweep.seeds"],
-      train=config_lib.train_settings(v), eval_batch_size=v["eval.batch_size"],
-      eval_size=v["eval.eval_size"], bootstrap=v["eval.bootstrap"], min_k=v["eval.min_k"],
-      lira_num_models=lira_m, lira_candidates=v["lira.candidates"],
-      lira_layers=v["lira.layers"], lira_d_model=v["lira.d_model"], lira_steps=v["lira.steps"],
-      lira_seed=v["lira.seed"], lira_max_targets=v["lira.max_targets"],
-      bits_per_param=v["law.bits_per_param"], quiet=v["quiet"])
 
 
 def _check_synthetic(config, v):
+  """No files, no documents, and enough distinct sequences for members and non-members."""
   config_lib.refuse_unused_paths(config, "synthetic")
   config_lib.check_pool_split(v["data.pool_split"], synthetic=True,
                               text_source="data.source='text'")
@@ -218,7 +226,8 @@ def _check_synthetic(config, v):
 
 def _text_settings(config, v) -> dict:
   """The text-only settings (MembershipSettings.text), checked against the sweep's sizes."""
-  corpus = schema.values(config, TEXT_FIELDS[:1])["data.corpus"]
+  # data.paths given to a corpus that reads no files is refused before its values are checked.
+  corpus = schema.values(config, (CORPUS,))[CORPUS.name]
   config_lib.refuse_unused_paths(config, corpus, "data.corpus", tuple(corpus_lib.FILE_EXTENSIONS))
   text = schema.by_key(schema.values(config, TEXT_FIELDS))
   if corpus in corpus_lib.FILE_EXTENSIONS:
