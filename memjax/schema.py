@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 MAX_INT32 = 2**31 - 1
@@ -201,7 +202,6 @@ def _str(f: Field, value):
 
 
 def _path(f: Field, value):
-  import os
   return os.path.expanduser(_str(f, value))
 
 
@@ -247,7 +247,6 @@ def _strs(f: Field, value):
 
 
 def _paths(f: Field, value):
-  import os
   return tuple(os.path.expanduser(p) for p in _strs(f, value))
 
 
@@ -286,6 +285,8 @@ def _describe(f: Field) -> str:
     words = f"{low}{f.minimum:g}, {top}"
   elif f.type == "floats":
     words = "> 0"
+  elif f.type == "bool":
+    words = "True, False"
   elif f.type in ("str", "path"):
     words = "" if f.allow_empty else "not empty"
   else:

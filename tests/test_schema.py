@@ -110,6 +110,7 @@ def test_describe_says_what_is_allowed():
   assert Field("a.x", "float", "", strict=False).describe() == "[0, inf)"
   assert Field("a.l", "ints", "").describe() == "[1, 2^31-1], not empty"
   assert Field("a.s", "str", "", allowed=("a", "b")).describe() == "a, b"
+  assert Field("a.b", "bool", "").describe() == "True, False"
   assert Field("a.p", "strs", "", allowed=("a", "b")).describe() == "any of a, b"
 
 
@@ -117,7 +118,7 @@ def test_listing_is_one_line_a_field_and_marks_what_the_file_leaves_out():
   lines = schema.listing(SMALL, _good()).splitlines()
   assert len(lines) == 1 + len(SMALL.fields) + 1
   assert lines[2].split()[:4] == ["data.seq_len", "int", "8", "[2,"]
-  assert lines[1].split()[:4] == ["quiet", "bool", "False", "*"]
+  assert lines[1].split()[:5] == ["quiet", "bool", "False", "*", "True,"]
   assert lines[-1] == schema.ABSENT_NOTE
 
 
