@@ -207,13 +207,14 @@ NGRAM_FIELDS = (
     Field("ngram.index_dir", "path", "infini_gram: an existing index (e.g. the Pile); empty: "
           "built from the training tokens, cached", default=""),
 )
-# Imported Hugging Face checkpoints: scored, not trained (configs without them train models).
-CHECKPOINT_FIELDS = (
-    Field("model.paths", "paths", "Hugging Face checkpoint directories (one shape, one "
-          "tokenizer); empty: train models", default=()),
-    Field("model.precision", "str", "precision the checkpoints are read in",
-          allowed=("fp32", "bf16"), default="fp32"),
-)
+
+
+def checkpoint_fields(paths_meaning: str):
+  """model.paths (imported Hugging Face checkpoints, scored rather than trained) and the
+  precision they are read in; `paths_meaning` says what the experiment does with them."""
+  return (Field("model.paths", "paths", paths_meaning, default=()),
+          Field("model.precision", "str", "precision the checkpoints are read in",
+                allowed=("fp32", "bf16"), default="fp32"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,7 @@ def check_ngram(values, vocab_size: int, tokenizer: str = "") -> NgramSettings:
 
 
 def read_checkpoints(values):
-  """(paths, model config) of the Hugging Face checkpoints of `values` (CHECKPOINT_FIELDS), or
+  """(paths, model config) of the Hugging Face checkpoints of `values` (checkpoint_fields), or
   ((), None) when it names none; ConfigError naming model.paths on a bad directory."""
   field = "model.paths"
   paths = values[field]

@@ -72,7 +72,8 @@ DATA_FIELDS = (
 MODEL_FIELDS = (
     config_lib.NUM_HEADS,
     Field("model.layers", "int", "layers of every model", maximum=64),
-    *config_lib.CHECKPOINT_FIELDS,
+    *config_lib.checkpoint_fields("Hugging Face checkpoints (one shape, one tokenizer) scored "
+                                  "instead of trained models; empty: train models"),
     Field("sweep.d_model", "ints", "the model widths"),
 )
 SCHEMA = schema.Schema((

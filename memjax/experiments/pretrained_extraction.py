@@ -35,7 +35,8 @@ from memjax.experiments import pretrained_membership as pm
 Field = config_lib.Field
 SCHEMA = schema.Schema((
     config_lib.experiment_field("pretrained_extraction"), config_lib.QUIET,
-    *config_lib.CHECKPOINT_FIELDS,
+    *config_lib.checkpoint_fields("the Hugging Face checkpoints to extract from (one shape, one "
+                                  "tokenizer)"),
     Field("data.path", "path", f"the candidates: a {', '.join(pm.DATA_KINDS)} file",
           allow_empty=False),
     Field("data.seq_len", "int", "tokens of each candidate; shorter ones are left out",

@@ -37,7 +37,8 @@ _fail = config_lib._fail
 Field = config_lib.Field
 SCHEMA = schema.Schema((
     config_lib.experiment_field("pretrained_membership"), config_lib.QUIET,
-    *config_lib.CHECKPOINT_FIELDS,
+    *config_lib.checkpoint_fields("the Hugging Face checkpoints to attack (one shape, one "
+                                  "tokenizer)"),
     Field("model.reference_path", "path", "a checkpoint of the same tokenizer for the reference "
           "attack; empty: none"),
     Field("data.members", "path", f"the members: a {', '.join(DATA_KINDS)} file",
