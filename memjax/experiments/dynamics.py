@@ -65,7 +65,8 @@ DATA_FIELDS = (
           maximum=65536),
     Field("data.seq_len", "int", "S, tokens a sequence", minimum=2, maximum=4096),
     Field("data.num_samples", "int", "training sequences (every model trains on all of them)"),
-    Field("data.seed", "int", "draws the sequences and the models", minimum=0),
+    Field("data.seed", "int", "seed of the data draws, the models and the predictor",
+          minimum=0),
     Field("data.cache_dir", "path", "the dataset cache; empty: <workdir>/cache"),
 )
 # The model section, shared with the distributional experiment.

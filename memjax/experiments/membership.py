@@ -109,9 +109,9 @@ COMMON_FIELDS = (
     Field("lira.d_model", "int", "width of the shadows"),
     Field("lira.steps", "int", "training steps of the shadows; 0: train.steps", minimum=0),
     Field("lira.seed", "int", "seed of the membership matrix and shadows", minimum=0),
-    Field("lira.max_targets", "int", "shadows attacked as targets; 0: all", minimum=0),
-    Field("law.bits_per_param", "float", "capacity of the law's x = capacity / N, bits a "
-          "parameter; 0: the fit's own", strict=False),
+    Field("lira.max_targets", "int", "leave-one-out targets; 0: every shadow model", minimum=0),
+    Field("law.bits_per_param", "float", "the capacity of x = capacity / N is this x params; 0: "
+          "measured (the shape's largest memorization over N)", strict=False),
 )
 CORPUS = Field("data.corpus", "str", "text: where the documents come from",
                allowed=corpus_lib.SOURCE_KINDS)

@@ -94,7 +94,8 @@ SCHEMA = schema.Schema((
     Field("data.tokenizer_path", "path", "tokenizer=file: the tokenizer.json"),
     Field("data.vocab_size", "int", f"tokenizer=bpe: tokens to train ({tokenize_lib.MIN_BPE_VOCAB}"
           f"..{tokenize_lib.MAX_BPE_VOCAB})", minimum=0),
-    Field("data.bpe_min_frequency", "int", "tokenizer=bpe: a merge's least count"),
+    Field("data.bpe_min_frequency", "int", "tokenizer=bpe: a pair must occur this often to be "
+          "merged"),
     Field("data.bpe_max_train_chars", "int", "tokenizer=bpe: characters it trains on; 0: all",
           minimum=0),
     Field("data.seq_len", "int", "S, tokens a sequence", minimum=2, maximum=65536),
