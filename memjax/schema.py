@@ -102,9 +102,6 @@ class Schema:
         out[""].add(f.section)
     return out
 
-  def field(self, name: str) -> Field:
-    return next(f for f in self.fields if f.name == name)
-
 
 def read(config, schema: Schema) -> dict:
   """{field name: typed value} of `config`; ConfigError on an unknown, missing or bad field."""
@@ -130,14 +127,23 @@ def values(config, fields) -> dict:
   """{field name: typed value} of `fields` (a field the config lacks: its default)."""
   out = {}
   for f in fields:
-    node = config.get(f.section) if f.section else config
-    if node is None or f.key not in node.keys():
-      if f.default is REQUIRED:
-        fail(f.name, "missing field; add it to the config file")
-      out[f.name] = f.default
+    if in_config(config, f):
+      out[f.name] = _bounded_by(f, out).check(_section(config, f)[f.key])
+    elif f.default is REQUIRED:
+      fail(f.name, "missing field; add it to the config file")
     else:
-      out[f.name] = _bounded_by(f, out).check(node[f.key])
+      out[f.name] = f.default
   return out
+
+
+def _section(config, field: Field):
+  """The config node that holds `field` (None if the config lacks its section)."""
+  return config.get(field.section) if field.section else config
+
+
+def in_config(config, field: Field) -> bool:
+  node = _section(config, field)
+  return node is not None and field.key in node.keys()
 
 
 def _bounded_by(f: Field, values: dict) -> Field:
@@ -154,14 +160,12 @@ def by_key(values: dict) -> dict:
 
 def config_value(config, field: Field):
   """What `config` gives the field (its default where it gives none): the listing's value."""
-  node = config.get(field.section) if field.section else config
-  if node is None or field.key not in node.keys():
-    return field.default
-  return node[field.key]
+  return _section(config, field)[field.key] if in_config(config, field) else field.default
 
 
 # ---------------------------------------------------------------------------------------------
-# The checks of each type; the messages are those the hand-written validators gave.
+# The checks of each type; their messages are those of the hand-written validators they replaced
+# (tests/test_config_golden.py holds those).
 
 
 def _is_int(v):
@@ -311,11 +315,6 @@ def shown_value(value, width: int = 40) -> str:
   """A value as a Python literal (what an override writes), cut to `width` characters."""
   text = repr(tuple(value) if isinstance(value, list) else value)
   return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def in_config(config, field: Field) -> bool:
-  node = config.get(field.section) if field.section else config
-  return node is not None and field.key in node.keys()
 
 
 ABSENT_NOTE = ("* not in the config file: the field's default; add the field to the file to set "
