@@ -42,10 +42,11 @@ def _cell(text):
   return str(text).replace("|", "\\|")
 
 
-def _row(field, value):
-  allowed = field.describe()
-  return (f"| `{field.name}` | {schema.type_words(field)} | `{_cell(schema.shown_value(value))}` "
-          f"| {_cell(allowed)} | {_cell(field.meaning)} |")
+def _row(field, value, absent=False):
+  """A table row; `absent`: the config file leaves the field out (marked *)."""
+  shown = f"`{_cell(schema.shown_value(value))}`" + (" *" if absent else "")
+  return (f"| `{field.name}` | {schema.type_words(field)} | {shown} | {_cell(field.describe())} "
+          f"| {_cell(field.meaning)} |")
 
 
 def train_table():
@@ -60,8 +61,8 @@ def experiment_table(experiment):
   fields = importlib.import_module(memjax_main.EXPERIMENTS[experiment]).SCHEMA.fields
   config = load_config(experiment)
   train = {f.name for f in config_lib.TRAIN_FIELDS}
-  rows = [_row(f, schema.config_value(config, f)) for f in fields
-          if f.name not in train and f.name != "experiment"]
+  rows = [_row(f, schema.config_value(config, f), absent=not schema.in_config(config, f))
+          for f in fields if f.name not in train and f.name != "experiment"]
   set_here = [f for f in config_lib.TRAIN_FIELDS if schema.in_config(config, f)]
   if set_here:
     values = ", ".join(f"{f.key}={schema.shown_value(config.train[f.key])}" for f in set_here)
