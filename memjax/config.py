@@ -1,7 +1,9 @@
 """Validation of ml_collections configs into typed settings, before anything is compiled.
 
-Every problem is reported as one `ConfigError` whose message starts with the field's full name
-(`config.sweep.d_model: ...`) and says what is allowed.
+Each experiment declares its fields as a `schema.Schema` (the capacity sweep's is here, with the
+sections several experiments share: train, ngram, imported checkpoints); every problem is one
+`ConfigError` whose message starts with the field's full name (`config.sweep.d_model: ...`) and
+says what is allowed.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from typing import Any
 
 from absl import logging
 
+from memjax import schema
+from memjax.data import text as text_lib  # numpy only; the text pipeline is not started
 from memjax.model import gpt2
 from memjax.train import TrainConfig
 
 PRECISIONS = tuple(gpt2.PRECISIONS)
 SCHEDULES = ("cosine", "wsd")
-MAX_INT32 = 2**31 - 1
-
-
-class ConfigError(ValueError):
-  """A bad config value; the message names the field and what is allowed."""
+MAX_INT32 = schema.MAX_INT32
+ConfigError = schema.ConfigError
+Field = schema.Field
+_fail = schema.fail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,125 +56,6 @@ class CapacitySettings:
   curve_steps: int = 0
 
 
-# The fields each config section may hold; anything else is a typo and is rejected.
-ALLOWED = {
-    "": {"experiment", "data", "model", "sweep", "train", "eval", "quiet"},
-    "data": {"vocab_size", "seq_len"},
-    "model": {"num_heads"},
-    "sweep": {"layers", "d_model", "dataset_sizes", "dataset_size_factors", "seeds", "precisions",
-              "learning_rates", "models_per_chunk", "device_memory_gib", "save_params"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "eval": {"batch_size", "test_size", "curve_steps"},
-}
-
-
-def _fail(field, message):
-  raise ConfigError(f"config.{field}: {message}")
-
-
-def check_fields(config, allowed_fields):
-  """Reject fields not in `allowed_fields` ({section: names}, "" for the top level)."""
-  for section, allowed in allowed_fields.items():
-    node = config if not section else config.get(section)
-    if node is None:
-      _fail(section, "missing section")
-    for name in node.keys():
-      if name not in allowed:
-        where = f"{section}.{name}" if section else name
-        _fail(where, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-
-
-def _int(config, field, minimum=1, maximum=MAX_INT32):
-  value = _get(config, field)
-  if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-    _fail(field, f"must be an integer in [{minimum}, {maximum}], got {value!r}")
-  return value
-
-
-def _float(config, field, minimum=0.0, strict=True, maximum=math.inf):
-  value = _get(config, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  if not ok or (value <= minimum if strict else value < minimum) or value > maximum:
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    _fail(field, f"must be a finite number {bound} and <= {maximum}, got {value!r}")
-  return float(value)
-
-
-def _int_list(config, field, minimum=1, allow_empty=False, maximum=MAX_INT32):
-  values = _as_tuple(config, field)
-  if not values and not allow_empty:
-    _fail(field, "must list at least one value")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
-      _fail(field, f"must be integers in [{minimum}, {maximum}], got {values!r}")
-  return _no_repeats(field, values)
-
-
-def _no_repeats(field, values):
-  """A list field's values, refused if one is given twice: each value is a run of its own (a
-  seed twice would train and report the same models twice)."""
-  repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-  if repeated:
-    _fail(field, f"lists {', '.join(map(repr, repeated))} more than once, got {values!r}")
-  return values
-
-
-def _float_list(config, field, allow_empty=True):
-  values = _as_tuple(config, field)
-  if not values and not allow_empty:
-    _fail(field, "must list at least one value")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-      _fail(field, f"must be positive finite numbers, got {values!r}")
-  return _no_repeats(field, tuple(float(v) for v in values))
-
-
-def _str(config, field, allowed=None, allow_empty=True):
-  """A string field (None reads as ""); with `allowed`, one of those values."""
-  value = _get(config, field)
-  if value is None:
-    value = ""
-  if not isinstance(value, str):
-    _fail(field, f"must be a string, got {value!r}")
-  if allowed is not None and value not in allowed:
-    _fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
-  if not allow_empty and not value:
-    _fail(field, "must not be empty")
-  return value
-
-
-def _str_list(config, field):
-  values = _as_tuple(config, field)
-  if any(not isinstance(v, str) or not v for v in values):
-    _fail(field, f"must be a list of non-empty strings, got {values!r}")
-  return _no_repeats(field, tuple(values))
-
-
-def precision_list(config, field):
-  """A non-empty list of distinct precisions (PRECISIONS).
-
-  An override `--config.sweep.precisions=bf16,fp32` (or `(bf16,fp32)`, `(bf16,)`, `(bf16)`)
-  reaches the config as one string, since bare words are not Python literals: it is split at its
-  commas."""
-  values = _as_tuple(config, field)
-  if len(values) == 1 and isinstance(values[0], str) and values[0].strip(" ()[]") != values[0]:
-    values = (values[0].strip(" ()[]"),)  # '(bf16)': no comma, so no tuple either
-  if len(values) == 1 and isinstance(values[0], str) and "," in values[0]:
-    # A trailing comma, as in '(bf16,)', leaves an empty last item: not a value.
-    items = [p.strip(" '\"") for p in values[0].strip(" ()[]").split(",")]
-    values = tuple(items[:-1] if len(items) > 1 and not items[-1] else items)
-  if not values or any(p not in PRECISIONS for p in values):
-    _fail(field, f"must be a list of {', '.join(PRECISIONS)}, got {values!r}")
-  return _no_repeats(field, values)
-
-
-def _bool(config, field):
-  value = _get(config, field)
-  if not isinstance(value, bool):
-    _fail(field, f"must be True or False, got {value!r}")
-  return value
-
-
 def _as_tuple(config, field):
   value = _get(config, field)
   if isinstance(value, (list, tuple)):
@@ -186,63 +70,151 @@ def _get(config, field):
   return node
 
 
+def _train_field(name, type_, meaning, **bounds):
+  """A train section field; a config without it trains with TrainConfig's default."""
+  default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+  return Field(f"train.{name}", type_, meaning, default=default, **bounds)
+
+
+# The train section, shared by every experiment that trains models (memjax.train.TrainConfig).
+TRAIN_FIELDS = (
+    _train_field("steps", "int", "optimizer steps of every model"),
+    _train_field("batch_size", "int", "sequences a step, per model (unless batch_fraction)"),
+    _train_field("learning_rate", "float", "peak learning rate (AdamW after a linear warmup)"),
+    _train_field("warmup_steps", "int", "linear warmup steps", minimum=0),
+    _train_field("min_lr_ratio", "float", "the schedule decays to this fraction of the peak",
+                 strict=False, maximum=1.0),
+    _train_field("weight_decay", "float", "AdamW weight decay", strict=False),
+    _train_field("b1", "float", "AdamW beta1", strict=False, maximum=0.999999),
+    _train_field("b2", "float", "AdamW beta2", strict=False, maximum=0.999999),
+    _train_field("eps", "float", "AdamW epsilon"),
+    _train_field("grad_clip", "float", "global gradient-norm clip"),
+    _train_field("steps_per_call", "int", "steps fused into one device call (lax.scan)"),
+    _train_field("vocab_chunk", "int", "vocabulary chunk of the likelihood kernel"),
+    _train_field("saturation_tolerance", "float", "> 0: freeze a model once its memorization "
+                 "changes by less than this fraction a window; 0: a fixed budget", strict=False,
+                 maximum=1.0),
+    _train_field("saturation_window", "int", "steps between two saturation estimates"),
+    _train_field("saturation_patience", "int", "windows in a row under the tolerance to freeze"),
+    _train_field("checkpoint_every", "int", "steps between checkpoints; 0: only at the end and "
+                 "when interrupted", minimum=0),
+    _train_field("schedule", "str", "learning rate after the warmup: cosine decay, or wsd "
+                 "(constant, then a linear decay)", allowed=SCHEDULES),
+    _train_field("decay_fraction", "float", "wsd: the fraction of train.steps the decay takes",
+                 strict=False, maximum=1.0),
+    _train_field("batch_fraction", "float", "> 0: a model's batch is this fraction of its N (a "
+                 "power of two in [batch_min, batch_max]); 0: batch_size", strict=False,
+                 maximum=1.0),
+    _train_field("batch_min", "int", "the smallest batch under batch_fraction"),
+    _train_field("batch_max", "int", "the largest batch under batch_fraction"),
+)
+QUIET = Field("quiet", "bool", "no progress bars or info logs", default=False)
+NUM_HEADS = Field("model.num_heads", "int", "attention heads; must divide every d_model")
+POOL_SPLIT = Field("data.pool_split", "str", "pools drawn sequence by sequence, or as whole "
+                   "documents (no held-out sequence shares a training document)",
+                   allowed=text_lib.POOL_SPLITS, default="sequence")
+
+
+def experiment_field(name):
+  """The top-level `experiment` of an experiment's schema (main.py dispatches on it)."""
+  return Field("experiment", "str", "the experiment this file runs", allowed=(name,))
+
+
+CAPACITY_SCHEMA = schema.Schema((
+    experiment_field("capacity"), QUIET,
+    Field("data.vocab_size", "int", "V: tokens are uniform over it", minimum=2),
+    Field("data.seq_len", "int", "S: tokens a sequence (= the model's positions)", minimum=2,
+          maximum=65536),
+    NUM_HEADS,
+    Field("sweep.layers", "ints", "numbers of layers to sweep"),
+    Field("sweep.d_model", "ints", "widths to sweep"),
+    Field("sweep.dataset_sizes", "ints", "N, sequences in each model's training set (not used "
+          "when dataset_size_factors is set)", allow_empty=True),
+    Field("sweep.dataset_size_factors", "floats", "if set, N = factor x 3.6 x params / (S log2 "
+          "V) for each shape, rounded"),
+    Field("sweep.seeds", "ints", "seeds (init and data), one model each", minimum=0),
+    Field("sweep.precisions", "strs", "fp32, bf16 (bf16 parameters) or bf16-mixed (bf16 "
+          "compute, fp32 parameters), one model each", allowed=PRECISIONS),
+    Field("sweep.learning_rates", "floats", "peak learning rates, one model each; empty: "
+          "train.learning_rate"),
+    Field("sweep.models_per_chunk", "int", "models trained together in one chunk; 0: as many "
+          "as fit a device's memory", minimum=0, default=0),
+    Field("sweep.device_memory_gib", "float", "memory of one device for a chunk, GiB; 0: the "
+          "device's own limit", strict=False, default=0.0),
+    Field("sweep.save_params", "bool", "keep each chunk's trained parameters (for "
+          "memjax.export and memjax.score)", default=False),
+    *TRAIN_FIELDS,
+    Field("eval.batch_size", "int", "sequences a scoring call"),
+    Field("eval.test_size", "int", "held-out sequences for the test loss"),
+    Field("eval.curve_steps", "int", "points (log-spaced) of each model's convergence record; "
+          "0: none", minimum=0, maximum=1000, default=0),
+))
+
+
+def check_divisible(d_models, heads, field="sweep.d_model", heads_field="model.num_heads"):
+  """Every width splits into whole attention heads."""
+  for d in d_models:
+    if d % heads:
+      _fail(field, f"each d_model must be divisible by {heads_field}={heads}, got {d}")
+
+
 def validate(config) -> CapacitySettings:
   """Check a capacity config and turn it into settings; raises ConfigError naming the field."""
-  check_fields(config, ALLOWED)
-  vocab = _int(config, "data.vocab_size", minimum=2)
-  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
-  heads = _int(config, "model.num_heads")
-  layers = _int_list(config, "sweep.layers")
-  d_model = _int_list(config, "sweep.d_model")
-  for d in d_model:
-    if d % heads:
-      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precisions = precision_list(config, "sweep.precisions")
-
-  train = train_config(config)
-
-  # The largest N: indices are int32, and sequences are drawn uniformly with replacement, so N
-  # of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again.
-  # Up to N = V**S / 50 that is under 1%.
-  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
-  max_n = min(MAX_INT32 - max(train.batch_size, train.batch_max), distinct // 50)
-  factors = _float_list(config, "sweep.dataset_size_factors")
-  sizes = _int_list(config, "sweep.dataset_sizes", allow_empty=bool(factors))
-
+  v = schema.read(config, CAPACITY_SCHEMA)
+  check_divisible(v["sweep.d_model"], v["model.num_heads"])
+  train = train_settings(v)
+  factors = v["sweep.dataset_size_factors"]
+  if not factors and not v["sweep.dataset_sizes"]:
+    _fail("sweep.dataset_sizes", "must list at least one value")
   settings = CapacitySettings(
-      vocab_size=vocab, seq_len=seq_len, num_heads=heads, layers=layers, d_model=d_model,
-      dataset_sizes=sizes, dataset_size_factors=factors,
-      seeds=_int_list(config, "sweep.seeds", minimum=0),
-      precisions=precisions, learning_rates=_float_list(config, "sweep.learning_rates"),
-      train=train, eval_batch_size=_int(config, "eval.batch_size"),
-      test_size=_int(config, "eval.test_size"), quiet=bool(config.get("quiet", False)),
-      models_per_chunk=_optional(config, "sweep.models_per_chunk", 0, _int, minimum=0),
-      device_memory_gib=_optional(config, "sweep.device_memory_gib", 0.0, _float, strict=False),
-      save_params=_optional(config, "sweep.save_params", False, _bool),
-      curve_steps=_optional(config, "eval.curve_steps", 0, _int, minimum=0, maximum=1000))
-  for shape in model_shapes(settings):
-    for n in dataset_sizes_for(settings, shape):
+      vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
+      num_heads=v["model.num_heads"], layers=v["sweep.layers"], d_model=v["sweep.d_model"],
+      dataset_sizes=v["sweep.dataset_sizes"], dataset_size_factors=factors,
+      seeds=v["sweep.seeds"], precisions=v["sweep.precisions"],
+      learning_rates=v["sweep.learning_rates"], train=train,
+      eval_batch_size=v["eval.batch_size"], test_size=v["eval.test_size"], quiet=v["quiet"],
+      models_per_chunk=v["sweep.models_per_chunk"],
+      device_memory_gib=v["sweep.device_memory_gib"], save_params=v["sweep.save_params"],
+      curve_steps=v["eval.curve_steps"])
+  _check_dataset_sizes(settings)
+  return settings
+
+
+def _check_dataset_sizes(s: CapacitySettings):
+  """The largest N: indices are int32, and sequences are drawn uniformly with replacement, so N
+  of them repeat about N/(2 V**S) of themselves; each repeat would count as memorized again. Up to
+  N = V**S / 50 that is under 1%."""
+  vocab, seq_len = s.vocab_size, s.seq_len
+  distinct = vocab**seq_len if seq_len * math.log2(vocab) < 62 else MAX_INT32 * 64
+  max_n = min(MAX_INT32 - max(s.train.batch_size, s.train.batch_max), distinct // 50)
+  for shape in model_shapes(s):
+    for n in dataset_sizes_for(s, shape):
       if n > max_n:
-        field = "sweep.dataset_size_factors" if factors else "sweep.dataset_sizes"
+        field = "sweep.dataset_size_factors" if s.dataset_size_factors else "sweep.dataset_sizes"
         why = (f"sequences are drawn with replacement from V**S = {vocab}**{seq_len}, and more "
                "than 1% of them would repeat, each counted as memorized again"
                if max_n == distinct // 50 else "indices are int32")
         _fail(field, f"dataset size {n} is too large: at most {max_n} ({why}); "
                      "lower it or raise data.vocab_size / data.seq_len")
-  return settings
-
-
-def _optional(config, field, default, check, **kwargs):
-  """A field that older configs may lack: its default if absent, else checked."""
-  section, _, name = field.rpartition(".")
-  node = config.get(section) if section else config
-  if node is None or name not in node.keys():
-    return default
-  return check(config, field, **kwargs)
 
 
 NGRAM_BACKENDS = ("exact", "infini_gram")
-NGRAM_FIELDS = {"backend", "index_dir"}
+# The optional ngram section of the experiments that count n-grams (configs older than it have
+# none: exact counts).
+NGRAM_FIELDS = (
+    Field("ngram.backend", "str", "n-gram counts: exact (in memory) or infini_gram (a suffix "
+          "array on disk; the same counts)", allowed=NGRAM_BACKENDS, default="exact"),
+    Field("ngram.index_dir", "path", "infini_gram: an existing index (e.g. the Pile); empty: "
+          "built from the training tokens, cached", default=""),
+)
+
+
+def checkpoint_fields(paths_meaning: str):
+  """model.paths (imported Hugging Face checkpoints, scored rather than trained) and the
+  precision they are read in; `paths_meaning` says what the experiment does with them."""
+  return (Field("model.paths", "paths", paths_meaning, default=()),
+          Field("model.precision", "str", "precision the checkpoints are read in",
+                allowed=("fp32", "bf16"), default="fp32"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,20 +223,15 @@ class NgramSettings:
   index_dir: str = ""  # an infini-gram index; "": built from the training tokens, in the cache
 
 
-def with_ngram_section(allowed, config):
-  """`allowed` with the optional ngram section (configs older than it have none)."""
-  if "ngram" not in config.keys():
-    return allowed
-  return {**allowed, "": allowed[""] | {"ngram"}, "ngram": NGRAM_FIELDS}
-
-
 def ngram_settings(config, vocab_size: int, tokenizer: str = "") -> NgramSettings:
-  """config.ngram -> NgramSettings (defaults where the section is absent); an index_dir is
-  checked against the model's vocabulary (and tokenizer, where its manifest names one) now."""
-  if "ngram" not in config.keys():
-    return NgramSettings()
-  backend = _str(config, "ngram.backend", NGRAM_BACKENDS)
-  index_dir = os.path.expanduser(_optional(config, "ngram.index_dir", "", _str))
+  """config.ngram -> NgramSettings (defaults where the section is absent)."""
+  return check_ngram(schema.values(config, NGRAM_FIELDS), vocab_size, tokenizer)
+
+
+def check_ngram(values, vocab_size: int, tokenizer: str = "") -> NgramSettings:
+  """NgramSettings of the ngram fields of `values`; an index_dir is checked against the model's
+  vocabulary (and tokenizer, where its manifest names one) now."""
+  backend, index_dir = values["ngram.backend"], values["ngram.index_dir"]
   if backend == "exact":
     if index_dir:
       _fail("ngram.index_dir", f"ngram.backend='exact' counts in memory and reads no index, so "
@@ -286,16 +253,16 @@ def ngram_settings(config, vocab_size: int, tokenizer: str = "") -> NgramSetting
   return NgramSettings(backend, index_dir)
 
 
-def checkpoint_paths(config, field="model.paths", precision_field="model.precision"):
-  """(paths, model config, precision) of the Hugging Face checkpoints a config imports, or
-  ((), None, "fp32") when it names none; ConfigError naming the field on a bad directory."""
-  paths = tuple(os.path.expanduser(p) for p in _optional(config, field, (), _str_list))
-  precision = _optional(config, precision_field, "fp32", _str, allowed=("fp32", "bf16"))
+def read_checkpoints(values):
+  """(paths, model config) of the Hugging Face checkpoints of `values` (checkpoint_fields), or
+  ((), None) when it names none; ConfigError naming model.paths on a bad directory."""
+  field = "model.paths"
+  paths = values[field]
   if not paths:
-    return (), None, precision
+    return (), None
   from memjax.model import hf
   try:
-    configs = [hf.read_config(p, precision) for p in paths]
+    configs = [hf.read_config(p, values["model.precision"]) for p in paths]
     hf.check_same_shape(paths, configs)
   except hf.CheckpointError as e:
     _fail(field, str(e))
@@ -309,42 +276,20 @@ def checkpoint_paths(config, field="model.paths", precision_field="model.precisi
   if len(tokenizers) > 1:
     _fail(field, f"the checkpoints' {hf.TOKENIZER_FILE} files differ; a stack scores one "
                  "tokenization, so give checkpoints of one tokenizer")
-  return paths, configs[0], precision
+  return paths, configs[0]
 
 
-def pool_split(config, synthetic: bool = False, text_source: str = "a text source") -> str:
-  """data.pool_split of a text experiment ("sequence" where an older config lacks it); synthetic
-  data, which has no documents, cannot be split by document (the error names `text_source`, what
-  the experiment calls a text source)."""
-  from memjax.data import text as text_lib  # numpy only; the text pipeline is not started
-  split = _optional(config, "data.pool_split", "sequence", _str, allowed=text_lib.POOL_SPLITS)
+def check_pool_split(split: str, synthetic: bool = False, text_source: str = "a text source"):
+  """Synthetic data, which has no documents, cannot be split by document (the error names
+  `text_source`, what the experiment calls a text source)."""
   if split == "document" and synthetic:
     _fail("data.pool_split", f"'document' needs {text_source} (synthetic data has no documents); "
                              "set data.pool_split='sequence'")
-  return split
 
 
-def train_config(config) -> TrainConfig:
-  """config.train -> TrainConfig; a field the config lacks takes TrainConfig's default."""
-  train_fields = {}
-  for f in dataclasses.fields(TrainConfig):
-    field = f"train.{f.name}"
-    if f.name not in config.train.keys():
-      continue
-    if f.name == "schedule":
-      train_fields[f.name] = _str(config, field, allowed=SCHEDULES)
-    elif f.type in ("int", int):
-      lo = 0 if f.name in ("warmup_steps", "checkpoint_every") else 1
-      train_fields[f.name] = _int(config, field, minimum=lo)
-    elif f.name in ("weight_decay", "min_lr_ratio", "saturation_tolerance", "batch_fraction",
-                    "decay_fraction"):
-      top = math.inf if f.name == "weight_decay" else 1.0
-      train_fields[f.name] = _float(config, field, strict=False, maximum=top)
-    elif f.name in ("b1", "b2"):
-      train_fields[f.name] = _float(config, field, strict=False, maximum=0.999999)
-    else:
-      train_fields[f.name] = _float(config, field)
-  tcfg = TrainConfig(**train_fields)
+def train_settings(values) -> TrainConfig:
+  """TrainConfig of the train fields of `values` (schema.read), checked against each other."""
+  tcfg = TrainConfig(**{f.key: values[f.name] for f in TRAIN_FIELDS})
   _check_schedule(tcfg)
   _check_batch_fraction(tcfg)
   if tcfg.saturation:

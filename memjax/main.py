@@ -1,7 +1,7 @@
 """memjax entry point: python -m memjax.main --config=configs/capacity.py --workdir=runs/capacity
 
 Fields of the config can be overridden on the command line, e.g.
---config.sweep.d_model='(32,64)' --config.train.steps=2000.
+--config.sweep.d_model='(32,64)' --config.train.steps=2000; --list_fields lists them.
 """
 
 import errno
@@ -15,11 +15,15 @@ from absl import logging
 from ml_collections import config_flags
 
 from memjax import config as config_lib
+from memjax import schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and figures.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the plan (buckets, chunks, models, memory, tokens) and exit.")
+_LIST_FIELDS = flags.DEFINE_bool(
+    "list_fields", False, "Print each field of the --config file's experiment (type, the "
+    "file's value, what is allowed, meaning), one a line, and exit.")
 # Several processes (hosts): jax.distributed.initialize(). Give all three, or --distributed to let
 # JAX detect the cluster (e.g. under SLURM's srun; see launch/slurm.sbatch).
 _COORDINATOR = flags.DEFINE_string(
@@ -33,8 +37,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "uses every core; 0: one per core (up to 8), or what XLA_FLAGS / JAX_NUM_CPU_DEVICES set. "
     "No effect on GPUs.")
 
-# config.experiment -> the module that runs it. Each module has `validate(config) -> settings`
-# (raising config.ConfigError) and `main(settings, workdir)`, which runs and prints its report.
+# config.experiment -> the module that runs it. Each module has `SCHEMA` (its fields, a
+# schema.Schema), `validate(config) -> settings` (raising config.ConfigError) and
+# `main(settings, workdir)`, which runs and prints its report.
 EXPERIMENTS = {
     "capacity": "memjax.experiments.capacity",
     "text": "memjax.experiments.text",
@@ -64,6 +69,9 @@ def main(argv):
       raise config_lib.ConfigError(
           f"config.experiment: must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
     experiment = importlib.import_module(EXPERIMENTS[name])
+    if _LIST_FIELDS.value:  # before validating: a config still to be completed lists too
+      print(schema.listing(experiment.SCHEMA, config))
+      return
     settings = experiment.validate(config)
     if _DRY_RUN.value and not hasattr(experiment, "dry_run"):
       raise config_lib.ConfigError(f"--dry_run: experiment {name!r} has no dry run")

@@ -220,3 +220,20 @@ def test_a_full_disk_is_one_line(tmp_path, limit, memjax_main_under_limit):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("memjax: error: a write failed") and "File too large" in lines[0]
+
+
+def test_list_fields_prints_each_field_of_the_experiment_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "never_made"
+  proc = run_main(["--config=configs/dynamics.py", "--config.train.steps=77", "--list_fields"],
+                  workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].split() == ["field", "type", "value", "allowed", "meaning"]
+  by_name = {l.split()[0]: l for l in lines[1:-1]}
+  from memjax.experiments import dynamics
+  assert list(by_name) == [f.name for f in dynamics.SCHEMA.fields]
+  assert by_name["train.steps"].split()[:3] == ["train.steps", "int", "77"]  # the override's
+  assert "[1, train.steps]" in by_name["dynamics.checkpoints"]
+  assert by_name["train.schedule"].split()[2:4] == ["'cosine'", "*"]  # not in the file
+  assert lines[-1].startswith("* not in the config file")
+  assert not workdir.exists()

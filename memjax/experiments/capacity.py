@@ -30,6 +30,7 @@ from memjax.engine import sweep
 from memjax import train as train_lib
 
 validate = config_lib.validate
+SCHEMA = config_lib.CAPACITY_SCHEMA  # its fields (--list_fields, docs/configuration.md)
 
 
 def curve_points(tcfg, count: int) -> tuple:

@@ -40,6 +40,7 @@ import numpy as np
 
 from memjax import config as config_lib
 from memjax.engine import checkpoint
+from memjax import schema
 from memjax.engine import jsonio
 from memjax.engine import run as run_lib
 from memjax import report
@@ -49,14 +50,25 @@ from memjax.train import TrainConfig
 SETS = ("heldout", "generated", "train")
 DENOMINATORS = ("context", "continuation")
 
-ALLOWED = {
-    "": {"experiment", "quiet", "data", "model", "sweep", "train", "distributional"},
-    "data": dx.ALLOWED["data"] | {"heldout", "pool_split"},
-    "model": {"num_heads", "layers", "paths", "precision"},
-    "sweep": {"d_model", "dataset_sizes"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "distributional": {"orders", "max_n", "eval_samples", "context", "batch_size", "denominator"},
-}
+Field = config_lib.Field
+SCHEMA = schema.Schema((
+    config_lib.experiment_field("distributional"), config_lib.QUIET, *dx.DATA_FIELDS,
+    Field("data.heldout", "int", "held-out sequences (the evaluation set)", minimum=0),
+    config_lib.POOL_SPLIT, *dx.MODEL_FIELDS,
+    Field("sweep.dataset_sizes", "ints", "N, training sequences of a model (the first N); with "
+          "model.paths: all of data.num_samples"),
+    *config_lib.TRAIN_FIELDS,
+    Field("distributional.orders", "ints", "n of the n-gram probabilities correlated"),
+    Field("distributional.max_n", "int", "n-gram orders counted", maximum=16),
+    Field("distributional.eval_samples", "int", "held-out sequences (and at most this many "
+          "members) evaluated"),
+    Field("distributional.context", "int", "prompt tokens of the generated set; 0: no generated "
+          "set", minimum=0),
+    Field("distributional.batch_size", "int", "sequences a scoring call"),
+    Field("distributional.denominator", "str", "the n-gram probability's denominator: counts of "
+          "the context, or of the continuation", allowed=DENOMINATORS),
+    *config_lib.NGRAM_FIELDS,
+), optional_sections=("ngram",))
 
 
 _fail = config_lib._fail
@@ -84,56 +96,60 @@ class DistributionalSettings:
 
 def validate(config) -> DistributionalSettings:
   """Check a distributional config; raises ConfigError naming the field."""
-  config_lib.check_fields(config, config_lib.with_ngram_section(ALLOWED, config))
-  _int = config_lib._int
-  model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
-  data = dx.validate_data(config, heldout_field="data.heldout",
+  v = schema.read(config, SCHEMA)
+  config_lib.refuse_unused_paths(config, v["data.source"], file_kinds=dx.FILE_SOURCES)
+  model_paths, model_cfg = config_lib.read_checkpoints(v)
+  data = dx.validate_data(v, heldout_field="data.heldout",
                           checkpoint_dir=model_paths[0] if model_paths else None)
   if model_cfg is not None and data.seq_len > model_cfg.seq_len:
     _fail("data.seq_len", f"{data.seq_len} tokens are longer than the checkpoints' context "
                           f"({model_cfg.seq_len}); lower it")
-  heads, layers, d_model = dx.validate_model(config)
-  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
+  heads, layers, d_model = dx.validate_model(v)
+  sizes = tuple(sorted(v["sweep.dataset_sizes"]))
   if model_paths:  # one counted corpus: the whole training pool
     sizes = (data.num_samples,)
   if sizes[-1] > data.num_samples:
     _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training set "
                                  f"data.num_samples={data.num_samples}; lower it or raise that")
-  max_n = _int(config, "distributional.max_n", maximum=16)
-  orders = tuple(sorted(set(config_lib._int_list(config, "distributional.orders"))))
   vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
-  ngram = config_lib.ngram_settings(config, vocab, dx.tokenizer_tag(data, vocab))
+  ngram = config_lib.check_ngram(v, vocab, dx.tokenizer_tag(data, vocab))
+  _check_orders(v, vocab, ngram)
+  _check_evaluation(v, data)
+  return DistributionalSettings(
+      data=data, num_heads=heads, layers=layers, d_model=d_model, dataset_sizes=sizes,
+      train=config_lib.train_settings(v), orders=tuple(sorted(v["distributional.orders"])),
+      max_n=v["distributional.max_n"], eval_samples=v["distributional.eval_samples"],
+      context=v["distributional.context"], batch_size=v["distributional.batch_size"],
+      denominator=v["distributional.denominator"], quiet=v["quiet"], model_paths=model_paths,
+      model_cfg=model_cfg, ngram=ngram)
+
+
+def _check_orders(v, vocab, ngram):
+  """The orders are counted (and fit the exact index's keys) and fit the sequence."""
+  max_n, top = v["distributional.max_n"], max(v["distributional.orders"])
   # The exact index packs an n-gram into one int64 key.
   if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:
     _fail("distributional.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit "
                                   "the n-gram index's 64-bit keys; lower it")
-  if orders[-1] > max_n:
-    _fail("distributional.orders", f"n={orders[-1]} is larger than the counted order "
+  if top > max_n:
+    _fail("distributional.orders", f"n={top} is larger than the counted order "
                                    f"distributional.max_n={max_n}; raise max_n or lower n")
-  if orders[-1] > data.seq_len:
-    _fail("distributional.orders", f"n={orders[-1]} is longer than the sequence "
-                                   f"(data.seq_len={data.seq_len})")
-  eval_samples = _int(config, "distributional.eval_samples")
+  if top > v["data.seq_len"]:
+    _fail("distributional.orders", f"n={top} is longer than the sequence "
+                                   f"(data.seq_len={v['data.seq_len']})")
+
+
+def _check_evaluation(v, data):
+  """The evaluation set fits the held-out set; the prompt leaves a continuation."""
+  eval_samples, context = v["distributional.eval_samples"], v["distributional.context"]
   if data.heldout < 1:
     _fail("data.heldout", "needs at least 1 held-out sequence (the held-out set)")
   if eval_samples > data.heldout:
     _fail("distributional.eval_samples", f"{eval_samples} evaluation sequences do not fit the "
                                          f"held-out set data.heldout={data.heldout}")
-  context = _int(config, "distributional.context", minimum=0)
   if context and context >= data.seq_len:
     _fail("distributional.context", f"the prompt ({context} tokens) leaves no continuation in "
                                     f"a sequence of data.seq_len={data.seq_len} tokens")
-  denominator = config_lib._get(config, "distributional.denominator")
-  if denominator not in DENOMINATORS:
-    _fail("distributional.denominator", f"must be one of {', '.join(DENOMINATORS)}, got "
-                                        f"{denominator!r}")
-  return DistributionalSettings(
-      data=data, num_heads=heads, layers=layers, d_model=d_model, dataset_sizes=sizes,
-      train=config_lib.train_config(config), orders=orders, max_n=max_n,
-      eval_samples=eval_samples, context=context,
-      batch_size=_int(config, "distributional.batch_size"), denominator=denominator,
-      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg,
-      ngram=ngram)
 
 
 def correlation_rows(model_logp2_BxS, tokens_BxS, index, orders, first_position: int,

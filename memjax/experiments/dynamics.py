@@ -41,6 +41,7 @@ import numpy as np
 
 from memjax import config as config_lib
 from memjax.engine import checkpoint
+from memjax import schema
 from memjax.engine import jsonio
 from memjax.engine import run as run_lib
 from memjax import report
@@ -51,24 +52,64 @@ DATA_SOURCES = ("stdlib_docs", "txt", "jsonl", "parquet", "synthetic")
 FILE_SOURCES = ("txt", "jsonl", "parquet")  # read data.paths
 TOKENIZERS = ("bpe", "bytes")
 
-ALLOWED = {
-    "": {"experiment", "quiet", "data", "model", "sweep", "train", "dynamics", "predictor"},
-    "data": {"source", "paths", "text_field", "doc_packages", "max_documents", "tokenizer",
-             "vocab_size", "seq_len", "num_samples", "seed", "cache_dir"},
-    "model": {"num_heads", "layers", "paths", "precision"},
-    "sweep": {"d_model"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "dynamics": {"context", "continuation", "contexts", "continuations", "checkpoints",
-                 "score_samples", "batch_size", "ngram_n", "max_n", "window",
-                 "memorized_threshold"},
-    "predictor": {"layers", "d_model", "num_heads", "steps", "batch_size", "learning_rate",
-                  "test_fraction"},
-}
+Field = config_lib.Field
+# The data section, shared with the distributional experiment (which adds its held-out set).
+DATA_FIELDS = (
+    Field("data.source", "str", "where the sequences come from (synthetic: uniform tokens)",
+          allowed=DATA_SOURCES),
+    Field("data.paths", "paths", "txt/jsonl/parquet: files, directories or globs"),
+    Field("data.text_field", "str", "jsonl key or parquet column of the text"),
+    Field("data.doc_packages", "strs", "stdlib_docs: packages read after the standard library"),
+    Field("data.max_documents", "int", "documents read at most; 0: all", minimum=0),
+    Field("data.tokenizer", "str", "a BPE trained on the corpus, bytes, or the imported "
+          "checkpoints' own (model.paths)", allowed=TOKENIZERS + ("checkpoint",)),
+    Field("data.vocab_size", "int", "BPE tokens; synthetic: V of the uniform tokens", minimum=2,
+          maximum=65536),
+    Field("data.seq_len", "int", "S, tokens a sequence", minimum=2, maximum=4096),
+    Field("data.num_samples", "int", "training sequences (every model trains on all of them)"),
+    Field("data.seed", "int", "seed of the data draws, the models and the predictor",
+          minimum=0),
+    Field("data.cache_dir", "path", "the dataset cache; empty: <workdir>/cache"),
+)
+# The model section, shared with the distributional experiment.
+MODEL_FIELDS = (
+    config_lib.NUM_HEADS,
+    Field("model.layers", "int", "layers of every model", maximum=64),
+    *config_lib.checkpoint_fields("Hugging Face checkpoints (one shape, one tokenizer) scored "
+                                  "instead of trained models; empty: train models"),
+    Field("sweep.d_model", "ints", "the model widths"),
+)
+SCHEMA = schema.Schema((
+    config_lib.experiment_field("dynamics"), config_lib.QUIET, *DATA_FIELDS, *MODEL_FIELDS,
+    *config_lib.TRAIN_FIELDS,
+    Field("dynamics.context", "int", "context tokens of the main setting (scored at every "
+          "checkpoint)"),
+    Field("dynamics.continuation", "int", "continuation tokens of the main setting"),
+    Field("dynamics.contexts", "ints", "the grid's contexts, scored after training"),
+    Field("dynamics.continuations", "ints", "the grid's continuations (pairs longer than "
+          "data.seq_len are skipped)"),
+    Field("dynamics.checkpoints", "int", "training segments; samples are scored after each",
+          maximum="train.steps"),
+    Field("dynamics.score_samples", "int", "training samples scored; 0: all", minimum=0),
+    Field("dynamics.batch_size", "int", "sequences a scoring call"),
+    Field("dynamics.ngram_n", "int", "n-gram order of the decoding-dynamics frequencies"),
+    Field("dynamics.max_n", "int", "n-gram orders counted in the training corpus", maximum=16),
+    Field("dynamics.window", "int", "steps shown on each side of the divergence point"),
+    Field("dynamics.memorized_threshold", "float", "score >= this: memorized (the boundary "
+          "figure)", maximum=1.0),
+    Field("predictor.layers", "int", "layers of the score predictor", maximum=64),
+    Field("predictor.d_model", "int", "width of the score predictor"),
+    Field("predictor.num_heads", "int", "attention heads of the score predictor"),
+    Field("predictor.steps", "int", "training steps of the score predictor"),
+    Field("predictor.batch_size", "int", "batch of the score predictor"),
+    Field("predictor.learning_rate", "float", "learning rate of the score predictor"),
+    Field("predictor.test_fraction", "float", "scored samples held out to test the predictor",
+          maximum=0.9),
+    *config_lib.NGRAM_FIELDS,
+), optional_sections=("ngram",))
 
 
 _fail = config_lib._fail
-_str = config_lib._str
-_str_tuple = config_lib._str_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,14 +156,12 @@ class DynamicsSettings:
   ngram: config_lib.NgramSettings = config_lib.NgramSettings()  # the n-gram counts' backend
 
 
-def validate_data(config, heldout_field: str | None = None,
+def validate_data(v, heldout_field: str | None = None,
                   checkpoint_dir: str | None = None) -> DataSettings:
-  """config.data -> DataSettings (heldout_field: the config field giving the held-out count;
-  checkpoint_dir: an imported checkpoint whose tokenizer.json tokenizes the text)."""
-  _int = config_lib._int
-  source = _str(config, "data.source", DATA_SOURCES)
-  paths = tuple(os.path.expanduser(p) for p in _str_tuple(config, "data.paths"))
-  config_lib.refuse_unused_paths(config, source, file_kinds=FILE_SOURCES)
+  """DataSettings of the data fields of `v` (schema.read; heldout_field: the field giving the
+  held-out count; checkpoint_dir: an imported checkpoint whose tokenizer.json tokenizes the
+  text)."""
+  source, paths, tokenizer = v["data.source"], v["data.paths"], v["data.tokenizer"]
   if source in FILE_SOURCES:
     if not paths:
       _fail("data.paths", f"data.source={source!r} reads files: give files, directories or globs")
@@ -131,7 +170,6 @@ def validate_data(config, heldout_field: str | None = None,
       corpus_lib.resolve_paths(paths, corpus_lib.FILE_EXTENSIONS[source])
     except FileNotFoundError as e:
       _fail("data.paths", str(e))
-  tokenizer = _str(config, "data.tokenizer", TOKENIZERS + ("checkpoint",))
   if (tokenizer == "checkpoint") != bool(checkpoint_dir):
     _fail("data.tokenizer", "imported checkpoints (model.paths) score text in their own "
                             "tokenizer: set data.tokenizer='checkpoint'" if checkpoint_dir else
@@ -139,62 +177,41 @@ def validate_data(config, heldout_field: str | None = None,
   if checkpoint_dir and source == "synthetic":
     _fail("data.source", "imported checkpoints (model.paths) are scored on text: give txt, "
                          "jsonl or parquet files, or stdlib_docs")
-  vocab = _int(config, "data.vocab_size", minimum=2, maximum=65536)
-  if source != "synthetic" and tokenizer == "bpe" and vocab < 257:
-    _fail("data.vocab_size", f"a byte-level BPE needs 257 to 65536 tokens, got {vocab}; or set "
-                             "data.tokenizer='bytes' (V=256)")
-  seq_len = _int(config, "data.seq_len", minimum=2, maximum=4096)
-  heldout = _int(config, heldout_field, minimum=0) if heldout_field else 0
-  pool_split = (config_lib.pool_split(config, synthetic=source == "synthetic") if heldout_field
-                else "sequence")
+  if source != "synthetic" and tokenizer == "bpe" and v["data.vocab_size"] < 257:
+    _fail("data.vocab_size", f"a byte-level BPE needs 257 to 65536 tokens, got "
+                             f"{v['data.vocab_size']}; or set data.tokenizer='bytes' (V=256)")
+  if heldout_field:
+    config_lib.check_pool_split(v["data.pool_split"], synthetic=source == "synthetic")
   return DataSettings(
-      source=source, paths=paths, text_field=_str(config, "data.text_field"),
-      doc_packages=_str_tuple(config, "data.doc_packages"),
-      max_documents=_int(config, "data.max_documents", minimum=0), tokenizer=tokenizer,
-      vocab_size=vocab, seq_len=seq_len, num_samples=_int(config, "data.num_samples"),
-      heldout=heldout, seed=_int(config, "data.seed", minimum=0),
-      cache_dir=os.path.expanduser(_str(config, "data.cache_dir")), pool_split=pool_split,
+      source=source, paths=paths, text_field=v["data.text_field"],
+      doc_packages=v["data.doc_packages"], max_documents=v["data.max_documents"],
+      tokenizer=tokenizer, vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
+      num_samples=v["data.num_samples"], heldout=v[heldout_field] if heldout_field else 0,
+      seed=v["data.seed"], cache_dir=v["data.cache_dir"],
+      pool_split=v["data.pool_split"] if heldout_field else "sequence",
       tokenizer_path=os.path.join(checkpoint_dir, "tokenizer.json") if checkpoint_dir else "")
 
 
-def validate_model(config, field="sweep.d_model"):
-  heads = config_lib._int(config, "model.num_heads")
-  d_model = config_lib._int_list(config, field)
-  for d in d_model:
-    if d % heads:
-      _fail(field, f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  return heads, config_lib._int(config, "model.layers", maximum=64), tuple(sorted(set(d_model)))
+def validate_model(v, field="sweep.d_model"):
+  """(heads, layers, widths sorted) of `v`; every width splits into whole heads."""
+  config_lib.check_divisible(v[field], v["model.num_heads"], field)
+  return v["model.num_heads"], v["model.layers"], tuple(sorted(v[field]))
 
 
 def validate(config) -> DynamicsSettings:
   """Check a dynamics config; raises ConfigError naming the field."""
-  from memjax.estimators import dynamics
-  config_lib.check_fields(config, config_lib.with_ngram_section(ALLOWED, config))
-  _int, _float = config_lib._int, config_lib._float
-  model_paths, model_cfg, _ = config_lib.checkpoint_paths(config)
-  data = validate_data(config, checkpoint_dir=model_paths[0] if model_paths else None)
-  s = data.seq_len
-  if model_cfg is not None and s > model_cfg.seq_len:
-    _fail("data.seq_len", f"{s} tokens are longer than the checkpoints' context "
+  v = schema.read(config, SCHEMA)
+  config_lib.refuse_unused_paths(config, v["data.source"], file_kinds=FILE_SOURCES)
+  model_paths, model_cfg = config_lib.read_checkpoints(v)
+  data = validate_data(v, checkpoint_dir=model_paths[0] if model_paths else None)
+  if model_cfg is not None and data.seq_len > model_cfg.seq_len:
+    _fail("data.seq_len", f"{data.seq_len} tokens are longer than the checkpoints' context "
                           f"({model_cfg.seq_len}); lower it")
-  heads, layers, d_model = validate_model(config)
-  train = config_lib.train_config(config)
-  context = _int(config, "dynamics.context")
-  continuation = _int(config, "dynamics.continuation")
-  if context + continuation > s:
-    _fail("dynamics.continuation", f"dynamics.context + dynamics.continuation = {context} + "
-                                   f"{continuation} = {context + continuation} is longer than "
-                                   f"the sequence (data.seq_len={s}); lower them")
-  contexts = tuple(sorted(set(config_lib._int_list(config, "dynamics.contexts"))))
-  continuations = tuple(sorted(set(config_lib._int_list(config, "dynamics.continuations"))))
-  if not any(c + k <= s for c in contexts for k in continuations):
-    _fail("dynamics.contexts", f"no (context, continuation) pair of the grid fits data.seq_len="
-                               f"{s} (every context + continuation is longer); lower them")
-  checkpoints = _int(config, "dynamics.checkpoints", maximum=train.steps)
-  max_n = _int(config, "dynamics.max_n", maximum=16)
-  ngram_n = _int(config, "dynamics.ngram_n")
+  heads, layers, d_model = validate_model(v)
+  _check_lengths(v)
   vocab = model_cfg.vocab_size if model_cfg is not None else data.vocab_size
-  ngram = config_lib.ngram_settings(config, vocab, tokenizer_tag(data, vocab))
+  ngram = config_lib.check_ngram(v, vocab, tokenizer_tag(data, vocab))
+  max_n, ngram_n = v["dynamics.max_n"], v["dynamics.ngram_n"]
   # the exact index packs an n-gram into one int64 key; infini-gram has no such limit
   if ngram.backend == "exact" and vocab ** max_n > 2**63 - 1:
     _fail("dynamics.max_n", f"{max_n}-grams of a {vocab:,}-token vocabulary do not fit the "
@@ -202,32 +219,53 @@ def validate(config) -> DynamicsSettings:
   if ngram_n > max_n:
     _fail("dynamics.ngram_n", f"n={ngram_n} is larger than the counted order dynamics.max_n="
                               f"{max_n}; raise max_n or lower ngram_n")
-  score_samples = _int(config, "dynamics.score_samples", minimum=0)
-  if score_samples > data.num_samples:
+  score_samples = _score_samples(v)
+  return DynamicsSettings(
+      data=data, num_heads=heads, layers=layers, d_model=d_model,
+      train=config_lib.train_settings(v), context=v["dynamics.context"],
+      continuation=v["dynamics.continuation"],
+      contexts=tuple(sorted(v["dynamics.contexts"])),
+      continuations=tuple(sorted(v["dynamics.continuations"])),
+      checkpoints=v["dynamics.checkpoints"], score_samples=score_samples,
+      batch_size=v["dynamics.batch_size"], ngram_n=ngram_n, max_n=max_n,
+      window=v["dynamics.window"], memorized_threshold=v["dynamics.memorized_threshold"],
+      predictor=_predictor_config(v), test_fraction=v["predictor.test_fraction"], quiet=v["quiet"],
+      model_paths=model_paths, model_cfg=model_cfg, ngram=ngram)
+
+
+def _check_lengths(v):
+  """The main (context, continuation) fits the sequence, and so does one pair of the grid."""
+  s, context, continuation = v["data.seq_len"], v["dynamics.context"], v["dynamics.continuation"]
+  if context + continuation > s:
+    _fail("dynamics.continuation", f"dynamics.context + dynamics.continuation = {context} + "
+                                   f"{continuation} = {context + continuation} is longer than "
+                                   f"the sequence (data.seq_len={s}); lower them")
+  if not any(c + k <= s for c in v["dynamics.contexts"] for k in v["dynamics.continuations"]):
+    _fail("dynamics.contexts", f"no (context, continuation) pair of the grid fits data.seq_len="
+                               f"{s} (every context + continuation is longer); lower them")
+
+
+def _score_samples(v) -> int:
+  """The scored training samples (0: all of them); the predictor needs two."""
+  score_samples, num_samples = v["dynamics.score_samples"], v["data.num_samples"]
+  if score_samples > num_samples:
     _fail("dynamics.score_samples", f"{score_samples} scored samples do not fit the "
-                                    f"{data.num_samples} training samples (data.num_samples)")
-  if (score_samples or data.num_samples) < 2:
+                                    f"{num_samples} training samples (data.num_samples)")
+  if (score_samples or num_samples) < 2:
     _fail("dynamics.score_samples", "the score predictor needs >= 2 scored samples (one to train "
-                                    f"on, one to test), got {score_samples or data.num_samples}")
-  p_heads = _int(config, "predictor.num_heads")
-  p_d = _int(config, "predictor.d_model")
+                                    f"on, one to test), got {score_samples or num_samples}")
+  return score_samples or num_samples
+
+
+def _predictor_config(v):
+  from memjax.estimators import dynamics
+  p_heads, p_d = v["predictor.num_heads"], v["predictor.d_model"]
   if p_d % p_heads:
     _fail("predictor.d_model", f"must be divisible by predictor.num_heads={p_heads}, got {p_d}")
-  predictor = dynamics.PredictorConfig(
-      layers=_int(config, "predictor.layers", maximum=64), d_model=p_d, num_heads=p_heads,
-      steps=_int(config, "predictor.steps"), batch_size=_int(config, "predictor.batch_size"),
-      learning_rate=_float(config, "predictor.learning_rate"), seed=data.seed)
-  return DynamicsSettings(
-      data=data, num_heads=heads, layers=layers, d_model=d_model, train=train, context=context,
-      continuation=continuation, contexts=contexts, continuations=continuations,
-      checkpoints=checkpoints, score_samples=score_samples or data.num_samples,
-      batch_size=_int(config, "dynamics.batch_size"), ngram_n=ngram_n, max_n=max_n,
-      window=_int(config, "dynamics.window"),
-      memorized_threshold=_float(config, "dynamics.memorized_threshold", maximum=1.0),
-      predictor=predictor,
-      test_fraction=_float(config, "predictor.test_fraction", maximum=0.9),
-      quiet=bool(config.get("quiet", False)), model_paths=model_paths, model_cfg=model_cfg,
-      ngram=ngram)
+  return dynamics.PredictorConfig(
+      layers=v["predictor.layers"], d_model=p_d, num_heads=p_heads, steps=v["predictor.steps"],
+      batch_size=v["predictor.batch_size"], learning_rate=v["predictor.learning_rate"],
+      seed=v["data.seed"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ from absl import logging
 
 from memjax import config as config_lib
 from memjax.engine import checkpoint
+from memjax import schema
+from memjax.data import corpus as corpus_lib
+from memjax.data import tokenize as tokenize_lib
 from memjax.engine import jsonio
 from memjax.engine import run as run_lib
 from memjax import report
@@ -82,19 +85,61 @@ def fit_law(x, f1, x_form):
   except (ValueError, RuntimeError) as e:
     return {"valid": False, "x_form": x_form, "n_points": int(ok.sum()), "reason": str(e)}
 
-ALLOWED = {
-    "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "lira", "law"},
-    "data": {"source", "vocab_size", "seq_len", "seed", "corpus", "paths", "text_field",
-             "tfds_name", "tfds_split", "tfds_data_dir", "max_documents", "tokenizer",
-             "tokenizer_path", "train_pool", "heldout_pool", "reference_pool", "pool_split",
-             "cache_dir"},
-    "model": {"num_heads"},
-    "sweep": {"layers", "d_model", "dataset_sizes", "seeds", "precision"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "eval": {"batch_size", "eval_size", "bootstrap", "min_k"},
-    "lira": {"num_models", "candidates", "layers", "d_model", "steps", "seed", "max_targets"},
-    "law": {"bits_per_param"},
-}
+Field = config_lib.Field
+COMMON_FIELDS = (
+    config_lib.experiment_field("membership"), config_lib.QUIET,
+    Field("data.source", "str", "uniform synthetic tokens, or a text corpus", allowed=SOURCES),
+    Field("data.vocab_size", "int", "synthetic: V; text: the BPE's vocabulary", minimum=2),
+    Field("data.seq_len", "int", "S, tokens a sequence", minimum=2, maximum=65536),
+    Field("data.seed", "int", "evaluation draws, text pools, LiRA candidates", minimum=0),
+    config_lib.POOL_SPLIT,
+    config_lib.NUM_HEADS,
+    Field("sweep.layers", "ints", "numbers of layers of the targets"),
+    Field("sweep.d_model", "ints", "widths of the targets"),
+    Field("sweep.dataset_sizes", "ints", "N, members of a target"),
+    Field("sweep.seeds", "ints", "seeds, one target each", minimum=0),
+    Field("sweep.precision", "str", "precision of every model", allowed=config_lib.PRECISIONS),
+    *config_lib.TRAIN_FIELDS,
+    Field("eval.batch_size", "int", "sequences a scoring call"),
+    Field("eval.eval_size", "int", "evaluation set of a target: half members (at most N), half "
+          "non-members; even", minimum=2),
+    Field("eval.bootstrap", "int", "resamples of the confidence intervals; 0: none", minimum=0),
+    Field("eval.min_k", "float", "the k of Min-K% and Min-K%++", maximum=1.0),
+    Field("lira.num_models", "int", "shadow models (even, >= 6); 0: no LiRA", minimum=0),
+    Field("lira.candidates", "int", "candidates, each a member of half of the shadows", minimum=2),
+    Field("lira.layers", "int", "layers of the shadows"),
+    Field("lira.d_model", "int", "width of the shadows"),
+    Field("lira.steps", "int", "training steps of the shadows; 0: train.steps", minimum=0),
+    Field("lira.seed", "int", "seed of the membership matrix and shadows", minimum=0),
+    Field("lira.max_targets", "int", "leave-one-out targets; 0: every shadow model", minimum=0),
+    Field("law.bits_per_param", "float", "the capacity of x = capacity / N is this x params; 0: "
+          "measured (the shape's largest memorization over N)", strict=False),
+)
+CORPUS = Field("data.corpus", "str", "text: where the documents come from",
+               allowed=corpus_lib.SOURCE_KINDS)
+# Read only for data.source='text' (a synthetic config may leave them as they are).
+TEXT_FIELDS = (
+    CORPUS,
+    Field("data.paths", "paths", "text: txt/jsonl/parquet files or globs"),
+    Field("data.text_field", "str", "text: the jsonl/parquet field or TFDS feature of the text"),
+    Field("data.max_documents", "int", "text: documents read at most; 0: all", minimum=0),
+    Field("data.tokenizer", "str", "text: a BPE trained on the corpus, a tokenizer.json, or "
+          "bytes", allowed=tokenize_lib.TOKENIZER_KINDS),
+    Field("data.tokenizer_path", "str", "text, tokenizer=file: the tokenizer.json"),
+    Field("data.train_pool", "int", "text: members are drawn from it"),
+    Field("data.heldout_pool", "int", "text: non-members"),
+    Field("data.reference_pool", "int", "text: trains each shape's reference model; 0: no "
+          "reference attack", minimum=0),
+    Field("data.cache_dir", "str", "text: the dataset cache; empty: <workdir>/cache"),
+)
+# Read only for data.corpus='tfds' (the stored stacks of other corpora keep their keys).
+TFDS_FIELDS = (
+    Field("data.tfds_name", "str", "tfds: the dataset, e.g. wiki40b/en", default=""),
+    Field("data.tfds_split", "str", "tfds: the split", allow_empty=False, default="train"),
+    Field("data.tfds_data_dir", "path", "tfds: where it is prepared; empty: TFDS's default",
+          default=""),
+)
+SCHEMA = schema.Schema(COMMON_FIELDS + TEXT_FIELDS + TFDS_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,110 +172,102 @@ class MembershipSettings:
 
 
 _fail = config_lib._fail
-_str = config_lib._str
-_bool = config_lib._bool
 
 
 def validate(config) -> MembershipSettings:
   """Check a membership config and turn it into settings; raises ConfigError naming the field."""
-  config_lib.check_fields(config, ALLOWED)
-  _int, _float = config_lib._int, config_lib._float
-  source = _str(config, "data.source", SOURCES)
-  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
-  vocab = _int(config, "data.vocab_size", minimum=2)
-  heads = _int(config, "model.num_heads")
-  d_model = config_lib._int_list(config, "sweep.d_model")
-  for d in d_model:
-    if d % heads:
-      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precision = _str(config, "sweep.precision", config_lib.PRECISIONS)
-  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
-  seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
-  eval_size = _int(config, "eval.eval_size", minimum=2)
-  if eval_size % 2:
-    _fail("eval.eval_size", f"must be even (half members, half non-members), got {eval_size}")
-  min_k = _float(config, "eval.min_k", maximum=1.0)
-  lira_m = _int(config, "lira.num_models", minimum=0)
+  schema.check_no_unknown_fields(config, SCHEMA)
+  v = schema.values(config, COMMON_FIELDS)
+  _check_models(v)
+  text = {}
+  if v["data.source"] == "synthetic":
+    _check_synthetic(config, v)
+  else:
+    text = _text_settings(config, v)
+  return MembershipSettings(
+      source=v["data.source"], vocab_size=v["data.vocab_size"], seq_len=v["data.seq_len"],
+      data_seed=v["data.seed"], text=text, num_heads=v["model.num_heads"],
+      layers=v["sweep.layers"],
+      d_model=v["sweep.d_model"], precision=v["sweep.precision"],
+      dataset_sizes=tuple(sorted(v["sweep.dataset_sizes"])), seeds=v["sweep.seeds"],
+      train=config_lib.train_settings(v), eval_batch_size=v["eval.batch_size"],
+      eval_size=v["eval.eval_size"], bootstrap=v["eval.bootstrap"], min_k=v["eval.min_k"],
+      lira_num_models=v["lira.num_models"], lira_candidates=v["lira.candidates"],
+      lira_layers=v["lira.layers"], lira_d_model=v["lira.d_model"], lira_steps=v["lira.steps"],
+      lira_seed=v["lira.seed"], lira_max_targets=v["lira.max_targets"],
+      bits_per_param=v["law.bits_per_param"], quiet=v["quiet"])
+
+
+def _check_models(v):
+  """Widths split into whole heads; the evaluation set halves; LiRA's shadows pair up."""
+  heads = v["model.num_heads"]
+  config_lib.check_divisible(v["sweep.d_model"], heads)
+  if v["eval.eval_size"] % 2:
+    _fail("eval.eval_size", f"must be even (half members, half non-members), got "
+                            f"{v['eval.eval_size']}")
+  lira_m = v["lira.num_models"]
   if lira_m and (lira_m < 6 or lira_m % 2):
     _fail("lira.num_models", f"must be 0 (no LiRA) or an even number >= 6 (each candidate a "
                              f"member of exactly half of the models; each model is attacked with "
                              f"num_models/2 - 1 >= 2 IN and as many OUT shadows a candidate), "
                              f"got {lira_m}")
-  lira_c = _int(config, "lira.candidates", minimum=2)
-  lira_d = _int(config, "lira.d_model")
-  if lira_d % heads:
-    _fail("lira.d_model", f"must be divisible by model.num_heads={heads}, got {lira_d}")
-  text = {}
-  if source == "synthetic":
-    config_lib.refuse_unused_paths(config, source)
-    config_lib.pool_split(config, synthetic=True, text_source="data.source='text'")
-    if seq_len * math.log2(vocab) < 20:
-      _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
-                            "distinct members and non-members; raise data.seq_len or vocab_size")
-  else:
-    from memjax.data import corpus as corpus_lib
-    from memjax.data import tokenize as tokenize_lib
-    corpus = _str(config, "data.corpus", corpus_lib.SOURCE_KINDS)
-    config_lib.refuse_unused_paths(config, corpus, "data.corpus",
-                                   tuple(corpus_lib.FILE_EXTENSIONS))
-    text = dict(
-        corpus=corpus,
-        paths=tuple(os.path.expanduser(p) for p in config_lib._str_list(config, "data.paths")),
-        text_field=_str(config, "data.text_field"),
-        max_documents=_int(config, "data.max_documents", minimum=0),
-        tokenizer=_str(config, "data.tokenizer", tokenize_lib.TOKENIZER_KINDS),
-        tokenizer_path=_str(config, "data.tokenizer_path"),
-        train_pool=_int(config, "data.train_pool"),
-        heldout_pool=_int(config, "data.heldout_pool"),
-        reference_pool=_int(config, "data.reference_pool", minimum=0),
-        cache_dir=_str(config, "data.cache_dir"))
-    if corpus in corpus_lib.FILE_EXTENSIONS:
-      if not text["paths"]:
-        _fail("data.paths", f"data.corpus={corpus!r} reads files: give files or globs")
-      try:
-        corpus_lib.resolve_paths(text["paths"], corpus_lib.FILE_EXTENSIONS[corpus])
-      except FileNotFoundError as e:
-        _fail("data.paths", str(e))
-    if config_lib.pool_split(config) == "document":
-      text["pool_split"] = "document"  # only then: stacks of runs split by sequence keep keys
-    if corpus == "tfds":  # only then: the stored stacks of other corpora keep their keys
-      text.update(
-          tfds_name=config_lib._optional(config, "data.tfds_name", "", _str),
-          tfds_split=config_lib._optional(config, "data.tfds_split", "train", _str,
-                                          allow_empty=False),
-          tfds_data_dir=os.path.expanduser(
-              config_lib._optional(config, "data.tfds_data_dir", "", _str)))
-      if not text["tfds_name"]:
-        _fail("data.tfds_name", "data.corpus='tfds' needs the dataset name, e.g. 'wiki40b/en'")
-    if text["tokenizer"] == "file" and not os.path.isfile(text["tokenizer_path"]):
-      _fail("data.tokenizer_path", f"the tokenizer file {text['tokenizer_path']!r} does not exist")
-    if text["tokenizer"] == "bpe" and not (
-        tokenize_lib.MIN_BPE_VOCAB <= vocab <= tokenize_lib.MAX_BPE_VOCAB):
-      _fail("data.vocab_size", f"a byte-level BPE needs {tokenize_lib.MIN_BPE_VOCAB} to "
-                               f"{tokenize_lib.MAX_BPE_VOCAB} tokens, got {vocab}")
-    if sizes[-1] > text["train_pool"]:
-      _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
-                                   f"data.train_pool={text['train_pool']}")
-    if eval_size // 2 > text["heldout_pool"]:
-      _fail("eval.eval_size", f"eval_size / 2 = {eval_size // 2} non-members do not fit the "
-                              f"held-out pool data.heldout_pool={text['heldout_pool']}")
-    if lira_m and lira_c > text["train_pool"]:
-      _fail("lira.candidates", f"{lira_c} candidates do not fit the training pool "
-                               f"data.train_pool={text['train_pool']}")
-  return MembershipSettings(
-      source=source, vocab_size=vocab, seq_len=seq_len,
-      data_seed=_int(config, "data.seed", minimum=0), text=text, num_heads=heads,
-      layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model, precision=precision,
-      dataset_sizes=sizes, seeds=seeds, train=config_lib.train_config(config),
-      eval_batch_size=_int(config, "eval.batch_size"), eval_size=eval_size,
-      bootstrap=_int(config, "eval.bootstrap", minimum=0), min_k=min_k,
-      lira_num_models=lira_m, lira_candidates=lira_c,
-      lira_layers=_int(config, "lira.layers"), lira_d_model=lira_d,
-      lira_steps=_int(config, "lira.steps", minimum=0),
-      lira_seed=_int(config, "lira.seed", minimum=0),
-      lira_max_targets=_int(config, "lira.max_targets", minimum=0),
-      bits_per_param=_float(config, "law.bits_per_param", strict=False),
-      quiet=_bool(config, "quiet"))
+  if v["lira.d_model"] % heads:
+    _fail("lira.d_model", f"must be divisible by model.num_heads={heads}, got {v['lira.d_model']}")
+
+
+def _check_synthetic(config, v):
+  """No files, no documents, and enough distinct sequences for members and non-members."""
+  config_lib.refuse_unused_paths(config, "synthetic")
+  config_lib.check_pool_split(v["data.pool_split"], synthetic=True,
+                              text_source="data.source='text'")
+  vocab, seq_len = v["data.vocab_size"], v["data.seq_len"]
+  if seq_len * math.log2(vocab) < 20:
+    _fail("data.seq_len", f"V**S = {vocab}**{seq_len} distinct sequences are too few for "
+                          "distinct members and non-members; raise data.seq_len or vocab_size")
+
+
+def _text_settings(config, v) -> dict:
+  """The text-only settings (MembershipSettings.text), checked against the sweep's sizes."""
+  # data.paths given to a corpus that reads no files is refused before its values are checked.
+  corpus = schema.values(config, (CORPUS,))[CORPUS.name]
+  config_lib.refuse_unused_paths(config, corpus, "data.corpus", tuple(corpus_lib.FILE_EXTENSIONS))
+  text = schema.by_key(schema.values(config, TEXT_FIELDS))
+  if corpus in corpus_lib.FILE_EXTENSIONS:
+    if not text["paths"]:
+      _fail("data.paths", f"data.corpus={corpus!r} reads files: give files or globs")
+    try:
+      corpus_lib.resolve_paths(text["paths"], corpus_lib.FILE_EXTENSIONS[corpus])
+    except FileNotFoundError as e:
+      _fail("data.paths", str(e))
+  if v["data.pool_split"] == "document":
+    text["pool_split"] = "document"  # only then: stacks of runs split by sequence keep keys
+  if corpus == "tfds":  # only then: the stored stacks of other corpora keep their keys
+    text.update(schema.by_key(schema.values(config, TFDS_FIELDS)))
+    if not text["tfds_name"]:
+      _fail("data.tfds_name", "data.corpus='tfds' needs the dataset name, e.g. 'wiki40b/en'")
+  _check_text_sizes(v, text)
+  return text
+
+
+def _check_text_sizes(v, text):
+  """The tokenizer is there; N, the non-members and the LiRA candidates fit their pools."""
+  vocab = v["data.vocab_size"]
+  if text["tokenizer"] == "file" and not os.path.isfile(text["tokenizer_path"]):
+    _fail("data.tokenizer_path", f"the tokenizer file {text['tokenizer_path']!r} does not exist")
+  if text["tokenizer"] == "bpe" and not (
+      tokenize_lib.MIN_BPE_VOCAB <= vocab <= tokenize_lib.MAX_BPE_VOCAB):
+    _fail("data.vocab_size", f"a byte-level BPE needs {tokenize_lib.MIN_BPE_VOCAB} to "
+                             f"{tokenize_lib.MAX_BPE_VOCAB} tokens, got {vocab}")
+  largest = max(v["sweep.dataset_sizes"])
+  if largest > text["train_pool"]:
+    _fail("sweep.dataset_sizes", f"dataset size {largest} is larger than the training pool "
+                                 f"data.train_pool={text['train_pool']}")
+  if v["eval.eval_size"] // 2 > text["heldout_pool"]:
+    _fail("eval.eval_size", f"eval_size / 2 = {v['eval.eval_size'] // 2} non-members do not fit "
+                            f"the held-out pool data.heldout_pool={text['heldout_pool']}")
+  if v["lira.num_models"] and v["lira.candidates"] > text["train_pool"]:
+    _fail("lira.candidates", f"{v['lira.candidates']} candidates do not fit the training pool "
+                             f"data.train_pool={text['train_pool']}")
 
 
 # ---------------------------------------------------------------------------------------------

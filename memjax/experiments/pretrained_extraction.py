@@ -28,15 +28,26 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import schema
 from memjax.engine import jsonio
 from memjax.experiments import pretrained_membership as pm
 
-ALLOWED = {
-    "": {"experiment", "quiet", "model", "data", "extraction"},
-    "model": {"paths", "precision"},
-    "data": {"path", "seq_len", "max_samples", "seed"},
-    "extraction": {"prefix_lengths", "batch_size", "vocab_chunk"},
-}
+Field = config_lib.Field
+SCHEMA = schema.Schema((
+    config_lib.experiment_field("pretrained_extraction"), config_lib.QUIET,
+    *config_lib.checkpoint_fields("the Hugging Face checkpoints to extract from (one shape, one "
+                                  "tokenizer)"),
+    Field("data.path", "path", f"the candidates: a {', '.join(pm.DATA_KINDS)} file",
+          allow_empty=False),
+    Field("data.seq_len", "int", "tokens of each candidate; shorter ones are left out",
+          minimum=2),
+    Field("data.max_samples", "int", "candidates drawn; 0: every one long enough", minimum=0),
+    Field("data.seed", "int", "draws the candidates", minimum=0),
+    Field("extraction.prefix_lengths", "ints", "prefix tokens to continue greedily, each < "
+          "data.seq_len"),
+    Field("extraction.batch_size", "int", "candidates a decoding call"),
+    Field("extraction.vocab_chunk", "int", "vocabulary chunk of the likelihood kernel"),
+))
 _fail = config_lib._fail
 
 
@@ -56,25 +67,17 @@ class Settings:
 
 def validate(config) -> Settings:
   """Check a pretrained-extraction config; raises ConfigError naming the field."""
-  config_lib.check_fields(config, ALLOWED)
-  _int = config_lib._int
-  paths, cfg, _ = config_lib.checkpoint_paths(config)
-  if not paths:
-    _fail("model.paths", "give the Hugging Face checkpoint directories to extract from")
-  seq_len = _int(config, "data.seq_len", minimum=2)
-  if seq_len > cfg.seq_len:
-    _fail("data.seq_len", f"{seq_len} tokens are longer than the checkpoints' context "
-                          f"({cfg.seq_len}); lower it")
-  prefixes = tuple(sorted(set(config_lib._int_list(config, "extraction.prefix_lengths"))))
-  if prefixes[-1] >= seq_len:
+  v = schema.read(config, SCHEMA)
+  paths, cfg = pm.read_targets(v, "extract from")
+  prefixes = tuple(sorted(v["extraction.prefix_lengths"]))
+  if prefixes[-1] >= v["data.seq_len"]:
     _fail("extraction.prefix_lengths", f"a prefix of {prefixes[-1]} tokens leaves nothing to "
-                                       f"decode in data.seq_len={seq_len}; lower it")
+                                       f"decode in data.seq_len={v['data.seq_len']}; lower it")
   return Settings(
-      model_paths=paths, model_cfg=cfg, path=pm._data_file(config, "data.path"),
-      seq_len=seq_len, max_samples=_int(config, "data.max_samples", minimum=0),
-      seed=_int(config, "data.seed", minimum=0), prefix_lengths=prefixes,
-      batch_size=_int(config, "extraction.batch_size"),
-      vocab_chunk=_int(config, "extraction.vocab_chunk"), quiet=bool(config.get("quiet", False)))
+      model_paths=paths, model_cfg=cfg, path=pm._data_file(v["data.path"], "data.path"),
+      seq_len=v["data.seq_len"], max_samples=v["data.max_samples"], seed=v["data.seed"],
+      prefix_lengths=prefixes, batch_size=v["extraction.batch_size"],
+      vocab_chunk=v["extraction.vocab_chunk"], quiet=v["quiet"])
 
 
 def candidates(settings, tokenizer):

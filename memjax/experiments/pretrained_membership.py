@@ -29,16 +29,33 @@ import time
 import numpy as np
 
 from memjax import config as config_lib
+from memjax import schema
 from memjax.engine import jsonio
 
-ALLOWED = {
-    "": {"experiment", "quiet", "model", "data", "attack"},
-    "model": {"paths", "reference_path", "precision"},
-    "data": {"members", "nonmembers", "seq_len", "max_samples", "seed"},
-    "attack": {"min_k", "n_bootstrap", "batch_size", "vocab_chunk"},
-}
 DATA_KINDS = (".txt", ".jsonl", ".npy")
 _fail = config_lib._fail
+Field = config_lib.Field
+SCHEMA = schema.Schema((
+    config_lib.experiment_field("pretrained_membership"), config_lib.QUIET,
+    *config_lib.checkpoint_fields("the Hugging Face checkpoints to attack (one shape, one "
+                                  "tokenizer)"),
+    Field("model.reference_path", "path", "a checkpoint of the same tokenizer for the reference "
+          "attack; empty: none"),
+    Field("data.members", "path", f"the members: a {', '.join(DATA_KINDS)} file",
+          allow_empty=False),
+    Field("data.nonmembers", "path", "the non-members: a file of the same kinds",
+          allow_empty=False),
+    Field("data.seq_len", "int", "tokens scored of each candidate; shorter ones are left out",
+          minimum=2),
+    Field("data.max_samples", "int", "candidates of each side; 0: as many as the smaller side "
+          "has", minimum=0),
+    Field("data.seed", "int", "draws the candidates", minimum=0),
+    Field("attack.min_k", "float", "Min-K% and Min-K%++: the lowest fraction of tokens",
+          maximum=1.0),
+    Field("attack.n_bootstrap", "int", "bootstrap resamples of the CIs; 0: none", minimum=0),
+    Field("attack.batch_size", "int", "candidates a device call"),
+    Field("attack.vocab_chunk", "int", "vocabulary chunk of the likelihood kernel"),
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +75,7 @@ class Settings:
   quiet: bool
 
 
-def _data_file(config, field):
-  path = os.path.expanduser(config_lib._str(config, field, allow_empty=False))
+def _data_file(path, field):
   if not path.endswith(DATA_KINDS):
     _fail(field, f"{path}: give a {', '.join(DATA_KINDS)} file")
   if not os.path.isfile(path):
@@ -67,8 +83,7 @@ def _data_file(config, field):
   return path
 
 
-def _reference(config, targets_dir, precision):
-  path = os.path.expanduser(config_lib._str(config, "model.reference_path"))
+def _reference(path, targets_dir, precision):
   if not path:
     return ""
   from memjax.model import hf
@@ -82,27 +97,29 @@ def _reference(config, targets_dir, precision):
   return path
 
 
+def read_targets(v, what: str):
+  """(paths, model config) of the checkpoints to `what`; data.seq_len fits their context."""
+  paths, cfg = config_lib.read_checkpoints(v)
+  if not paths:
+    _fail("model.paths", f"give the Hugging Face checkpoint directories to {what}")
+  if v["data.seq_len"] > cfg.seq_len:
+    _fail("data.seq_len", f"{v['data.seq_len']} tokens are longer than the checkpoints' context "
+                          f"({cfg.seq_len}); lower it")
+  return paths, cfg
+
+
 def validate(config) -> Settings:
   """Check a pretrained-membership config; raises ConfigError naming the field."""
-  config_lib.check_fields(config, ALLOWED)
-  _int, _float = config_lib._int, config_lib._float
-  paths, cfg, precision = config_lib.checkpoint_paths(config)
-  if not paths:
-    _fail("model.paths", "give the Hugging Face checkpoint directories to attack")
-  seq_len = _int(config, "data.seq_len", minimum=2)
-  if seq_len > cfg.seq_len:
-    _fail("data.seq_len", f"{seq_len} tokens are longer than the checkpoints' context "
-                          f"({cfg.seq_len}); lower it")
+  v = schema.read(config, SCHEMA)
+  paths, cfg = read_targets(v, "attack")
   return Settings(
-      model_paths=paths, model_cfg=cfg, reference_path=_reference(config, paths[0], precision),
-      members=_data_file(config, "data.members"),
-      nonmembers=_data_file(config, "data.nonmembers"), seq_len=seq_len,
-      max_samples=_int(config, "data.max_samples", minimum=0),
-      seed=_int(config, "data.seed", minimum=0),
-      min_k=_float(config, "attack.min_k", maximum=1.0),
-      n_bootstrap=_int(config, "attack.n_bootstrap", minimum=0),
-      batch_size=_int(config, "attack.batch_size"),
-      vocab_chunk=_int(config, "attack.vocab_chunk"), quiet=bool(config.get("quiet", False)))
+      model_paths=paths, model_cfg=cfg,
+      reference_path=_reference(v["model.reference_path"], paths[0], v["model.precision"]),
+      members=_data_file(v["data.members"], "data.members"),
+      nonmembers=_data_file(v["data.nonmembers"], "data.nonmembers"), seq_len=v["data.seq_len"],
+      max_samples=v["data.max_samples"], seed=v["data.seed"], min_k=v["attack.min_k"],
+      n_bootstrap=v["attack.n_bootstrap"], batch_size=v["attack.batch_size"],
+      vocab_chunk=v["attack.vocab_chunk"], quiet=v["quiet"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from memjax import config as config_lib
 from memjax import report
+from memjax import schema
 from memjax.estimators import extraction
 from memjax.engine import checkpoint
 from memjax.engine import jsonio
@@ -77,22 +78,64 @@ DEFAULT_ALPHA = 3.6
 # Bump when what is stored per stack changes, so old files are not reused.
 _STACK_FORMAT = 1
 
-ALLOWED = {
-    "": {"experiment", "quiet", "data", "model", "sweep", "train", "eval", "reference",
-         "extraction", "analysis"},
-    "data": {"source", "paths", "text_field", "txt_split", "tfds_name", "tfds_split",
-             "tfds_data_dir", "doc_packages", "max_documents", "tokenizer", "tokenizer_path",
-             "vocab_size", "bpe_min_frequency", "bpe_max_train_chars", "seq_len", "train_pool",
-             "heldout_pool", "reference_pool", "pool_split", "seed", "cache_dir"},
-    "model": {"num_heads"},
-    "sweep": {"layers", "d_model", "precisions", "dataset_sizes", "seeds", "models_per_stack",
-              "save_params"},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
-    "eval": {"batch_size", "test_size"},
-    "reference": {"primary", "alpha"},
-    "extraction": {"prefix_lengths", "member_samples", "nonmember_samples", "batch_size"},
-    "analysis": {"top_k"},
-}
+Field = config_lib.Field
+SCHEMA = schema.Schema((
+    config_lib.experiment_field("text"), config_lib.QUIET,
+    Field("data.source", "str", "where the documents come from", allowed=corpus_lib.SOURCE_KINDS),
+    Field("data.paths", "paths", "txt/jsonl/parquet: files, directories or globs"),
+    Field("data.text_field", "str", "jsonl key, parquet column or TFDS feature of the text"),
+    Field("data.txt_split", "str", "txt: a document a file, or one between blank lines",
+          allowed=corpus_lib.TXT_SPLITS),
+    Field("data.tfds_name", "str", "tfds: the dataset, e.g. wiki40b/en (prepared; no download)"),
+    Field("data.tfds_split", "str", "tfds: the split", allow_empty=False),
+    Field("data.tfds_data_dir", "path", "tfds: where it is prepared"),
+    Field("data.doc_packages", "strs", "stdlib_docs: packages read after the standard library"),
+    Field("data.max_documents", "int", "documents read at most; 0: all", minimum=0),
+    Field("data.tokenizer", "str", "a BPE trained on the corpus, a tokenizer.json, or bytes",
+          allowed=tokenize_lib.TOKENIZER_KINDS),
+    Field("data.tokenizer_path", "path", "tokenizer=file: the tokenizer.json"),
+    Field("data.vocab_size", "int", f"tokenizer=bpe: tokens to train ({tokenize_lib.MIN_BPE_VOCAB}"
+          f"..{tokenize_lib.MAX_BPE_VOCAB})", minimum=0),
+    Field("data.bpe_min_frequency", "int", "tokenizer=bpe: a pair must occur this often to be "
+          "merged"),
+    Field("data.bpe_max_train_chars", "int", "tokenizer=bpe: characters it trains on; 0: all",
+          minimum=0),
+    Field("data.seq_len", "int", "S, tokens a sequence", minimum=2, maximum=65536),
+    Field("data.train_pool", "int", "the references' full training set; 0: all the other pools "
+          "leave", minimum=0),
+    Field("data.heldout_pool", "int", "non-members: test loss and extraction"),
+    Field("data.reference_pool", "int", "set aside (reference models of other experiments)",
+          minimum=0),
+    config_lib.POOL_SPLIT,
+    Field("data.seed", "int", "draws the pools and, with each model's seed, its members",
+          minimum=0),
+    Field("data.cache_dir", "path", "the dataset cache; empty: <workdir>/cache"),
+    config_lib.NUM_HEADS,
+    Field("sweep.layers", "ints", "numbers of layers to sweep"),
+    Field("sweep.d_model", "ints", "widths to sweep"),
+    Field("sweep.precisions", "strs", "fp32, bf16 or bf16-mixed, a stack each",
+          allowed=config_lib.PRECISIONS),
+    Field("sweep.dataset_sizes", "ints", "N, members of a model; each shape also trains its "
+          "reference on the whole pool"),
+    Field("sweep.seeds", "ints", "seeds (init and members), one model each", minimum=0),
+    Field("sweep.models_per_stack", "int", "models trained as one stack; 0: all of a shape",
+          minimum=0),
+    Field("sweep.save_params", "bool", "keep trained parameters in <workdir>/text_stacks"),
+    *config_lib.TRAIN_FIELDS,
+    Field("eval.batch_size", "int", "sequences a scoring call"),
+    Field("eval.test_size", "int", "held-out sequences for the test loss"),
+    Field("reference.primary", "str", "the reference of mem_bits and dataset_bits",
+          allowed=REFERENCES),
+    Field("reference.alpha", "float", "capacity = alpha x params; 0: measured, the shape's "
+          "largest memorization", strict=False),
+    Field("extraction.prefix_lengths", "ints", "prefix tokens to continue greedily, each < "
+          "data.seq_len; empty: no extraction", allow_empty=True),
+    Field("extraction.member_samples", "int", "each model's own members, at most", minimum=0),
+    Field("extraction.nonmember_samples", "int", "held-out sequences", minimum=0),
+    Field("extraction.batch_size", "int", "prefixes a decoding call"),
+    Field("analysis.top_k", "int", "top memorized samples a shape in top_memorized.txt",
+          minimum=0),
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +175,6 @@ class TextSettings:
 
 
 _fail = config_lib._fail
-_str = config_lib._str
-_str_list = config_lib._str_list
-
-
-def _path(value):
-  return os.path.expanduser(value) if value else value
 
 
 def validate(config) -> TextSettings:
@@ -147,39 +184,61 @@ def validate(config) -> TextSettings:
   tokenizer file); the checks that need the corpus (its size against the pools and N) run right
   after the dataset is built, before anything is trained.
   """
-  config_lib.check_fields(config, ALLOWED)
-  _int, _float = config_lib._int, config_lib._float
+  v = schema.read(config, SCHEMA)
+  config_lib.refuse_unused_paths(config, v["data.source"],
+                                 file_kinds=tuple(corpus_lib.FILE_EXTENSIONS))
+  _check_source(v)
+  _check_tokenizer(v)
+  config_lib.check_divisible(v["sweep.d_model"], v["model.num_heads"])
+  _check_pools(v)
+  vocab, max_chars = v["data.vocab_size"], v["data.bpe_max_train_chars"]
+  return TextSettings(
+      source=text_lib.SourceConfig(
+          kind=v["data.source"], paths=v["data.paths"], text_field=v["data.text_field"],
+          txt_split=v["data.txt_split"], name=v["data.tfds_name"] or None,
+          split=v["data.tfds_split"], data_dir=v["data.tfds_data_dir"] or None,
+          doc_packages=v["data.doc_packages"], max_documents=v["data.max_documents"] or None),
+      tokenizer=text_lib.TokenizerConfig(
+          kind=v["data.tokenizer"], path=v["data.tokenizer_path"] or None,
+          vocab_size=vocab if v["data.tokenizer"] == "bpe" else None,
+          min_frequency=v["data.bpe_min_frequency"], max_train_chars=max_chars or None),
+      seq_len=v["data.seq_len"], train_pool=v["data.train_pool"] or None,
+      heldout_pool=v["data.heldout_pool"], reference_pool=v["data.reference_pool"],
+      pool_split=v["data.pool_split"], data_seed=v["data.seed"], cache_dir=v["data.cache_dir"],
+      num_heads=v["model.num_heads"], layers=v["sweep.layers"], d_model=v["sweep.d_model"],
+      precisions=v["sweep.precisions"], dataset_sizes=tuple(sorted(v["sweep.dataset_sizes"])),
+      seeds=v["sweep.seeds"], models_per_stack=v["sweep.models_per_stack"],
+      save_params=v["sweep.save_params"], train=config_lib.train_settings(v),
+      eval_batch_size=v["eval.batch_size"], test_size=v["eval.test_size"],
+      reference_primary=v["reference.primary"], alpha=v["reference.alpha"],
+      prefix_lengths=tuple(sorted(v["extraction.prefix_lengths"])),
+      member_samples=v["extraction.member_samples"],
+      nonmember_samples=v["extraction.nonmember_samples"],
+      extraction_batch_size=v["extraction.batch_size"], top_k=v["analysis.top_k"],
+      quiet=v["quiet"])
 
-  kind = _str(config, "data.source", corpus_lib.SOURCE_KINDS)
-  paths = tuple(_path(p) for p in _str_list(config, "data.paths"))
-  config_lib.refuse_unused_paths(config, kind, file_kinds=tuple(corpus_lib.FILE_EXTENSIONS))
-  tfds_name = _str(config, "data.tfds_name")
-  max_documents = _int(config, "data.max_documents", minimum=0)
-  source = text_lib.SourceConfig(
-      kind=kind, paths=paths, text_field=_str(config, "data.text_field"),
-      txt_split=_str(config, "data.txt_split", corpus_lib.TXT_SPLITS),
-      name=tfds_name or None, split=_str(config, "data.tfds_split", allow_empty=False),
-      data_dir=_path(_str(config, "data.tfds_data_dir")) or None,
-      doc_packages=_str_list(config, "data.doc_packages"),
-      max_documents=max_documents or None)
+
+def _check_source(v):
+  """A file source needs files that exist and the field of the text; tfds a dataset name."""
+  kind, paths = v["data.source"], v["data.paths"]
   if kind in corpus_lib.FILE_EXTENSIONS:
     if not paths:
       _fail("data.paths", f"data.source={kind!r} reads files: give files, directories or globs")
-    if not source.text_field and kind != "txt":
+    if not v["data.text_field"] and kind != "txt":
       _fail("data.text_field", f"data.source={kind!r} needs the field that holds the text")
     try:
       corpus_lib.resolve_paths(paths, corpus_lib.FILE_EXTENSIONS[kind])
     except FileNotFoundError as e:
       _fail("data.paths", str(e))
   if kind == "tfds":
-    if not tfds_name:
+    if not v["data.tfds_name"]:
       _fail("data.tfds_name", "data.source='tfds' needs the dataset name, e.g. 'wiki40b/en'")
-    if not source.text_field:
+    if not v["data.text_field"]:
       _fail("data.text_field", "data.source='tfds' needs the feature that holds the text")
 
-  tok_kind = _str(config, "data.tokenizer", tokenize_lib.TOKENIZER_KINDS)
-  tok_path = _path(_str(config, "data.tokenizer_path"))
-  vocab = _int(config, "data.vocab_size", minimum=0)
+
+def _check_tokenizer(v):
+  tok_kind, tok_path, vocab = v["data.tokenizer"], v["data.tokenizer_path"], v["data.vocab_size"]
   if tok_kind == "file":
     if not tok_path:
       _fail("data.tokenizer_path", "data.tokenizer='file' needs the path of a tokenizer.json")
@@ -190,62 +249,28 @@ def validate(config) -> TextSettings:
           f"a byte-level BPE needs {tokenize_lib.MIN_BPE_VOCAB} (256 bytes + 1 merge) to "
           f"{tokenize_lib.MAX_BPE_VOCAB} tokens, got {vocab}; change it, or set "
           "data.tokenizer='bytes' (V=256)")
-  max_chars = _int(config, "data.bpe_max_train_chars", minimum=0)
-  tokenizer = text_lib.TokenizerConfig(
-      kind=tok_kind, path=tok_path or None, vocab_size=vocab if tok_kind == "bpe" else None,
-      min_frequency=_int(config, "data.bpe_min_frequency"), max_train_chars=max_chars or None)
 
-  seq_len = _int(config, "data.seq_len", minimum=2, maximum=65536)
-  train_pool = _int(config, "data.train_pool", minimum=0)
-  heldout = _int(config, "data.heldout_pool", minimum=1)
-  heads = _int(config, "model.num_heads")
-  d_model = config_lib._int_list(config, "sweep.d_model")
-  for d in d_model:
-    if d % heads:
-      _fail("sweep.d_model", f"each d_model must be divisible by model.num_heads={heads}, got {d}")
-  precisions = config_lib.precision_list(config, "sweep.precisions")
-  sizes = tuple(sorted(set(config_lib._int_list(config, "sweep.dataset_sizes"))))
-  if train_pool and sizes[-1] > train_pool:
-    _fail("sweep.dataset_sizes", f"dataset size {sizes[-1]} is larger than the training pool "
+
+def _check_pools(v):
+  """N, the test set and the extraction non-members fit their pools; prefixes the sequence."""
+  train_pool, heldout = v["data.train_pool"], v["data.heldout_pool"]
+  largest = max(v["sweep.dataset_sizes"])
+  if train_pool and largest > train_pool:
+    _fail("sweep.dataset_sizes", f"dataset size {largest} is larger than the training pool "
                                  f"data.train_pool={train_pool}; lower it or raise the pool")
-  seeds = config_lib._int_list(config, "sweep.seeds", minimum=0)
-  test_size = _int(config, "eval.test_size")
-  if test_size > heldout:
-    _fail("eval.test_size", f"{test_size} test sequences do not fit the held-out pool "
+  if v["eval.test_size"] > heldout:
+    _fail("eval.test_size", f"{v['eval.test_size']} test sequences do not fit the held-out pool "
                             f"data.heldout_pool={heldout}; lower it or raise the pool")
-  primary = _str(config, "reference.primary", REFERENCES)
-  prefixes = config_lib._int_list(config, "extraction.prefix_lengths", allow_empty=True)
+  prefixes = v["extraction.prefix_lengths"]
   for p in prefixes:
-    if p >= seq_len:
+    if p >= v["data.seq_len"]:
       _fail("extraction.prefix_lengths",
-            f"each prefix must be shorter than data.seq_len={seq_len}, got {p}")
-  nonmembers = _int(config, "extraction.nonmember_samples", minimum=0)
+            f"each prefix must be shorter than data.seq_len={v['data.seq_len']}, got {p}")
+  nonmembers = v["extraction.nonmember_samples"]
   if prefixes and nonmembers > heldout:  # without prefixes nothing is extracted
     _fail("extraction.nonmember_samples",
           f"{nonmembers} non-members do not fit the held-out pool data.heldout_pool={heldout}; "
           "lower it or raise the pool")
-  save_params = config_lib._get(config, "sweep.save_params")
-  if not isinstance(save_params, bool):
-    _fail("sweep.save_params", f"must be True or False, got {save_params!r}")
-
-  return TextSettings(
-      source=source, tokenizer=tokenizer, seq_len=seq_len, train_pool=train_pool or None,
-      heldout_pool=heldout, reference_pool=_int(config, "data.reference_pool", minimum=0),
-      pool_split=config_lib.pool_split(config),
-      data_seed=_int(config, "data.seed", minimum=0),
-      cache_dir=_path(_str(config, "data.cache_dir")),
-      num_heads=heads, layers=config_lib._int_list(config, "sweep.layers"), d_model=d_model,
-      precisions=precisions, dataset_sizes=sizes, seeds=seeds,
-      models_per_stack=_int(config, "sweep.models_per_stack", minimum=0),
-      save_params=save_params, train=config_lib.train_config(config),
-      eval_batch_size=_int(config, "eval.batch_size"), test_size=test_size,
-      reference_primary=primary, alpha=_float(config, "reference.alpha", strict=False),
-      prefix_lengths=tuple(sorted(set(prefixes))),
-      member_samples=_int(config, "extraction.member_samples", minimum=0),
-      nonmember_samples=nonmembers,
-      extraction_batch_size=_int(config, "extraction.batch_size"),
-      top_k=_int(config, "analysis.top_k", minimum=0),
-      quiet=bool(config.get("quiet", False)))
 
 
 # ---------------------------------------------------------------------------------------------
