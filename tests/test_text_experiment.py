@@ -185,6 +185,22 @@ def test_members_of_a_smaller_n_are_a_subset_and_the_reference_holds_them_all():
   assert not any(m.is_reference for m in members[1:])
 
 
+def test_a_shape_is_cut_into_stacks_that_fit_the_device_memory(monkeypatch):
+  from memjax.engine import sweep
+  settings = tx.validate(load_config("text"))
+  shape = gpt2.ModelConfig(64, 64, 1, 16, 2)
+  members = tx.shape_members(settings, shape, 8192)
+  assert [len(s) for s in tx._stacks(settings, members)] == [len(members)]  # 4 GiB: all fit
+  one = sweep.model_memory(shape, settings.train, settings.eval_batch_size).total
+  devices = len(jax.local_devices())
+  # Room for 2 models a device: stacks of 2 a device, the last one smaller.
+  monkeypatch.setattr(sweep, "DEFAULT_CPU_MEMORY_GIB",
+                      2.5 * one * devices / sweep.MEMORY_HEADROOM / 2**30)
+  sizes = [len(s) for s in tx._stacks(settings, members)]
+  assert sum(sizes) == len(members) and max(sizes) == min(2 * devices, len(members))
+  assert sizes == sorted(sizes, reverse=True)
+
+
 def _scored(shape, n, seed, positions, logp, test_loss_bits, is_reference):
   member = tx.Member(shape, ModelSpec(n, seed, 1e-2), is_reference, not is_reference)
   return tx.Scored(member=member, key=f"{shape.d_model}-{n}-{seed}",

@@ -221,6 +221,18 @@ def device_memory_bytes(device_memory_gib: float, devices) -> tuple[int, str]:
                               "device(s); set sweep.device_memory_gib")
 
 
+def models_per_device(shape, tcfg: TrainConfig, eval_batch: int, budget: int) -> int:
+  """How many models of `shape` fit a device of `budget` bytes together (0: not even one)."""
+  return int(budget * MEMORY_HEADROOM // model_memory(shape, tcfg, eval_batch).total)
+
+
+def models_that_fit(shape, tcfg: TrainConfig, eval_batch: int, devices) -> int:
+  """How many models of `shape` fit the local `devices` together, by the estimate (at least 1:
+  a model that does not fit fails with the out-of-memory line when it trains)."""
+  budget, _ = device_memory_bytes(0.0, devices)
+  return max(1, models_per_device(shape, tcfg, eval_batch, budget)) * len(devices)
+
+
 @dataclasses.dataclass(frozen=True)
 class Chunk:
   """Models of one bucket trained together: the unit of work, checkpointing and results."""
@@ -273,7 +285,7 @@ def plan_chunks(settings, devices, buckets=None) -> Plan:
   for b, bucket in enumerate(buckets):
     tcfg = bucket.train or settings.train
     mem = model_memory(bucket.shape, tcfg, settings.eval_batch_size)
-    per_device = int(budget * MEMORY_HEADROOM // mem.total)
+    per_device = models_per_device(bucket.shape, tcfg, settings.eval_batch_size, budget)
     if per_device < 1:
       field = mem.dominant_field()
       raise config_lib.ConfigError(

@@ -118,8 +118,8 @@ SCHEMA = schema.Schema((
     Field("sweep.dataset_sizes", "ints", "N, members of a model; each shape also trains its "
           "reference on the whole pool"),
     Field("sweep.seeds", "ints", "seeds (init and members), one model each", minimum=0),
-    Field("sweep.models_per_stack", "int", "models trained as one stack; 0: all of a shape",
-          minimum=0),
+    Field("sweep.models_per_stack", "int",
+          "models trained as one stack; 0: as many of a shape as fit the devices", minimum=0),
     Field("sweep.save_params", "bool", "keep trained parameters in <workdir>/text_stacks"),
     *config_lib.TRAIN_FIELDS,
     Field("eval.batch_size", "int", "sequences a scoring call"),
@@ -155,7 +155,7 @@ class TextSettings:
   precisions: tuple
   dataset_sizes: tuple
   seeds: tuple
-  models_per_stack: int  # 0: every model of a shape in one stack
+  models_per_stack: int  # 0: a shape's models in stacks as large as fit the device memory
   save_params: bool
   train: TrainConfig
   eval_batch_size: int
@@ -409,7 +409,10 @@ def _hash(value) -> str:
 
 
 def _stacks(settings, members):
-  size = settings.models_per_stack or len(members)
+  """A shape's models cut into stacks: of sweep.models_per_stack, or (0) as many as fit the
+  local devices' memory by the engine's estimate (sweep.models_that_fit)."""
+  size = settings.models_per_stack or min(len(members), sweep.models_that_fit(
+      members[0].shape, settings.train, settings.eval_batch_size, jax.local_devices()))
   return [members[i:i + size] for i in range(0, len(members), size)]
 
 
