@@ -112,6 +112,19 @@ def test_a_failed_build_leaves_nothing(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / "infini_gram") == []
 
 
+def test_a_build_that_another_process_finished_first_keeps_that_index(tmp_path):
+  # Two processes of a multi-process run build the same corpus's index at once: the second
+  # rename finds the first's index in place and keeps it.
+  tokens_T, lengths_D = ngram.flatten_corpus(_corpus(7, 20))
+  first = ig.build_index(tokens_T, lengths_D, 7, str(tmp_path / "index"))
+  with open(os.path.join(first, ig.MANIFEST)) as f:
+    manifest = f.read()
+  assert ig.build_index(tokens_T, lengths_D, 7, first) == first
+  with open(os.path.join(first, ig.MANIFEST)) as f:
+    assert f.read() == manifest
+  assert os.listdir(tmp_path) == ["index"]  # the second build's temporary directory is gone
+
+
 @pytest.fixture(scope="module")
 def good_index(tmp_path_factory):
   root = tmp_path_factory.mktemp("good")

@@ -306,7 +306,14 @@ def build_index(tokens_T, lengths_D, vocab_size: int, index_dir: str, tokenizer:
                 "corpus_key": corpus_key(tokens_T, np.asarray(lengths_D), vocab_size)}
     with open(os.path.join(tmp_dir, MANIFEST), "w") as f:
       json.dump(manifest, f, indent=1)
-    os.rename(tmp_dir, index_dir)
+    try:
+      os.rename(tmp_dir, index_dir)
+    except OSError:
+      if not os.path.isfile(os.path.join(index_dir, MANIFEST)):
+        raise
+      # Another process of a multi-process run built it meanwhile (the same tokens: the same
+      # index): keep theirs.
+      shutil.rmtree(tmp_dir, ignore_errors=True)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
