@@ -15,6 +15,13 @@ def pyplot():
   return plt
 
 
+def save(fig, path, dpi=120):
+  """Lay out, write and close a figure."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  pyplot().close(fig)
+
+
 def capacity_table_text(summary) -> str:
   w = max([5] + [len(t["precision"]) for t in summary["models"]])
   # A learning-rate sweep picks the best rate like the best N; the table then names it.

@@ -764,13 +764,23 @@ def report_text(results) -> str:
 
 
 def write_figures(results, arrays, workdir):
+  """score_grid.png, over_training.png, transitions.png, embeddings_pca.png,
+  centroid_distances.png and boundary_effect.png."""
   from memjax.estimators import dynamics
   plt = report.pyplot()
   models = results["models"]
-  nb = dynamics.NUM_BUCKETS
-  colors = plt.cm.viridis(np.linspace(0, 1, nb))
+  colors = plt.cm.viridis(np.linspace(0, 1, dynamics.NUM_BUCKETS))
+  for figure in (_score_grid, _over_training, _transitions, _embeddings_pca,
+                 _centroid_distances, _boundary_effect):
+    name, fig = figure(plt, models, arrays, colors)
+    report.save(fig, os.path.join(workdir, name), dpi=100)
 
-  # 1. Score distribution across the grid: stacked bucket fractions per (model, c, k).
+
+def _score_grid(plt, models, arrays, colors):
+  """score_grid.png: the score distribution across the grid, stacked bucket fractions per
+  (model, context, continuation)."""
+  from memjax.estimators import dynamics
+  nb = dynamics.NUM_BUCKETS
   fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
   for ax, m in zip(axes[0], models):
     cells = [g for g in m["grid"] if g["status"] == "ok"]
@@ -785,11 +795,13 @@ def write_figures(results, arrays, workdir):
     ax.set_title(f"{m['label']} ({m['n_params']:,} params)")
     ax.set_ylabel("fraction of samples")
   axes[0][-1].legend(title="score", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "score_grid.png"), dpi=100)
-  plt.close(fig)
+  return "score_grid.png", fig
 
-  # 2. Over training: bucket fractions against steps.
+
+def _over_training(plt, models, arrays, colors):
+  """over_training.png: bucket fractions against training steps."""
+  from memjax.estimators import dynamics
+  nb = dynamics.NUM_BUCKETS
   fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
   for ax, m in zip(axes[0], models):
     o = m["over_training"]
@@ -807,11 +819,13 @@ def write_figures(results, arrays, workdir):
     ax.set_ylabel("fraction of samples")
     ax.set_title(m["label"])
   axes[0][-1].legend(title="score", fontsize=7, loc="upper left")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "over_training.png"), dpi=100)
-  plt.close(fig)
+  return "over_training.png", fig
 
-  # 3. Transitions: the first and the last transition matrix of each model.
+
+def _transitions(plt, models, arrays, colors):
+  """transitions.png: the first and the last transition matrix of each model."""
+  from memjax.estimators import dynamics
+  nb = dynamics.NUM_BUCKETS
   fig, axes = plt.subplots(2, len(models), figsize=(4 * len(models), 7.5), squeeze=False)
   for j, m in enumerate(models):
     t = m["over_training"]["transitions"]
@@ -834,11 +848,13 @@ def write_figures(results, arrays, workdir):
       ax.set_xlabel("bucket after")
       ax.set_ylabel("bucket before")
       ax.set_title(f"{m['label']}: {name} segment", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "transitions.png"), dpi=100)
-  plt.close(fig)
+  return "transitions.png", fig
 
-  # 4. Embeddings: PCA coloured by bucket.
+
+def _embeddings_pca(plt, models, arrays, colors):
+  """embeddings_pca.png: the embeddings' PCA coloured by bucket."""
+  from memjax.estimators import dynamics
+  nb = dynamics.NUM_BUCKETS
   fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
   for ax, m in zip(axes[0], models):
     proj = arrays[f"{m['label']}/pca"]
@@ -851,12 +867,14 @@ def write_figures(results, arrays, workdir):
     ev = m["embeddings"]["pca_explained"]
     ax.set_title(f"{m['label']} (PC1 {ev[0]:.0%}, PC2 {ev[1]:.0%})", fontsize=9)
     ax.legend(fontsize=6, markerscale=2)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "embeddings_pca.png"), dpi=100)
-  plt.close(fig)
+  return "embeddings_pca.png", fig
 
-  # 4b. Centroid distances across model sizes: each bucket's centroid from the lowest bucket's,
-  # relative to the samples' spread (nan, not drawn, for empty buckets).
+
+def _centroid_distances(plt, models, arrays, colors):
+  """centroid_distances.png: across model sizes, each bucket's centroid from the lowest
+  bucket's, relative to the samples' spread (nan, not drawn, for empty buckets)."""
+  from memjax.estimators import dynamics
+  nb = dynamics.NUM_BUCKETS
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for m in models:
     rel = np.array(m["embeddings"]["relative_centroid_distances"], float)
@@ -865,11 +883,11 @@ def write_figures(results, arrays, workdir):
   ax.set_xlabel("score bucket")
   ax.set_ylabel("distance to the 0.0-0.2 centroid / spread")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "centroid_distances.png"), dpi=100)
-  plt.close(fig)
+  return "centroid_distances.png", fig
 
-  # 5. Boundary effect: entropy and n-gram frequency around the divergence point.
+
+def _boundary_effect(plt, models, arrays, colors):
+  """boundary_effect.png: entropy and n-gram frequency around the divergence point."""
   fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models), 7), squeeze=False)
   for j, m in enumerate(models):
     e = m["decoding_dynamics"]
@@ -884,6 +902,4 @@ def write_figures(results, arrays, workdir):
       ax.set_ylabel(ylabel)
       ax.set_title(m["label"], fontsize=9)
       ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "boundary_effect.png"), dpi=100)
-  plt.close(fig)
+  return "boundary_effect.png", fig
