@@ -883,14 +883,42 @@ def table_text(rows, summary, prefix_lengths):
 
 
 def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
+  """memorization_vs_dataset_size.png, double_descent.png and, when there is something to show,
+  extraction_vs_dataset_size.png and tfidf_vs_memorization.png; returns the paths written."""
   plt = report.pyplot()
-  paths = []
   shapes = sorted({_shape_of_row(r) for r in rows}, key=lambda k: (k[2], k[0], k[1]))
-  colors = {k: f"C{i}" for i, k in enumerate(shapes)}
-  label = lambda k: f"L{k[0]} d{k[1]} {k[2]}"
-  primary = summary["reference"]["primary"]
+  look = _Look(colors={k: f"C{i}" for i, k in enumerate(shapes)},
+               primary=summary["reference"]["primary"])
+  paths = []
+  for figure in (_memorization_figure, _double_descent_figure, _extraction_figure,
+                 _tfidf_figure):
+    drawn = figure(plt, rows, summary, per_sample, prefix_lengths, look)
+    if drawn is not None:
+      paths.append(os.path.join(workdir, drawn[0]))
+      report.save(drawn[1], paths[-1])
+  # A figure not drawn this time (no prefixes, no memorizing model) must not survive from an
+  # earlier run in the same workdir: it would show results that are no longer there.
+  for name in ("extraction_vs_dataset_size.png", "tfidf_vs_memorization.png"):
+    stale = os.path.join(workdir, name)
+    if stale not in paths and os.path.exists(stale):
+      os.remove(stale)
+  return paths
 
-  # Memorization against N.
+
+@dataclasses.dataclass(frozen=True)
+class _Look:
+  """What the text figures share: a colour a shape, and the primary reference's name."""
+  colors: dict
+  primary: str
+
+  @staticmethod
+  def label(k):
+    return f"L{k[0]} d{k[1]} {k[2]}"
+
+
+def _memorization_figure(plt, rows, summary, per_sample, prefix_lengths, look):
+  """Memorization against N, against both references, with the dataset's bits."""
+  colors, label, primary = look.colors, look.label, look.primary
   fig, ax = plt.subplots(figsize=(6.5, 4.8))
   for field, style in (("mem_bits_oracle", "-"), ("mem_bits_same_size", "--")):
     for k, curve in _curves(rows, field).items():
@@ -912,12 +940,12 @@ def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
   ax.set_ylabel("memorization (bits, mean over seeds)")
   ax.set_title("Text: memorization against dataset size")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths.append(os.path.join(workdir, "memorization_vs_dataset_size.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  return "memorization_vs_dataset_size.png", fig
 
-  # Double descent: train and test loss against dataset bits / capacity.
+
+def _double_descent_figure(plt, rows, summary, per_sample, prefix_lengths, look):
+  """Train and test loss against dataset bits / capacity."""
+  colors, label = look.colors, look.label
   fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
   for ax, field in zip(axes, ("train_loss", "test_loss")):
     xs_by = _curves(rows, "dataset_bits_over_capacity")
@@ -932,60 +960,51 @@ def write_figures(rows, summary, per_sample, prefix_lengths, workdir):
     ax.set_title(field.replace("_", " ") + " (nats per token)")
   axes[0].set_ylabel("loss")
   axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  paths.append(os.path.join(workdir, "double_descent.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  return "double_descent.png", fig
 
-  # Extraction against N, members (train) against non-members (test).
-  if prefix_lengths:
-    fig, axes = plt.subplots(2, len(prefix_lengths), figsize=(4 * len(prefix_lengths), 6.4),
-                             squeeze=False, sharex=True)
-    for j, p in enumerate(prefix_lengths):
-      for i, score in enumerate(("exact", "token_match")):
-        ax = axes[i, j]
-        for split, style in (("train", "-"), ("test", "--")):
-          for k, curve in _curves(rows, f"extraction.{p}.{split}_{score}").items():
-            ns = list(curve)
-            ax.plot(ns, [curve[n] for n in ns], style, marker="o", color=colors[k],
-                    label=f"{label(k)} {'members' if split == 'train' else 'held-out'}")
-        ax.set_xscale("log")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"prefix {p}: {'exact-match rate' if score == 'exact' else 'token match'}")
-        if i == 1:
-          ax.set_xlabel("dataset size N")
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "extraction_vs_dataset_size.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
 
-  # TF-IDF against per-sample memorization, for the most memorizing model.
+def _extraction_figure(plt, rows, summary, per_sample, prefix_lengths, look):
+  """Extraction against N, members (train) against non-members (test); None without prefixes."""
+  if not prefix_lengths:
+    return None
+  colors, label = look.colors, look.label
+  fig, axes = plt.subplots(2, len(prefix_lengths), figsize=(4 * len(prefix_lengths), 6.4),
+                           squeeze=False, sharex=True)
+  for j, p in enumerate(prefix_lengths):
+    for i, score in enumerate(("exact", "token_match")):
+      ax = axes[i, j]
+      for split, style in (("train", "-"), ("test", "--")):
+        for k, curve in _curves(rows, f"extraction.{p}.{split}_{score}").items():
+          ns = list(curve)
+          ax.plot(ns, [curve[n] for n in ns], style, marker="o", color=colors[k],
+                  label=f"{label(k)} {'members' if split == 'train' else 'held-out'}")
+      ax.set_xscale("log")
+      ax.set_ylim(-0.02, 1.02)
+      ax.set_title(f"prefix {p}: {'exact-match rate' if score == 'exact' else 'token match'}")
+      if i == 1:
+        ax.set_xlabel("dataset size N")
+  axes[0, 0].legend(fontsize=6)
+  return "extraction_vs_dataset_size.png", fig
+
+
+def _tfidf_figure(plt, rows, summary, per_sample, prefix_lengths, look):
+  """TF-IDF against per-sample memorization for the most memorizing model (None without one)."""
   best = _most_memorizing(rows)
-  if best is not None and best["key"] in per_sample:
-    ps = per_sample[best["key"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, field, name, xlabel in (
-        (axes[0], "tfidf", "tfidf_spearman",
-         "mean TF-IDF of the sample (IDF over the training pool)"),
-        (axes[1], "idf", "idf_spearman", "mean IDF of the sample's tokens")):
-      ax.scatter(ps[field], ps["mem"], s=4, alpha=0.5)
-      rho = best[name]
-      ax.set_xlabel(xlabel)
-      ax.set_title(f"Spearman {rho:+.3f}" if rho is not None else "Spearman undefined")
-    axes[0].set_ylabel(f"memorization (bits, {primary} reference)")
-    fig.suptitle(best["name"])
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "tfidf_vs_memorization.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-  # A figure not drawn this time (no prefixes, no memorizing model) must not survive from an
-  # earlier run in the same workdir: it would show results that are no longer there.
-  for name in ("extraction_vs_dataset_size.png", "tfidf_vs_memorization.png"):
-    stale = os.path.join(workdir, name)
-    if stale not in paths and os.path.exists(stale):
-      os.remove(stale)
-  return paths
+  if best is None or best["key"] not in per_sample:
+    return None
+  ps = per_sample[best["key"]]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+  for ax, field, name, xlabel in (
+      (axes[0], "tfidf", "tfidf_spearman",
+       "mean TF-IDF of the sample (IDF over the training pool)"),
+      (axes[1], "idf", "idf_spearman", "mean IDF of the sample's tokens")):
+    ax.scatter(ps[field], ps["mem"], s=4, alpha=0.5)
+    rho = best[name]
+    ax.set_xlabel(xlabel)
+    ax.set_title(f"Spearman {rho:+.3f}" if rho is not None else "Spearman undefined")
+  axes[0].set_ylabel(f"memorization (bits, {look.primary} reference)")
+  fig.suptitle(best["name"])
+  return "tfidf_vs_memorization.png", fig
 
 
 def _most_memorizing(rows, shape=None):
