@@ -631,6 +631,36 @@ def _loss_nats(seq_logp, cfg):
 
 def analyze(settings, data, scored):
   """Rows (one per model) and the summary, from the scores of every stack."""
+  refs, oracle, pool_logp, test_loss = _references(data, scored)
+  pool_tfidf, pool_idf = _pool_tfidf(data)
+  rows, per_sample = [], {}
+  for s in scored:
+    row, mem_samples = _row(settings, data, s, test_loss[id(s)]), {}
+    row.update(_against_references(settings, s, {"same_size": refs[s.member.shape],
+                                                  "oracle": oracle}, pool_logp, mem_samples))
+    primary = mem_samples[settings.reference_primary]
+    # Which samples: TF-IDF of each member against its memorization (under the primary reference).
+    tf = pool_tfidf[s.positions]
+    row["mean_tfidf"] = _finite(tf.mean())
+    row.update(_spearman(tf, primary, "tfidf_spearman"))
+    # Rarity alone (the mean idf of the tokens, without term frequency).
+    row.update(_spearman(pool_idf[s.positions], primary, "idf_spearman"))
+    rows.append(row)
+    per_sample[s.key] = {"mem": primary, "tfidf": tf, "idf": pool_idf[s.positions]}
+  capacity = _capacity(settings, rows)
+  for row in rows:
+    cap = capacity["by_shape"].get(_shape_of_row(row))
+    row["capacity_bits"] = cap
+    row["capacity_source"] = capacity["source"]
+    row["dataset_bits_over_capacity"] = (row["dataset_bits"] / cap
+                                         if cap and row["dataset_bits"] is not None else None)
+  summary = _summary(settings, data, rows, refs, oracle, test_loss, capacity)
+  return rows, summary, per_sample
+
+
+def _references(data, scored):
+  """Each shape's full-pool reference, the oracle (the reference of lowest test loss, None if
+  every one diverged), each reference's log2 p over the pool, and every model's test loss."""
   pool_size = data.train_idx.size
   by_shape = collections.defaultdict(list)
   for s in scored:
@@ -647,8 +677,13 @@ def analyze(settings, data, scored):
   oracle = min(candidates, key=lambda r: test_loss[id(r)]) if candidates else None
   if oracle is None:
     logging.warning("every full-pool reference model diverged: no oracle reference")
+  return refs, oracle, pool_logp, test_loss
 
+
+def _pool_tfidf(data):
+  """Each training-pool sequence's mean TF-IDF and mean IDF (IDF over the pool)."""
   # In batches of rows, so a pool of millions of sequences needs little host memory.
+  pool_size = data.train_idx.size
   tokens = data.dataset.tokens
   batches = [np.sort(data.train_idx[i:i + 65536]) for i in range(0, pool_size, 65536)]
   df = sum(tfidf_lib.document_frequency(tokens[b], data.dataset.vocab_size) for b in batches)
@@ -659,78 +694,67 @@ def analyze(settings, data, scored):
     rows = np.asarray(tokens[data.train_idx[i:i + 65536]])
     pool_tfidf[i:i + 65536] = tfidf_lib.sample_tfidf(rows, idf)
     pool_idf[i:i + 65536] = tfidf_lib.mean_idf(rows, idf)
+  return pool_tfidf, pool_idf
 
-  rows, per_sample = [], {}
-  for s in scored:
-    cfg, spec = s.member.shape, s.member.spec
-    ref_of = {"same_size": refs[cfg], "oracle": oracle}
-    row = {
-        "experiment": "text", "key": s.key, "name": s.member.name,
-        "layers": cfg.layers, "d_model": cfg.d_model, "heads": cfg.num_heads,
-        "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "precision": cfg.precision,
-        "n_params": gpt2.n_params(cfg), "dataset_size": spec.dataset_size,
-        "seed": spec.seed, "learning_rate": spec.learning_rate, "steps": s.steps,
-        "batch_size": settings.train.batch_size,
-        "role": "reference" if s.member.is_reference else "sweep",
-        "is_reference": s.member.is_reference, "in_grid": s.member.in_grid,
-        "status": "diverged" if s.diverged else "ok",
-        "train_loss": _finite(_loss_nats(s.member_logp, cfg)),
-        "test_loss": _finite(test_loss[id(s)]),
-        "reference": settings.reference_primary,
-    }
-    mem_samples = {}
-    for name, ref in ref_of.items():
-      if ref is None:
-        row.update({f"reference_{name}": None, f"ref_bits_{name}": None,
-                    f"mem_bits_{name}": None, f"mem_bits_unclipped_{name}": None})
-        mem_samples[name] = np.full(s.member_logp.shape, np.nan)
-        continue
-      ref_lp = pool_logp[ref.member.shape][s.positions]
-      diff = s.member_logp - ref_lp
-      mem_samples[name] = np.maximum(0.0, diff)
-      row.update({f"reference_{name}": ref.member.name,
-                  f"ref_bits_{name}": _finite(-ref_lp.sum()),
-                  f"mem_bits_{name}": _finite(mem_samples[name].sum()),
-                  f"mem_bits_unclipped_{name}": _finite(diff.sum())})
-    primary = settings.reference_primary
-    row["reference_name"] = row[f"reference_{primary}"]
-    row["ref_bits"] = row[f"ref_bits_{primary}"]
-    row["dataset_bits"] = row["ref_bits"]  # the training set's size in bits, under the reference
-    row["mem_bits"] = row[f"mem_bits_{primary}"]
-    row["mem_bits_unclipped"] = row[f"mem_bits_unclipped_{primary}"]
-    row["mem_fraction"] = (row["mem_bits"] / row["ref_bits"]
-                           if row["mem_bits"] is not None and row["ref_bits"] else None)
-    # Which samples: TF-IDF of each member against its memorization (under the primary reference).
-    tf = pool_tfidf[s.positions]
-    row["mean_tfidf"] = _finite(tf.mean())
-    row.update(_spearman(tf, mem_samples[primary], "tfidf_spearman"))
-    # Rarity alone (the mean idf of the tokens, without term frequency).
-    row.update(_spearman(pool_idf[s.positions], mem_samples[primary], "idf_spearman"))
-    row["extraction"] = {
-        str(p): {f"{split}_{score}": _finite(np.mean(s.extraction[p][split][score]))
-                 if s.extraction[p][split][score].size else None
-                 for split in ("train", "test") for score in ("exact", "token_match")}
-        for p in s.extraction}
-    row["train"] = config_lib.to_jsonable(settings.train)
-    row["data"] = {"source": settings.source.kind, "tokenizer": settings.tokenizer.kind,
-                   "train_pool": int(pool_size), "heldout_pool": int(data.heldout_idx.size),
-                   "pool_split": settings.pool_split,
-                   "test_size": settings.test_size, "seed": settings.data_seed}
-    row["device"] = jax.local_devices()[0].device_kind
-    row["wall_s_per_stack"] = s.stack_wall_s
-    rows.append(row)
-    per_sample[s.key] = {"mem": mem_samples[primary], "tfidf": tf,
-                         "idf": pool_idf[s.positions]}
 
-  capacity = _capacity(settings, rows)
-  for row in rows:
-    cap = capacity["by_shape"].get(_shape_of_row(row))
-    row["capacity_bits"] = cap
-    row["capacity_source"] = capacity["source"]
-    row["dataset_bits_over_capacity"] = (row["dataset_bits"] / cap
-                                         if cap and row["dataset_bits"] is not None else None)
-  summary = _summary(settings, data, rows, refs, oracle, test_loss, capacity)
-  return rows, summary, per_sample
+def _row(settings, data, s, test_loss):
+  """A model's row without what its references give."""
+  cfg, spec = s.member.shape, s.member.spec
+  row = {
+      "experiment": "text", "key": s.key, "name": s.member.name,
+      "layers": cfg.layers, "d_model": cfg.d_model, "heads": cfg.num_heads,
+      "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "precision": cfg.precision,
+      "n_params": gpt2.n_params(cfg), "dataset_size": spec.dataset_size,
+      "seed": spec.seed, "learning_rate": spec.learning_rate, "steps": s.steps,
+      "batch_size": settings.train.batch_size,
+      "role": "reference" if s.member.is_reference else "sweep",
+      "is_reference": s.member.is_reference, "in_grid": s.member.in_grid,
+      "status": "diverged" if s.diverged else "ok",
+      "train_loss": _finite(_loss_nats(s.member_logp, cfg)),
+      "test_loss": _finite(test_loss),
+      "reference": settings.reference_primary,
+  }
+  row["extraction"] = {
+      str(p): {f"{split}_{score}": _finite(np.mean(s.extraction[p][split][score]))
+               if s.extraction[p][split][score].size else None
+               for split in ("train", "test") for score in ("exact", "token_match")}
+      for p in s.extraction}
+  row["train"] = config_lib.to_jsonable(settings.train)
+  row["data"] = {"source": settings.source.kind, "tokenizer": settings.tokenizer.kind,
+                 "train_pool": int(data.train_idx.size),
+                 "heldout_pool": int(data.heldout_idx.size), "pool_split": settings.pool_split,
+                 "test_size": settings.test_size, "seed": settings.data_seed}
+  row["device"] = jax.local_devices()[0].device_kind
+  row["wall_s_per_stack"] = s.stack_wall_s
+  return row
+
+
+def _against_references(settings, s, ref_of, pool_logp, mem_samples):
+  """A model's memorization against each reference (`ref_of`: name -> reference or None), and
+  the primary one's as mem_bits; fills mem_samples[name] with the per-sample bits."""
+  out = {}
+  for name, ref in ref_of.items():
+    if ref is None:
+      out.update({f"reference_{name}": None, f"ref_bits_{name}": None,
+                  f"mem_bits_{name}": None, f"mem_bits_unclipped_{name}": None})
+      mem_samples[name] = np.full(s.member_logp.shape, np.nan)
+      continue
+    ref_lp = pool_logp[ref.member.shape][s.positions]
+    diff = s.member_logp - ref_lp
+    mem_samples[name] = np.maximum(0.0, diff)
+    out.update({f"reference_{name}": ref.member.name,
+                f"ref_bits_{name}": _finite(-ref_lp.sum()),
+                f"mem_bits_{name}": _finite(mem_samples[name].sum()),
+                f"mem_bits_unclipped_{name}": _finite(diff.sum())})
+  primary = settings.reference_primary
+  out["reference_name"] = out[f"reference_{primary}"]
+  out["ref_bits"] = out[f"ref_bits_{primary}"]
+  out["dataset_bits"] = out["ref_bits"]  # the training set's size in bits, under the reference
+  out["mem_bits"] = out[f"mem_bits_{primary}"]
+  out["mem_bits_unclipped"] = out[f"mem_bits_unclipped_{primary}"]
+  out["mem_fraction"] = (out["mem_bits"] / out["ref_bits"]
+                         if out["mem_bits"] is not None and out["ref_bits"] else None)
+  return out
 
 
 def _spearman(x, y, name):
