@@ -7,10 +7,11 @@ resumed from the newest good checkpoint when the command runs again; so a kill, 
 at most the steps since the last checkpoint. A checkpoint also holds what the experiment recorded
 during training (a `Recorder`), so a resumed run scores as an uninterrupted one.
 
-An experiment's work is a list of units (a chunk, a stack, a width) each stored in the workdir
-when done. With several processes (`jax.distributed`), unit i belongs to process
+An experiment's work is a list of units (a stack, a width) each stored in the workdir when done
+(`run_units`). With several processes (`jax.distributed`), unit i belongs to process
 i % process_count (`Processes.owns`); every process then waits for the others (`barrier`) and
-process 0 reads every stored unit and writes the report.
+process 0 reads every stored unit and writes the report. The capacity sweep's chunks follow the
+same rule, with per-process results files merged by row (engine/sweep.py).
 """
 
 from __future__ import annotations
@@ -49,9 +50,6 @@ class TrainedStack:
   state: train_lib.StackState  # padded: the first n models are the stack's own
   n: int
   recorder: Recorder
-  checkpoints: checkpoint.ChunkCheckpoints
-  resumed_step: int  # the loop step it resumed from (0: trained from the start)
-  train_s: float
   last_loss_M: list  # each own model's training loss in the last device call
 
 
@@ -65,9 +63,9 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
   models on the devices (0: the next multiple of the device count); `recorder(saved)` makes the
   Recorder; `stops`: steps where a device call ends (for the recorder) and a checkpoint is
   saved. A stop signal saves a checkpoint and raises checkpoint.Interrupted. The caller deletes
-  the checkpoints (`checkpoints.delete()`) once it has stored what it scored.
+  the checkpoints (checkpoint.ChunkCheckpoints(ckpt_dir).delete()) once it has stored what it
+  scored.
   """
-  start = time.time()
   sharding = sharding or train_lib.model_sharding()
   n = len(specs)
   padded = train_lib.padded_to(list(specs), sharding.num_devices)
@@ -100,8 +98,7 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
     state, done = _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS,
                               stops, ckpt_dir, on_losses)
     save(done, state, is_final=True)  # a kill while scoring does not train again
-  return TrainedStack(state, n, rec, ckpts, done if restored else 0, time.time() - start,
-                      losses)
+  return TrainedStack(state, n, rec, losses)
 
 
 def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS, stops,
