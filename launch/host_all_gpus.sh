@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPUs of this host in one process: every chunk's model axis is sharded over them
+# All GPUs of this host in one process: every stack's model axis is sharded over them
 # (NamedSharding over a jax.make_mesh of the local devices; no communication between models).
 #
 #   launch/host_all_gpus.sh --config=configs/capacity_paper.py --workdir=runs/paper

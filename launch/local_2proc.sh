@@ -3,8 +3,9 @@
 #
 #   launch/local_2proc.sh --config=configs/capacity.py --workdir=runs/two [--config.X=...]
 #
-# Chunk i of the sweep runs on process i % 2; each process appends to results.<process>.jsonl and
-# results.jsonl is merged once every model is there. MEMJAX_PORT picks the coordinator's port
+# Unit i of the run (a capacity chunk, a text or membership stack, a dynamics or distributional
+# width) runs on process i % 2; process 0 writes the results and the report once every unit is
+# done (capacity: each process appends to results.<process>.jsonl, merged into results.jsonl). MEMJAX_PORT picks the coordinator's port
 # (default: a free one); MEMJAX_DEVICES_PER_PROCESS is the number of CPU devices a process (default:
 # half the cores each, so that the two processes do not oversubscribe the machine).
 set -uo pipefail
