@@ -173,3 +173,17 @@ def test_two_local_processes_give_the_results_of_one(name, tmp_path, uninterrupt
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "process 0 writes the report" in proc.stdout, proc.stdout[-2000:]
   assert_close(results(name, workdir), uninterrupted(name))
+
+
+@pytest.mark.parametrize("name", ["text", "membership", "dynamics", "distributional"])
+def test_dry_run_lists_each_unit_and_its_process_without_writing(name, tmp_path):
+  workdir = tmp_path / "w"
+  proc = subprocess.run([sys.executable, "-m", "memjax.main", *args(name), "--dry_run",
+                         "--coordinator_address=127.0.0.1:1", "--num_processes=2",
+                         "--process_id=1", f"--workdir={workdir}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  units = [l for l in proc.stdout.splitlines() if "steps of" in l and "tokens at most" in l]
+  assert len(units) == 2, proc.stdout  # membership: one target stack and the LiRA shadows
+  assert units[0].endswith("process 0") and units[1].endswith("process 1 (this one)"), units
+  assert not workdir.exists()
