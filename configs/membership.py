@@ -82,6 +82,9 @@ def get_config():
   config.lira.steps = 800  # 0: train.steps
   config.lira.seed = 0
   config.lira.max_targets = 0  # leave-one-out targets; 0: every shadow model
+  # Shadows trained as one stack (each stack is a unit of work: a process trains it, a rerun
+  # skips it once stored); 0: as many as fit the devices, split evenly over the processes.
+  config.lira.models_per_stack = 0
 
   config.law = ml_collections.ConfigDict()
   # capacity of x = capacity / N: bits_per_param x params; 0: measured (the shape's largest

@@ -288,17 +288,17 @@ def test_a_stack_is_keyed_only_by_the_settings_it_reads(tmp_path):
     return counts
 
   run(settings, "targets L1 d16")
-  run(settings, "lira shadows")
+  run(settings, "lira shadows 0-7")
   assert len(calls) == 2
   # The law's capacity is read after the stacks are stored: no stack trains again for it.
   law = me.validate(_config(**{"law.bits_per_param": 3.6}))
-  assert run(law, "targets L1 d16") == {"loaded": 1} and run(law, "lira shadows") == {"loaded": 1}
+  assert run(law, "targets L1 d16") == {"loaded": 1} and run(law, "lira shadows 0-7") == {"loaded": 1}
   # The targets do not read the LiRA settings; the shadows do not read the targets' sweep.
   lira = me.validate(_config(**{"lira.num_models": 16}))
-  assert run(lira, "targets L1 d16") == {"loaded": 1} and run(lira, "lira shadows") == {
+  assert run(lira, "targets L1 d16") == {"loaded": 1} and run(lira, "lira shadows 0-7") == {
       "trained": 1}
   sweep = me.validate(_config(**{"sweep.dataset_sizes": (16, 128), "eval.min_k": 0.1}))
-  assert run(sweep, "lira shadows") == {"loaded": 1} and run(sweep, "targets L1 d16") == {
+  assert run(sweep, "lira shadows 0-7") == {"loaded": 1} and run(sweep, "targets L1 d16") == {
       "trained": 1}
   # A stack stored under the earlier key (every setting) is still found, then kept under both.
   legacy_dir = tmp_path / "legacy"
@@ -337,3 +337,23 @@ def test_report_tells_seeds_apart_and_says_why_no_capacity_law():
   one = [r for r in rows if r["seed"] == 0]
   assert me.report_text(one, me.summarize(settings, one, 1.0)).splitlines()[0].split()[:4] == [
       "model", "params", "N", "x_tok"]
+
+
+def test_lira_shadows_cut_into_stacks_give_the_rows_of_one_stack(tmp_path):
+  # Each stack of shadows is a unit of work (another process can train it); the leave-one-out
+  # attacks read the losses of all of them. On the CPU a model's floats do not depend on the
+  # others in its stack, so the rows are the same.
+  small = {"sweep.d_model": (8,), "sweep.dataset_sizes": (8,), "train.steps": 60,
+           "eval.eval_size": 16, "eval.bootstrap": 5, "lira.num_models": 6,
+           "lira.candidates": 16, "lira.steps": 60, "lira.d_model": 8, "lira.max_targets": 2}
+  rows = {}
+  for per_stack in (0, 2):
+    settings = me.validate(_config(**small, **{"lira.models_per_stack": per_stack}))
+    assert len(me.stack_units(settings, None)) == 1 + (1 if per_stack == 0 else 3)
+    found, _ = me.run(settings, str(tmp_path / f"w{per_stack}"))
+    rows[per_stack] = [{k: v for k, v in r.items() if not k.startswith("wall")}
+                       for r in found if r["role"] == "lira_target"]
+  assert len(rows[0]) == 2 and rows[0] == rows[2]
+  stored = os.listdir(tmp_path / "w2" / "stacks")
+  assert sorted(n.split("-")[0] for n in stored if n.startswith("lira")) == [
+      "lira_shadows_0_1", "lira_shadows_2_3", "lira_shadows_4_5"]

@@ -112,6 +112,8 @@ COMMON_FIELDS = (
     Field("lira.steps", "int", "training steps of the shadows; 0: train.steps", minimum=0),
     Field("lira.seed", "int", "seed of the membership matrix and shadows", minimum=0),
     Field("lira.max_targets", "int", "leave-one-out targets; 0: every shadow model", minimum=0),
+    Field("lira.models_per_stack", "int", "shadows trained as one stack; 0: as many as fit the "
+          "devices, split evenly over the processes", minimum=0, default=0),
     Field("law.bits_per_param", "float", "the capacity of x = capacity / N is this x params; 0: "
           "measured (the shape's largest memorization over N)", strict=False),
 )
@@ -167,6 +169,7 @@ class MembershipSettings:
   lira_steps: int
   lira_seed: int
   lira_max_targets: int
+  lira_models_per_stack: int
   bits_per_param: float
   quiet: bool
 
@@ -195,6 +198,7 @@ def validate(config) -> MembershipSettings:
       lira_num_models=v["lira.num_models"], lira_candidates=v["lira.candidates"],
       lira_layers=v["lira.layers"], lira_d_model=v["lira.d_model"], lira_steps=v["lira.steps"],
       lira_seed=v["lira.seed"], lira_max_targets=v["lira.max_targets"],
+      lira_models_per_stack=v["lira.models_per_stack"],
       bits_per_param=v["law.bits_per_param"], quiet=v["quiet"])
 
 
@@ -391,8 +395,9 @@ def _train(settings, cfg, tcfg, specs, label, ckpt_dir, members=None, corpus=Non
 
 
 # Settings that no stored stack depends on: a target stack's shape is in its name, and the LiRA
-# shadows have their own; so adding a shape to the sweep keeps the stacks already stored.
-NOT_IN_STACK_KEY = ("quiet", "layers", "d_model")
+# shadows have their own; so adding a shape to the sweep keeps the stacks already stored. How
+# the shadows are cut into stacks is in each stack's name (its range of shadows).
+NOT_IN_STACK_KEY = ("quiet", "layers", "d_model", "lira_models_per_stack")
 # Settings read only after the stacks are stored (the law's capacity): in no stack's key.
 NOT_IN_ANY_STACK = ("bits_per_param",)
 # What only the target stacks read; the LiRA shadows read the lira_* settings instead.
@@ -496,17 +501,20 @@ def compute_stack(settings, workdir, name, compute, counts=None, text=None):
 # Target models.
 
 
-def stack_units(settings, text):
+def stack_units(settings, text, vocab=None, process_count=1):
   """(name, compute) of every stack of the experiment: the targets (a stack per shape), then the
-  LiRA shadows; compute(design_part, checkpoint_dir) trains, scores and attacks it."""
+  LiRA shadows in stacks (`lira_chunks`); compute(design_part, checkpoint_dir) trains and
+  scores it (and attacks the targets)."""
   units = []
   for layers in settings.layers:
     for d in settings.d_model:
       label = f"L{layers} d{d} {settings.precision}"
       units.append((f"targets {label}", functools.partial(_target_stack, settings, text, layers,
                                                           d, label)))
-  if settings.lira_num_models:
-    units.append(("lira shadows", functools.partial(run_lira, settings, text)))
+  vocab = vocab or (text.vocab_size if text else settings.vocab_size)
+  for first, end in lira_chunks(settings, vocab, process_count) if settings.lira_num_models else ():
+    units.append((f"lira shadows {first}-{end - 1}",
+                  functools.partial(lira_shadows, settings, text, first, end)))
   return units
 
 
@@ -514,18 +522,24 @@ def run_stacks(settings, workdir, text, design, counts=None):
   """Every stack's rows (skipping stored ones; this process's share with several processes),
   its design entries in `design`; None on a process other than 0 (process 0 writes the report).
   """
-  units = stack_units(settings, text)
+  procs = run_lib.Processes()
+  units = stack_units(settings, text, process_count=procs.count)
   load = lambda i, earlier: load_stored_stack(settings, workdir, units[i][0],
                                               counts if earlier else None, text)
   compute = lambda i: compute_stack(settings, workdir, units[i][0], units[i][1], counts, text)
-  stored = run_lib.run_units(run_lib.Processes(), len(units), load, compute, "membership stack")
+  stored = run_lib.run_units(procs, len(units), load, compute, "membership stack")
   if stored is None:
     return None
-  rows = []
+  rows, lira_parts = [], []
   for (name, _), (stack_rows, part) in zip(units, stored):
-    design.update(part)
+    if name.startswith("lira"):
+      lira_parts.append(part)  # the shadows' losses: read by lira_rows, not in design.npz
+    else:
+      design.update(part)
     rows += stack_rows
-  _add_capacity_x(settings, [r for r in rows if r["role"] == "target"])
+  _add_capacity_x(settings, rows)
+  if lira_parts:
+    rows += lira_rows(settings, text, lira_parts, design)
   return rows
 
 
@@ -651,13 +665,31 @@ def _add_capacity_x(settings, rows):
 # LiRA.
 
 
-def run_lira(settings, text, design, ckpt_dir):
-  """Shadow stack over a membership matrix; leave-one-out targets; rows with LiRA metrics."""
-  import jax
+@dataclasses.dataclass(frozen=True)
+class LiraSetup:
+  """The LiRA study: its membership matrix, candidates and shadow models (all drawn from seeds,
+  so each shadow chunk and the analysis make the same)."""
+  mat: np.ndarray  # [models, candidates] bool
+  cand_rows: np.ndarray
+  corpus: np.ndarray  # [candidates, S] tokens
+  cfg: object
+  tcfg: TrainConfig
+  specs: list
+  members: list
+
+
+def lira_shape(settings, vocab):
+  """(model shape, train config) of the shadows."""
   from memjax.model import gpt2
+  cfg = gpt2.ModelConfig(vocab, settings.seq_len, settings.lira_layers, settings.lira_d_model,
+                         settings.num_heads, settings.precision)
+  return cfg, dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
+
+
+def lira_setup(settings, text) -> LiraSetup:
+  import jax
   from memjax import train as train_lib
   from memjax.data import synthetic
-
   m, c = settings.lira_num_models, settings.lira_candidates
   vocab = text.vocab_size if text else settings.vocab_size
   mat = mi.membership_matrix(m, c, settings.lira_seed)
@@ -670,20 +702,60 @@ def run_lira(settings, text, design, ckpt_dir):
     cand_rows = np.arange(c)
     corpus = np.asarray(synthetic.sequences(key, np.arange(c, dtype=np.int32), settings.seq_len,
                                             vocab))
-  design["lira/membership"] = mat
-  design["lira/candidate_rows"] = cand_rows
-  cfg = gpt2.ModelConfig(vocab, settings.seq_len, settings.lira_layers, settings.lira_d_model,
-                              settings.num_heads, settings.precision)
-  tcfg = dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
+  cfg, tcfg = lira_shape(settings, vocab)
   specs = [train_lib.ModelSpec(int(mat[i].sum()), settings.lira_seed * 1000 + i,
                                tcfg.learning_rate) for i in range(m)]
   members = [np.flatnonzero(mat[i]).astype(np.int32) for i in range(m)]
-  start = time.time()
-  state, losses = _train(settings, cfg, tcfg, specs, "LiRA shadows", ckpt_dir, members, corpus)
-  wall = time.time() - start
-  stats = stack_stats(cfg, state.params, np.broadcast_to(corpus, (m,) + corpus.shape),
-                      settings.eval_batch_size, tcfg.vocab_chunk)
-  loss_MxC = mi.loss_score(stats["logp"])
+  return LiraSetup(mat, cand_rows, corpus, cfg, tcfg, specs, members)
+
+
+def lira_chunks(settings, vocab, process_count: int) -> list:
+  """(first, end) of each stack of shadows: lira.models_per_stack, or (0) as many as fit the
+  local devices, split evenly over the processes."""
+  import jax
+  from memjax.engine import sweep
+  m = settings.lira_num_models
+  cfg, tcfg = lira_shape(settings, vocab)
+  size = settings.lira_models_per_stack or min(
+      sweep.models_that_fit(cfg, tcfg, settings.eval_batch_size, jax.local_devices()),
+      -(-m // process_count))
+  return [(a, min(a + size, m)) for a in range(0, m, size)]
+
+
+def lira_shadows(settings, text, first, end, design, ckpt_dir):
+  """Trains shadows [first, end) as one stack and stores their losses on every candidate (in
+  `design` under "_lira/", which run_stacks takes out of design.npz); no rows of its own."""
+  setup = lira_setup(settings, text)
+  t0 = time.time()
+  state, losses = _train(settings, setup.cfg, setup.tcfg, setup.specs[first:end],
+                         f"LiRA shadows {first}-{end - 1}", ckpt_dir, setup.members[first:end],
+                         setup.corpus)
+  corpus = setup.corpus
+  stats = stack_stats(setup.cfg, state.params,
+                      np.broadcast_to(corpus, (end - first,) + corpus.shape),
+                      settings.eval_batch_size, setup.tcfg.vocab_chunk)
+  design.update({"_lira/loss": mi.loss_score(stats["logp"]),
+                 "_lira/steps": np.asarray(state.step_M), "_lira/diverged": np.asarray(
+                     state.diverged_M), "_lira/last_loss": losses,
+                 "_lira/wall_s": np.float64(time.time() - t0)})
+  return []
+
+
+def lira_rows(settings, text, parts, design):
+  """Leave-one-out LiRA over the shadows' stored losses (`parts`: each shadow stack's "_lira/"
+  arrays, in order): rows with LiRA metrics; the study's design entries go in `design`."""
+  from memjax.model import gpt2
+  setup = lira_setup(settings, text)
+  mat, cfg, tcfg, specs, m = setup.mat, setup.cfg, setup.tcfg, setup.specs, len(setup.specs)
+  design["lira/membership"] = mat
+  design["lira/candidate_rows"] = setup.cand_rows
+  loss_MxC = np.concatenate([p["_lira/loss"] for p in parts])
+  steps_M = np.concatenate([p["_lira/steps"] for p in parts])
+  diverged_M = np.concatenate([p["_lira/diverged"] for p in parts])
+  losses = np.concatenate([p["_lira/last_loss"] for p in parts])
+  wall = float(sum(p["_lira/wall_s"] for p in parts))
+  vocab = cfg.vocab_size
+  c = settings.lira_candidates
   rows = []
   targets = range(m if not settings.lira_max_targets else min(m, settings.lira_max_targets))
   for i in targets:
@@ -723,8 +795,8 @@ def run_lira(settings, text, design, ckpt_dir):
         "dataset_size": specs[i].dataset_size, "seed": specs[i].seed, "target_index": i,
         "num_shadow_models": m - 1, "shadows_per_group": m // 2 - 1,
         "candidates": c, "eval_members": k, "eval_nonmembers": k,
-        "steps": int(np.asarray(state.step_M)[i]), "train_loss_last": float(losses[i]),
-        "status": "diverged" if bool(np.asarray(state.diverged_M)[i]) else "ok",
+        "steps": int(steps_M[i]), "train_loss_last": float(losses[i]),
+        "status": "diverged" if bool(diverged_M[i]) else "ok",
         "x_tokens": float(mi.tokens_per_param_x(gpt2.n_params(cfg), specs[i].dataset_size,
                                       cfg.seq_len, vocab)),
         "attacks": attacks, "wall_s_stack": wall, "train": dataclasses.asdict(tcfg),
@@ -941,11 +1013,11 @@ def dry_run(settings: MembershipSettings, workdir: str, process=None):
                                              settings.num_heads, settings.precision)
   targets = len(settings.seeds) * len(settings.dataset_sizes) + (
       1 if text and t["reference_pool"] else 0)
-  for i, (name, _) in enumerate(stack_units(settings, None)):
-    if name == "lira shadows":
-      cfg = shape(settings.lira_layers, settings.lira_d_model)
-      tcfg = dataclasses.replace(settings.train, steps=settings.lira_steps or settings.train.steps)
-      n = settings.lira_num_models
+  for i, (name, _) in enumerate(stack_units(settings, None, vocab, procs.count)):
+    if name.startswith("lira shadows"):
+      cfg, tcfg = lira_shape(settings, vocab)
+      first, last = (int(x) for x in name.split()[-1].split("-"))
+      n = last - first + 1
     else:
       layers, d = (int(x[1:]) for x in name.split()[1:3])
       cfg, tcfg, n = shape(layers, d), settings.train, targets
