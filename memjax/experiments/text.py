@@ -61,6 +61,7 @@ from memjax import schema
 from memjax.estimators import extraction
 from memjax.engine import checkpoint
 from memjax.engine import jsonio
+from memjax.engine import params_store
 from memjax.engine import run as run_lib
 from memjax import likelihood
 from memjax.model import gpt2
@@ -466,19 +467,6 @@ def score_shared(cfg, params_M, rows, corpus_NxS, batch, vocab_chunk):
   return out
 
 
-def _save_params(path, params_M):
-  leaves, _ = jax.tree_util.tree_flatten_with_path(params_M)
-  arrays = {jax.tree_util.keystr(p): np.asarray(a, np.float32) for p, a in leaves}
-  jsonio.savez_atomic(path, **arrays)
-
-
-def _load_params(path, template_M):
-  with np.load(path) as f:
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template_M)
-    new = [jnp.asarray(f[jax.tree_util.keystr(p)]).astype(a.dtype) for p, a in leaves]
-  return jax.tree_util.tree_unflatten(treedef, new)
-
-
 def _load_trained(stack_dir, template_fn, label):
   """(steps, diverged, params) of a stack trained by an earlier run, or None: none stored, or a
   stored file that does not load (reported; the stack is trained again). `template_fn()` gives
@@ -489,7 +477,7 @@ def _load_trained(stack_dir, template_fn, label):
   try:
     with np.load(stack_dir + ".train_state.npz") as meta:
       steps_M, diverged_M = meta["steps"], meta["diverged"]
-    return steps_M, diverged_M, _load_params(params_path, template_fn())
+    return steps_M, diverged_M, params_store.read_stack(params_path, template_fn())
   except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a foreign file
     logging.warning("%s: the stored parameters %s do not load (%s); training the stack again",
                     label, params_path, e)
@@ -527,7 +515,7 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
     diverged_M = np.asarray(state.diverged_M)[:n]
     if settings.save_params:
       jsonio.savez_atomic(stack_dir + ".train_state.npz", steps=steps_M, diverged=diverged_M)
-      _save_params(params_path, params_M)
+      params_store.write_stack(params_path, params_M)
   train_s = time.time() - start
 
   vocab_chunk = tcfg.vocab_chunk
