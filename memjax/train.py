@@ -459,12 +459,16 @@ def model_slice(tree, i):
 
 
 def next_boundary(tcfg: TrainConfig, done: int, stops=()) -> int:
-  """The loop step where the next device call ends: the next multiple of `steps_per_call`, of
-  `stops` (steps where the caller scores the stack) or `steps`. A run resumed from a checkpoint
+  """The loop step where the next device call ends: the next multiple of `steps_per_call` after
+  the last of `stops` (steps where the caller scores the stack) reached, the next stop, or
+  `steps`. Counting from the last stop keeps the calls to few lengths, each one compile (stops at
+  120, 240, ... with 100 steps a call: calls of 100 and 20). A run resumed from a checkpoint
   (taken at a call boundary) therefore makes exactly the calls of an uninterrupted run.
   """
+  base = max([0] + [s for s in stops if s <= done])
   later = [s for s in stops if s > done]
-  return min((done // tcfg.steps_per_call + 1) * tcfg.steps_per_call, tcfg.steps, *later)
+  step = base + ((done - base) // tcfg.steps_per_call + 1) * tcfg.steps_per_call
+  return min(step, tcfg.steps, *later)
 
 
 def checkpoint_due(tcfg: TrainConfig, before: int, after: int) -> bool:

@@ -171,3 +171,20 @@ def test_a_cpu_stack_runs_the_one_model_program_at_every_batch():
     assert train_lib.stack_layout(CFG, tcfg, stack) == train_lib.StackLayout(sequential=True)
   one = train_lib.init_stack_from_specs(CFG, TCFG, SPECS[:1])
   assert train_lib.stack_layout(CFG, TCFG, one) == train_lib.StackLayout(sequential=True)
+
+
+def test_calls_end_at_the_stops_and_count_from_the_last_one():
+  # Stops every 120 steps with 100 steps a call: calls of 100 and 20, two compiled lengths (the
+  # multiples of 100 from step 0 would make five); without stops, multiples of steps_per_call.
+  tcfg = train_lib.TrainConfig(steps=600, steps_per_call=100)
+
+  def calls(stops):
+    done, out = 0, []
+    while done < tcfg.steps:
+      end = train_lib.next_boundary(tcfg, done, stops)
+      out.append(end - done)
+      done = end
+    return out
+  assert calls((120, 240, 360, 480, 600)) == [100, 20] * 5
+  assert calls(()) == [100] * 6
+  assert calls((250,)) == [100, 100, 50, 100, 100, 100, 50]
