@@ -142,10 +142,10 @@ def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS
   return state, done
 
 
-def own_models(trained: TrainedStack, tree):
+def own_models(tree, n: int):
   """The first n models of a stacked pytree (the padding copies dropped), on the default device
   (where scoring runs)."""
-  return jax.device_put(jax.tree.map(lambda a: a[:trained.n], tree), jax.local_devices()[0])
+  return jax.device_put(jax.tree.map(lambda a: a[:n], tree), jax.local_devices()[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -369,7 +369,7 @@ def train_in_segments(cfg, tcfg, corpus_NxS, members, seeds, segments: int, ckpt
       cfg, tcfg, specs, ckpt_dir, keys, label=label, quiet=quiet, members=members,
       corpus_NxS=jnp.asarray(corpus_NxS, jnp.int32), stops=ends,
       recorder=lambda saved: _Segments(ends, on_segment, saved))
-  state = run_lib.own_models(trained, trained.state)
+  state = run_lib.own_models(trained.state, trained.n)
   return state, np.asarray(trained.last_loss_M), trained.recorder.records
 
 
@@ -503,7 +503,9 @@ def run_width(settings, cfg, label, train_NxS, samples, index, ckpt_dir):
   tcfg = settings.train
 
   def on_segment(i, steps, state, losses):
-    sc = dynamics.memorization_scores(cfg, state.params, samples, c, k, settings.batch_size,
+    # The stack's own model only: its padding copies (one a device) would be scored too.
+    own = run_lib.own_models(state.params, 1)
+    sc = dynamics.memorization_scores(cfg, own, samples, c, k, settings.batch_size,
                                       tcfg.vocab_chunk)[0]
     buckets = dynamics.bucket_counts(dynamics.score_buckets(sc)).tolist()
     _log(settings, f"  {label} step {steps}: loss {float(losses[0]):.3f}, mean score "

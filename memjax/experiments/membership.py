@@ -385,7 +385,7 @@ def _train(settings, cfg, tcfg, specs, label, ckpt_dir, members=None, corpus=Non
   keys = [f"{label}/{i}/{json.dumps(dataclasses.asdict(sp))}" for i, sp in enumerate(specs)]
   trained = run_lib.train_stack(cfg, tcfg, specs, ckpt_dir, keys, label=label,
                                 quiet=settings.quiet, members=members, corpus_NxS=corpus_j)
-  state = run_lib.own_models(trained, trained.state)
+  state = run_lib.own_models(trained.state, trained.n)
   return state, np.asarray(trained.last_loss_M, np.float64)
 
 

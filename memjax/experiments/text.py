@@ -510,7 +510,7 @@ def run_stack(settings, data, stack, corpus_NxS, stack_dir, label):
                                     label=label, quiet=settings.quiet, members=member_rows,
                                     corpus_NxS=corpus_NxS)
     state = stack_run.state
-    params_M = run_lib.own_models(stack_run, state.params)
+    params_M = run_lib.own_models(state.params, n)
     steps_M = np.asarray(state.step_M)[:n]
     diverged_M = np.asarray(state.diverged_M)[:n]
     if settings.save_params:
