@@ -59,15 +59,18 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
   """Train `specs` as one stack (resuming from ckpt_dir), leaving a final checkpoint there.
 
   `keys` identify the models (a checkpoint of other models is not restored); `members`: one
-  index array per model into `corpus_NxS` (text data), None for synthetic data; `padded_size`:
-  models on the devices (0: the next multiple of the device count); `recorder(saved)` makes the
+  index array per model into `corpus_NxS` (text data), None for synthetic data; `sharding`: the
+  model axis over the devices (None: over the local devices, at most one a model);
+  `padded_size`: models on the devices (0: the next multiple of the device count); `recorder(saved)` makes the
   Recorder; `stops`: steps where a device call ends (for the recorder) and a checkpoint is
   saved. A stop signal saves a checkpoint and raises checkpoint.Interrupted. The caller deletes
   the checkpoints (checkpoint.ChunkCheckpoints(ckpt_dir).delete()) once it has stored what it
   scored.
   """
-  sharding = sharding or train_lib.model_sharding()
   n = len(specs)
+  # No more devices than models: a padding copy on a spare device trains for nothing and takes
+  # the core that XLA would otherwise give the other devices' work.
+  sharding = sharding or train_lib.model_sharding(jax.local_devices()[:n])
   padded = train_lib.padded_to(list(specs), sharding.num_devices)
   padded += [specs[-1]] * (max(padded_size, len(padded)) - len(padded))
   padded_members = None if members is None else list(members) + [members[-1]] * (
