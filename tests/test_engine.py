@@ -142,7 +142,7 @@ def _slow_unless(*kept):
   return [pytest.param(n, marks=() if n in kept else pytest.mark.slow) for n in CONFIGS]
 
 
-@pytest.mark.parametrize("name", _slow_unless("membership"))
+@pytest.mark.parametrize("name", _slow_unless("distributional"))
 def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_results(name, tmp_path,
                                                                          uninterrupted):
   workdir = tmp_path / "w"

@@ -339,6 +339,7 @@ def test_report_tells_seeds_apart_and_says_why_no_capacity_law():
       "model", "params", "N", "x_tok"]
 
 
+@pytest.mark.slow  # a minute; tests/test_engine.py's 2-process membership run also cuts them
 def test_lira_shadows_cut_into_stacks_give_the_rows_of_one_stack(tmp_path):
   # Each stack of shadows is a unit of work (another process can train it); the leave-one-out
   # attacks read the losses of all of them. On the CPU a model's floats do not depend on the
