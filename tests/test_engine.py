@@ -138,7 +138,8 @@ def uninterrupted(tmp_path_factory):
 
 def _slow_unless(*kept):
   """Parameters of every experiment; those not `kept` are left to -m slow (CI time: capacity's
-  kill and 2-process runs are also in tests/test_checkpoint.py and tests/test_multiprocess.py)."""
+  kill and 2-process runs are in tests/test_checkpoint.py and tests/test_multiprocess.py, which
+  CI runs)."""
   return [pytest.param(n, marks=() if n in kept else pytest.mark.slow) for n in CONFIGS]
 
 
@@ -164,7 +165,7 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_results(name, t
   assert_close(results(name, workdir), uninterrupted(name))
 
 
-@pytest.mark.parametrize("name", _slow_unless("distributional"))
+@pytest.mark.parametrize("name", _slow_unless())
 def test_two_local_processes_give_the_results_of_one(name, tmp_path, uninterrupted):
   workdir = tmp_path / "w"
   proc = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_2proc.sh"), *args(name),
@@ -175,7 +176,8 @@ def test_two_local_processes_give_the_results_of_one(name, tmp_path, uninterrupt
   assert_close(results(name, workdir), uninterrupted(name))
 
 
-@pytest.mark.parametrize("name", ["text", "membership", "dynamics", "distributional"])
+@pytest.mark.parametrize(
+    "name", [n for n in _slow_unless("membership") if n.values[0] != "capacity"])
 def test_dry_run_lists_each_unit_and_its_process_without_writing(name, tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.run([sys.executable, "-m", "memjax.main", *args(name), "--dry_run",
