@@ -61,8 +61,8 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
   `keys` identify the models (a checkpoint of other models is not restored); `members`: one
   index array per model into `corpus_NxS` (text data), None for synthetic data; `sharding`: the
   model axis over the devices (None: over the local devices, at most one a model);
-  `padded_size`: models on the devices (0: the next multiple of the device count); `recorder(saved)` makes the
-  Recorder; `stops`: steps where a device call ends (for the recorder) and a checkpoint is
+  `padded_size`: models on the devices (0: the next multiple of the device count);
+  `recorder(saved)` makes the Recorder; `stops`: steps where a device call ends (for the recorder) and a checkpoint is
   saved. A stop signal saves a checkpoint and raises checkpoint.Interrupted. The caller deletes
   the checkpoints (checkpoint.ChunkCheckpoints(ckpt_dir).delete()) once it has stored what it
   scored.
@@ -94,19 +94,17 @@ def train_stack(shape, tcfg, specs: Sequence, ckpt_dir: str, keys: Sequence[str]
     ckpts.save(step, st, n, {**(meta or {}), **expect, "finished": is_final,
                              "recorded": rec.saved(), "last_loss": losses})
 
-  def on_losses(losses_M):
-    losses[:] = losses_M
-
   if not finished:
     state, done = _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS,
-                              stops, ckpt_dir, on_losses)
+                              stops, ckpt_dir, losses)
     save(done, state, is_final=True)  # a kill while scoring does not train again
   return TrainedStack(state, n, rec, losses)
 
 
 def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS, stops,
-                ckpt_dir, on_losses):
-  """train.train from loop step `done` with a progress bar, checkpoints and stop signals."""
+                ckpt_dir, losses):
+  """train.train from loop step `done` with a progress bar, checkpoints and stop signals;
+  `losses` (the list the checkpoints save) holds the own models' losses of the last call."""
   tokens_per_step = tcfg.batch_size * shape.seq_len
   stops = tuple(stops)
   with tqdm(total=tcfg.steps, initial=done, desc=f"train {label}", unit="step", disable=quiet,
@@ -114,8 +112,7 @@ def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS
     last = {"t": time.time(), "done": done, "active": n}
 
     def progress(k, losses_M):
-      last["losses"] = [float(x) for x in np.asarray(losses_M)[:n]]
-      on_losses(last["losses"])
+      losses[:] = [float(x) for x in np.asarray(losses_M)[:n]]
 
     def on_call(step, st):
       # Tokens a second of the models that trained in the call (padding copies left out).
@@ -123,8 +120,8 @@ def _train_loop(shape, tcfg, state, n, done, label, quiet, rec, save, corpus_NxS
       tok_s = last["active"] * tokens_per_step * k / max(now - last["t"], 1e-9)
       last.update(t=now, done=step, active=int(np.asarray(st.active_M)[:n].sum()))
       bar.update(k)
-      rec.record(step, st, last["losses"])
-      postfix = f"loss {np.nanmean(last['losses']):.3f}, {tok_s:,.0f} tok/s"
+      rec.record(step, st, list(losses))
+      postfix = f"loss {np.nanmean(losses):.3f}, {tok_s:,.0f} tok/s"
       if tcfg.saturation:
         frozen = int((np.asarray(st.saturation.saturated_step_M)[:n] >= 0).sum())
         postfix = f"saturated {frozen}/{n}, " + postfix
